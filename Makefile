@@ -1,0 +1,41 @@
+# pyro_hc developer commands. `make demo` and `make test` are the README's quick start.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch/torchvision pair this project is tested with (pip takes them from the local disk here).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+# Offline data sets live beside the checkout on the project's machines.
+ifneq ($(wildcard ../shared/data),)
+export PYRO_HC_DATA ?= $(abspath ../shared/data)
+endif
+export MPLBACKEND ?= Agg
+
+.PHONY: install install-test demo test benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed  ## train VaDE on the bundled digits and print the metrics table
+	$(VENV)/bin/pyro-hc fit vade --dataset digits --out runs/demo
+
+test: $(VENV)/.installed-test  ## the whole test suite (CI runs exactly this)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+benchmark: $(VENV)/.installed  ## VaDE on full MNIST (see benchmarks/README.md for budgets)
+	$(PY) benchmarks/vade_mnist.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,44 @@
+"""Amortised encoders: the networks behind the variational families of the models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ..nn import mlp
+
+__all__ = ["NormalEncoder"]
+
+
+class NormalEncoder(PyroModule):
+    """``x -> (loc, scale)`` of a diagonal Normal ``q(z | x)``.
+
+    The trunk ``D -> hidden_dims`` ends in ReLU; two linear heads give the mean and the
+    log-variance (VaDE's parameterisation, Jiang et al. 2017, Eq. 11). The log-variance head
+    starts at zero weight so that a pretrained trunk is not swamped by random variances.
+    """
+
+    def __init__(self, n_features: int, hidden_dims: Sequence[int], latent_dim: int) -> None:
+        super().__init__()
+        hidden_dims = list(hidden_dims)
+        if not hidden_dims:
+            raise ValueError("hidden_dims must name at least one hidden layer")
+        self.trunk = mlp([n_features, *hidden_dims], final_activation=nn.ReLU)
+        self.loc_head = nn.Linear(hidden_dims[-1], latent_dim)
+        self.log_var_head = nn.Linear(hidden_dims[-1], latent_dim)
+        nn.init.zeros_(self.log_var_head.weight)
+        nn.init.zeros_(self.log_var_head.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.trunk(x.reshape(x.shape[0], -1))
+        loc = self.loc_head(hidden)
+        # clamp keeps exp() finite early in training when the head is still far off
+        scale = torch.exp(0.5 * self.log_var_head(hidden).clamp(-20.0, 10.0))
+        return loc, scale
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of ``q(z | x)``: the deterministic embedding used for pretraining and predict."""
+        return self.loc_head(self.trunk(x.reshape(x.shape[0], -1)))

@@ -1,0 +1,245 @@
+"""The one SVI engine: every model of the zoo, Bayesian or a module loss, trains through it.
+
+A trainable module exposes ``model(x, index, num_data)`` and ``guide(x, index, num_data)``
+(Pyro's ``examples/vae`` shape). The engine draws shuffled index batches from data that already
+sit on the training device, computes ``elbo.differentiable_loss`` and steps a torch optimiser over
+``module.parameters()``. Training runs with Pyro's ``module_local_params`` setting so that every
+model keeps its parameters inside its own ``PyroModule``: two models fitted in one process never
+share Pyro's global parameter store, and checkpoints are ordinary ``state_dict``s. (Pyro fixes a
+module's mode when it is built, so build modules inside :func:`~pyro_hc.infer.local_params` too.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
+from pyro.optim.clipped_adam import ClippedAdam
+from tqdm import tqdm
+
+from ..data import DeviceBatcher
+from .callbacks import Callback, FitState, History
+from .checkpoint import load_checkpoint, save_checkpoint
+from .device import local_params
+
+__all__ = ["SVIEngine", "NonFiniteLossError", "make_elbo", "OPTIMIZERS", "ELBOS"]
+
+OPTIMIZERS = ("adam", "clipped_adam")
+ELBOS = ("trace", "trace_enum")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the phase, epoch and step."""
+
+
+def make_elbo(loss: str | ELBO, max_plate_nesting: int = 1, num_particles: int = 1) -> ELBO:
+    """``"trace"`` -> ``Trace_ELBO``; ``"trace_enum"`` -> ``TraceEnum_ELBO`` (discrete sites summed out)."""
+    if isinstance(loss, ELBO):
+        return loss
+    if loss == "trace":
+        return Trace_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+    if loss == "trace_enum":
+        return TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+    raise ValueError(f"unknown loss {loss!r}; choose one of {ELBOS} or pass a pyro.infer.ELBO")
+
+
+class SVIEngine:
+    """Fit one module's ``model``/``guide`` by stochastic variational inference.
+
+    Parameters
+    ----------
+    module:
+        A ``torch.nn.Module`` (normally a ``PyroModule``) with ``model`` and ``guide`` methods,
+        already on ``device``. If it has a ``tree`` attribute (a ``ClusterTree``), checkpoints
+        save and restore it.
+    loss:
+        ``"trace"``, ``"trace_enum"`` or a ``pyro.infer.ELBO`` instance.
+    optimizer:
+        ``"adam"`` (``torch.optim.Adam``) or ``"clipped_adam"`` (Pyro's ``ClippedAdam``, with
+        gradient clipping at ``clip_norm``).
+    lr, lr_decay, lr_decay_every:
+        Learning rate, multiplied by ``lr_decay`` every ``lr_decay_every`` epochs (a step
+        schedule; ``lr_decay=1`` keeps it constant).
+    callbacks:
+        :class:`~pyro_hc.infer.callbacks.Callback` objects, run in order after every step and epoch.
+    progress:
+        Show a tqdm progress bar with the running loss.
+    phase:
+        A label for this fit ("pretrain", "train", ...) recorded in the history and errors.
+    check_every:
+        Steps between host syncs that read the loss, check it is finite and refresh the bar;
+        the error still names the exact step at which the loss first went bad.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        loss: str | ELBO = "trace",
+        max_plate_nesting: int = 1,
+        num_particles: int = 1,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        lr_decay: float = 1.0,
+        lr_decay_every: int = 1,
+        clip_norm: float = 10.0,
+        weight_decay: float = 0.0,
+        callbacks: Sequence[Callback] = (),
+        history: History | None = None,
+        progress: bool = True,
+        phase: str = "train",
+        check_every: int = 10,
+        checkpoint_extra: dict[str, Any] | None = None,
+    ) -> None:
+        for method in ("model", "guide"):
+            if not callable(getattr(module, method, None)):
+                raise TypeError(f"{type(module).__name__} has no {method}() method; the engine needs both")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+        if lr <= 0 or not 0 < lr_decay <= 1 or lr_decay_every < 1 or check_every < 1:
+            raise ValueError(
+                f"need lr > 0, 0 < lr_decay <= 1, lr_decay_every >= 1, check_every >= 1; got "
+                f"lr={lr}, lr_decay={lr_decay}, lr_decay_every={lr_decay_every}, check_every={check_every}"
+            )
+        self.module = module
+        self.elbo = make_elbo(loss, max_plate_nesting, num_particles)
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(module).__name__} has no trainable parameters")
+        if optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        else:
+            self.optimizer = ClippedAdam(params, lr=lr, weight_decay=weight_decay, clip_norm=clip_norm)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_decay_every, gamma=lr_decay)
+        self.history = history if history is not None else History()
+        self.callbacks: list[Callback] = [self.history, *callbacks]
+        self.progress = progress
+        self.phase = phase
+        self.check_every = check_every
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.epoch = 0
+        self.step_count = 0
+
+    @property
+    def tree(self):
+        """The module's ``ClusterTree``, if it has one."""
+        return getattr(self.module, "tree", None)
+
+    def loss_and_grad(self, x: torch.Tensor, index: torch.Tensor | None, num_data: int) -> torch.Tensor:
+        """One optimisation step on a batch; returns the detached loss (negative ELBO estimate)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.elbo.differentiable_loss(self.module.model, self.module.guide, x, index, num_data)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def fit(self, x: torch.Tensor, epochs: int, batch_size: int, seed: int | None = None) -> History:
+        """Run ``epochs`` passes over ``x`` (already on the module's device) in shuffled batches.
+
+        Returns the :class:`History`; raises :class:`NonFiniteLossError` naming the epoch and step
+        at which the loss first became NaN or infinite.
+        """
+        if epochs < 0 or batch_size < 1:
+            raise ValueError(f"need epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
+        num_data = x.shape[0]
+        batcher = DeviceBatcher(num_data, batch_size, device=x.device, shuffle=True, seed=seed)
+        state = FitState(engine=self, epoch=self.epoch, step=self.step_count)
+        bar = tqdm(
+            total=epochs * len(batcher), disable=not self.progress, desc=self.phase, unit="step", leave=False,
+            dynamic_ncols=True,
+        )
+        self.module.train()
+        with local_params(), bar:
+            for cb in self.callbacks:
+                cb.on_fit_start(state)
+            for _ in range(epochs):
+                state.epoch, state.logs, state.epoch_loss = self.epoch, {}, None
+                for cb in self.callbacks:
+                    cb.on_epoch_start(state)
+                pending: list[torch.Tensor] = []  # losses not yet read back from the device
+                epoch_total, epoch_batches = 0.0, 0
+                for index in batcher:
+                    loss = self.loss_and_grad(x[index], index, num_data)
+                    self.step_count += 1
+                    state.step, state.batch_index, state.loss = self.step_count, index, loss
+                    pending.append(loss)
+                    for cb in self.callbacks:
+                        cb.on_step_end(state)
+                    if len(pending) >= self.check_every:
+                        epoch_total += self._drain(pending, num_data, bar)
+                        epoch_batches += len(pending)
+                        pending = []
+                if pending:
+                    epoch_total += self._drain(pending, num_data, bar)
+                    epoch_batches += len(pending)
+                state.batch_index = None
+                state.epoch_loss = epoch_total / max(epoch_batches, 1)
+                self.scheduler.step()
+                for cb in self.callbacks:
+                    cb.on_epoch_end(state)
+                self.epoch += 1
+                if state.stop:
+                    break
+            for cb in self.callbacks:
+                cb.on_fit_end(state)
+        self.module.eval()
+        return self.history
+
+    def _drain(self, pending: list[torch.Tensor], num_data: int, bar: tqdm) -> float:
+        """Read a run of step losses back to the host, check them, advance the bar; return their sum per datum."""
+        values = torch.stack(pending).cpu()
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            first_bad = int((~finite).nonzero()[0, 0])
+            bad_step = self.step_count - len(pending) + first_bad + 1
+            raise NonFiniteLossError(
+                f"{self.phase}: the loss became {values[first_bad].item()} at epoch {self.epoch}, "
+                f"step {bad_step}; lower the learning rate, check the data for extreme values, or "
+                f"use optimizer='clipped_adam'"
+            )
+        per_datum = values / num_data
+        bar.update(len(pending))
+        bar.set_postfix(epoch=self.epoch, loss=f"{per_datum[-1].item():.4g}", refresh=False)
+        return float(per_datum.sum())
+
+    # checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters, optimiser and schedule state, the tree (JSON), history and counters."""
+        tree = self.tree
+        return {
+            **self.checkpoint_extra,
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "tree": tree.to_json() if tree is not None else None,
+            "history": list(self.history.records),
+            "epoch": self.epoch,
+            "step": self.step_count,
+            "phase": self.phase,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved, the tree included."""
+        if state.get("tree") is not None:
+            from ..tree import ClusterTree
+
+            self.module.tree = ClusterTree.from_json(state["tree"])
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history.records[:] = state["history"]
+        self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
+
+    def save_checkpoint(self, path: str | Path, epoch: int | None = None) -> Path:
+        """Write :meth:`state_dict` to ``path`` atomically."""
+        return save_checkpoint(path, self.state_dict())
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` onto this engine's device."""
+        device = next(self.module.parameters()).device
+        self.load_state_dict(load_checkpoint(path, map_location=device))

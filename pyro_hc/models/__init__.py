@@ -1,0 +1,11 @@
+"""The models of the zoo, one file per paper, and the registry that names them.
+
+Importing this package registers every model: ``get_model(name, **config)``, ``list_models()``,
+``load(path)``.
+"""
+
+from . import vade  # noqa: F401  (registers "vade")
+from ._registry import get_model, get_model_class, list_models, load, register_model
+from .vade import VaDE, VaDEModule
+
+__all__ = ["register_model", "get_model", "get_model_class", "list_models", "load", "VaDE", "VaDEModule"]
