@@ -46,7 +46,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="train a model on a data set and save the run")
     fit.add_argument("model", choices=list_models(), metavar="MODEL", help=f"one of: {', '.join(list_models())}")
-    fit.add_argument("--dataset", default="digits", choices=list_datasets(), metavar="NAME",
+    fit.add_argument("--dataset", default="digits", metavar="NAME",
                      help=f"one of: {', '.join(list_datasets())} (default: digits)")
     fit.add_argument("--split", default="all", choices=("all", "train", "test"), help="which part to train on")
     fit.add_argument("--data-root", default=None, help="data folder (default: $PYRO_HC_DATA or ~/.cache/pyro_hc)")

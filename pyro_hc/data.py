@@ -223,7 +223,8 @@ class Dataset:
                 raise ValueError(f"image_shape must be (C, H, W), got {self.image_shape}")
             if self.x.ndim == 4 and self.image_shape != tuple(self.x.shape[1:]):
                 raise ValueError(
-                    f"image_shape {self.image_shape} does not match x of shape {tuple(self.x.shape)}"
+                    f"image_shape {self.image_shape} does not match x of shape "
+                    f"{tuple(self.x.shape)}"
                 )
             if self.x.ndim == 2 and math.prod(self.image_shape) != self.x.shape[1]:
                 raise ValueError(
@@ -365,7 +366,9 @@ def _unique(paths: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]:
     return out
 
 
-def _missing(name: str, where: _Where, looked: Sequence[tuple[Path, str]], expected: str) -> FileNotFoundError:
+def _missing(
+    name: str, where: _Where, looked: Sequence[tuple[Path, str]], expected: str
+) -> FileNotFoundError:
     """Build the error for a data set that is nowhere to be found."""
     lines = [f"data set {name!r} was not found. Looked in:"]
     lines += [f"  - {path}  ({note})" for path, note in _unique(looked)]
@@ -401,7 +404,9 @@ def _materialise(source: Path, target: Path) -> None:
         except (OSError, ValueError):
             pass  # an unreadable stamp just means unpacking again
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
     try:
         opener: Callable[..., Any] = gzip.open if source.suffix == ".gz" else open
         with opener(source, "rb") as fin, os.fdopen(handle, "wb") as fout:
@@ -425,8 +430,14 @@ def _extract_tar(archive: Path, destination: Path, member_folder: str) -> None:
             else:  # Python < 3.11.4: refuse members that would escape the scratch folder
                 for member in tar.getmembers():
                     target = (scratch / member.name).resolve()
-                    if not str(target).startswith(str(scratch.resolve())) or member.issym() or member.islnk():
-                        raise ValueError(f"refusing unsafe archive member {member.name!r} in {archive}")
+                    if (
+                        not str(target).startswith(str(scratch.resolve()))
+                        or member.issym()
+                        or member.islnk()
+                    ):
+                        raise ValueError(
+                            f"refusing unsafe archive member {member.name!r} in {archive}"
+                        )
                 tar.extractall(scratch)
         extracted = scratch / member_folder
         if not extracted.is_dir():
@@ -483,7 +494,9 @@ def _mnist_like_root(name: str, tv_class: type, where: _Where) -> Path:
     )
 
 
-def _load_mnist_like(name: str, tv_class_name: str) -> Callable[[str, _Where], tuple[Tensor, Tensor]]:
+def _load_mnist_like(
+    name: str, tv_class_name: str
+) -> Callable[[str, _Where], tuple[Tensor, Tensor]]:
     def load(part: str, where: _Where) -> tuple[Tensor, Tensor]:
         import torchvision.datasets as tvd
 
@@ -513,7 +526,10 @@ def _load_usps(part: str, where: _Where) -> tuple[Tensor, Tensor]:
                 "usps",
                 where,
                 [
-                    (candidates[0], f"data root, from {where.origin}; " + _lacks(candidates[0], file)),
+                    (
+                        candidates[0],
+                        f"data root, from {where.origin}; " + _lacks(candidates[0], file),
+                    ),
                     (candidates[1], "cache, for downloads; " + _lacks(candidates[1], file)),
                 ],
                 "the LIBSVM files usps.bz2 (train) and usps.t.bz2 (test)",
@@ -560,7 +576,9 @@ def _load_cifar(name: str, tv_class_name: str) -> Callable[[str, _Where], tuple[
         try:
             ds = tv_class(str(root), train=part == "train", download=False)
         except RuntimeError as err:  # torchvision checks the batches' MD5s on every load
-            raise RuntimeError(f"{name} files under {root / tv_class.base_folder} failed to load: {err}") from err
+            raise RuntimeError(
+                f"{name} files under {root / tv_class.base_folder} failed to load: {err}"
+            ) from err
         pixels = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         return _to_unit_float(pixels), torch.as_tensor(ds.targets, dtype=torch.long)
 
@@ -584,16 +602,21 @@ def _mnist_like_present(name: str, tv_class_name: str) -> Callable[[_Where], boo
         tv_class = getattr(tvd, tv_class_name)
         files = [Path(resource[0]).name.removesuffix(".gz") for resource in tv_class.resources]
         in_root = all(
-            (where.data_root / name / f"{f}.gz").is_file() or (where.data_root / name / f).is_file() for f in files
+            (where.data_root / name / f"{f}.gz").is_file() or (where.data_root / name / f).is_file()
+            for f in files
         )
-        return in_root or all((where.cache_dir / tv_class.__name__ / "raw" / f).is_file() for f in files)
+        return in_root or all(
+            (where.cache_dir / tv_class.__name__ / "raw" / f).is_file() for f in files
+        )
 
     return present
 
 
 def _usps_present(where: _Where) -> bool:
     folders = (where.data_root / "usps", where.cache_dir / "usps")
-    return all(any((folder / file).is_file() for folder in folders) for file in _USPS_FILES.values())
+    return all(
+        any((folder / file).is_file() for folder in folders) for file in _USPS_FILES.values()
+    )
 
 
 def _cifar_present(name: str, tv_class_name: str) -> Callable[[_Where], bool]:
@@ -626,7 +649,9 @@ class _Spec:
 
 
 _REGISTRY: dict[str, _Spec] = {
-    "digits": _Spec("bernoulli", 10, "scikit-learn 8x8 digits, 1,797 images", load_all=_load_digits),
+    "digits": _Spec(
+        "bernoulli", 10, "scikit-learn 8x8 digits, 1,797 images", load_all=_load_digits
+    ),
     "mnist": _Spec(
         "bernoulli",
         10,
@@ -642,7 +667,11 @@ _REGISTRY: dict[str, _Spec] = {
         present=_mnist_like_present("fashion_mnist", "FashionMNIST"),
     ),
     "usps": _Spec(
-        "bernoulli", 10, "USPS 16x16 digits, 7,291 train + 2,007 test", load_part=_load_usps, present=_usps_present
+        "bernoulli",
+        10,
+        "USPS 16x16 digits, 7,291 train + 2,007 test",
+        load_part=_load_usps,
+        present=_usps_present,
     ),
     "cifar10": _Spec(
         "gaussian",
@@ -659,7 +688,10 @@ _REGISTRY: dict[str, _Spec] = {
         present=_cifar_present("cifar100", "CIFAR100"),
     ),
     "synthetic_tree": _Spec(
-        "gaussian", None, "synthetic_tree() with its default arguments", load_all=lambda where: synthetic_tree()
+        "gaussian",
+        None,
+        "synthetic_tree() with its default arguments",
+        load_all=lambda where: synthetic_tree(),
     ),
 }
 
@@ -671,7 +703,10 @@ def _canonical_name(name: str) -> str:
     ``"fashion-mnist"`` all resolve.
     """
     if not isinstance(name, str):
-        raise ValueError(f"data set name must be a string, got {name!r}; valid names: {', '.join(list_datasets())}")
+        raise ValueError(
+            f"data set name must be a string, got {name!r}; "
+            f"valid names are: {', '.join(list_datasets())}"
+        )
     key = re.sub(r"[-_\s]", "", name.lower())
     for canonical in _REGISTRY:
         if canonical.replace("_", "") == key:
@@ -750,10 +785,17 @@ def load_dataset(
     """
     canonical = _canonical_name(name)
     split = _check_choice(split, SPLITS, "split")
-    if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
+    if n_samples is not None and (
+        isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1
+    ):
         raise ValueError(f"n_samples must be a positive integer or None, got {n_samples!r}")
     spec = _REGISTRY[canonical]
-    where = _Where(resolve_data_root(root), _data_root_origin(root), resolve_cache_dir(cache_dir), bool(download))
+    where = _Where(
+        resolve_data_root(root),
+        _data_root_origin(root),
+        resolve_cache_dir(cache_dir),
+        bool(download),
+    )
 
     if spec.load_all is not None:
         dataset = spec.load_all(where)
@@ -761,14 +803,21 @@ def load_dataset(
             dataset = dataset.subset(torch.from_numpy(_split_index(len(dataset), split)))
     else:
         assert spec.load_part is not None
-        parts = [spec.load_part(part, where) for part in (("train", "test") if split == "all" else (split,))]
+        parts = [
+            spec.load_part(part, where)
+            for part in (("train", "test") if split == "all" else (split,))
+        ]
         x = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
         y = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
-        dataset = Dataset(x=x, y=y, name=canonical, likelihood=spec.likelihood, n_classes=spec.n_classes)
+        dataset = Dataset(
+            x=x, y=y, name=canonical, likelihood=spec.likelihood, n_classes=spec.n_classes
+        )
 
     if n_samples is not None:
         if n_samples > len(dataset):
-            raise ValueError(f"n_samples={n_samples} exceeds the {len(dataset)} samples of {canonical}/{split}")
+            raise ValueError(
+                f"n_samples={n_samples} exceeds the {len(dataset)} samples of {canonical}/{split}"
+            )
         keep = np.sort(np.random.RandomState(SPLIT_SEED).permutation(len(dataset))[:n_samples])
         dataset = dataset.subset(torch.from_numpy(keep))
     return dataset
@@ -865,7 +914,9 @@ def synthetic_tree(
     # RandomState's stream is frozen across numpy versions, so a seed names one data set forever.
     rng = np.random.RandomState(seed)
 
-    tree = nx.DiGraph(depth=depth, branching=branching, separation=float(separation), noise=float(noise))
+    tree = nx.DiGraph(
+        depth=depth, branching=branching, separation=float(separation), noise=float(noise)
+    )
     means = {0: np.zeros(latent_dim)}
     tree.add_node(0, mean=means[0].tolist(), level=0)
     frontier = [0]
@@ -892,7 +943,9 @@ def synthetic_tree(
     w2 = 2.0 * rng.standard_normal((hidden_dim, n_features)) / math.sqrt(hidden_dim)
     b2 = 0.5 * rng.standard_normal(n_features)
     # Expected squared norm of z: the offsets of all levels (independent directions) plus noise.
-    z_scale = math.sqrt(sum((separation / 2 ** (lv - 1)) ** 2 for lv in range(1, depth + 1)) + latent_dim * noise**2)
+    z_scale = math.sqrt(
+        sum((separation / 2 ** (lv - 1)) ** 2 for lv in range(1, depth + 1)) + latent_dim * noise**2
+    )
 
     leaf_means = np.stack([means[leaf] for leaf in leaves])
     labels = np.repeat(np.arange(len(leaves)), n_per_leaf)
@@ -980,16 +1033,20 @@ class DeviceBatcher:
             )
         if isinstance(seed, torch.Generator):
             if not _same_device(seed.device, self.device):
-                raise ValueError(f"the generator lives on {seed.device} but the batcher on {self.device}")
+                raise ValueError(
+                    f"the generator lives on {seed.device} but the batcher on {self.device}"
+                )
             self.generator = seed
         elif seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
             if seed is None:
-                # Draw from the global generator so that torch.manual_seed governs unseeded batchers.
+                # Seed from the global generator so torch.manual_seed governs unseeded batchers.
                 seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
             self.generator = torch.Generator(device=self.device)
             self.generator.manual_seed(int(seed))
         else:
-            raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
+            raise TypeError(
+                f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}"
+            )
 
     def __len__(self) -> int:
         """Batches per epoch."""

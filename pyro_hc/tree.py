@@ -262,7 +262,6 @@ class ClusterTree:
         self._events: list[dict[str, Any]] = []
         self._structure_cache: _Structure | None = None
         self._tensor_cache: dict[str, TreeTensors] = {}
-        self._tensor_cache_version = -1
 
     # ------------------------------------------------------------------ properties
     @property
@@ -498,7 +497,7 @@ class ClusterTree:
                 raise ValueError(f"cannot merge the root (node {node}, given as {name})")
         structure = self._structure()
         start = structure.position[drop]
-        if False:
+        if start <= structure.position[keep] < start + structure.size[drop]:
             raise ValueError(
                 f"cannot merge node {drop} into its own descendant {keep}: node {drop} is an "
                 f"ancestor of node {keep}"
@@ -550,7 +549,10 @@ class ClusterTree:
         cached = self._structure_cache
         graph = self._graph
         if cached is not None:
-            if cached.n_nodes != graph.number_of_nodes() or cached.n_edges != graph.number_of_edges():
+            if (cached.n_nodes, cached.n_edges) != (
+                graph.number_of_nodes(),
+                graph.number_of_edges(),
+            ):
                 raise RuntimeError(
                     "the tree's graph was changed directly (node or edge count differs from "
                     "the cached structure); use add_child/remove_leaf/merge/replace_with_child "
@@ -709,7 +711,7 @@ class ClusterTree:
         return list(structure.preorder[start : start + structure.size[node]])
 
     def subtree_leaves(self, node: int) -> list[int]:
-        """Return the leaves below ``node`` (``[node]`` for a leaf), in the order of :meth:`leaves`."""
+        """Return the leaves below ``node`` (``[node]`` for a leaf), in :meth:`leaves` order."""
         node = self._require(node)
         structure = self._structure()
         start = structure.leaf_start[node]
@@ -732,10 +734,8 @@ class ClusterTree:
         TreeTensors
             See :class:`TreeTensors`.
         """
+        # _mutated() empties the tensor cache, so anything found in it is current.
         structure = self._structure()  # also detects direct graph edits
-        if self._tensor_cache_version != self._version:
-            self._tensor_cache = {}
-            self._tensor_cache_version = self._version
         key = str(torch.device(device))
         cached = self._tensor_cache.get(key)
         if cached is not None:
@@ -935,7 +935,6 @@ class ClusterTree:
         tree._events = copy.deepcopy(self._events)
         tree._structure_cache = None
         tree._tensor_cache = {}
-        tree._tensor_cache_version = -1
         return tree
 
     @classmethod
@@ -966,7 +965,8 @@ class ClusterTree:
         """
         if not isinstance(graph, nx.DiGraph) or graph.is_multigraph():
             raise TypeError(
-                f"expected a networkx.DiGraph with edges parent -> child, got {type(graph).__name__}"
+                "expected a networkx.DiGraph with edges parent -> child, got "
+                f"{type(graph).__name__}"
             )
         if graph.number_of_nodes() == 0:
             raise ValueError("the graph is empty; a tree needs at least a root")
@@ -1000,7 +1000,6 @@ class ClusterTree:
         tree._events = []
         tree._structure_cache = None
         tree._tensor_cache = {}
-        tree._tensor_cache_version = -1
         return tree
 
     @classmethod
@@ -1030,7 +1029,8 @@ class ClusterTree:
             integer ids.
         """
         graph = self._graph
-        assert isinstance(graph, nx.DiGraph) and not graph.is_multigraph(), "graph is not a DiGraph"
+        assert isinstance(graph, nx.DiGraph), "graph is not a DiGraph"
+        assert not graph.is_multigraph(), "graph is a multigraph"
         assert graph.number_of_nodes() > 0, "graph is empty"
         for node in graph.nodes:
             assert type(node) is int and node >= 0, f"node id {node!r} is not a non-negative int"

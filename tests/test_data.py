@@ -26,7 +26,14 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import normalized_mutual_info_score
 
 from pyro_hc import data as D
-from pyro_hc.data import Dataset, DeviceBatcher, list_datasets, load_dataset, synthetic_tree, validate_data
+from pyro_hc.data import (
+    Dataset,
+    DeviceBatcher,
+    list_datasets,
+    load_dataset,
+    synthetic_tree,
+    validate_data,
+)
 
 ALL_NAMES = ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "synthetic_tree", "usps"]
 
@@ -67,7 +74,9 @@ def test_digits_shapes_range_and_labels():
     assert float(data.x.min()) == 0.0 and float(data.x.max()) == 1.0
     assert data.y.bincount().tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
     reference = load_digits()
-    np.testing.assert_array_equal(data.x[:, 0].numpy(), (reference.images / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(
+        data.x[:, 0].numpy(), (reference.images / 16.0).astype(np.float32)
+    )
     np.testing.assert_array_equal(data.y.numpy(), reference.target)
     assert data.flat().shape == (1797, 64)
     assert torch.equal(data.flat()[5], data.x[5].reshape(-1))
@@ -83,7 +92,9 @@ def test_digits_splits_are_disjoint_cover_everything_and_are_fixed():
     assert len(test) == round(0.2 * 1797) == 359 and len(train) == 1797 - 359
     train_index, test_index = D._split_index(1797, "train"), D._split_index(1797, "test")
     assert set(train_index).isdisjoint(test_index)
-    np.testing.assert_array_equal(np.sort(np.concatenate([train_index, test_index])), np.arange(1797))
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([train_index, test_index])), np.arange(1797)
+    )
     # Each half is the full data set at those indices, in the original order.
     assert torch.equal(train.x, full.x[torch.from_numpy(train_index)])
     assert torch.equal(test.y, full.y[torch.from_numpy(test_index)])
@@ -94,7 +105,10 @@ def test_digits_splits_are_disjoint_cover_everything_and_are_fixed():
 
 def test_names_are_case_insensitive_and_dash_equals_underscore(tmp_path):
     assert load_dataset("DiGiTs", split="TEST").name == "digits"
-    assert [D._canonical_name(n) for n in ("Fashion-MNIST", "fashion_mnist", "CIFAR-10", "Synthetic-Tree")] == [
+    assert [
+        D._canonical_name(n)
+        for n in ("Fashion-MNIST", "fashion_mnist", "CIFAR-10", "Synthetic-Tree")
+    ] == [
         "fashion_mnist",
         "fashion_mnist",
         "cifar10",
@@ -194,7 +208,9 @@ def test_missing_error_uses_the_environment_data_root(tmp_path, monkeypatch):
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array in the IDX format (magic 0x08 = unsigned byte), gzip-compressed."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     with gzip.open(path, "wb") as handle:
         handle.write(header + array.astype(np.uint8).tobytes())
 
@@ -219,11 +235,22 @@ def test_mnist_like_files_are_unpacked_once_into_the_cache(tmp_path):
     before = _snapshot(root / "mnist")
 
     data = load_dataset("mnist", root=root)
-    assert data.x.shape == (8, 1, 28, 28) and data.likelihood == "bernoulli" and data.n_classes == 10
-    expected = np.concatenate([arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]]) / 255.0
+    assert (
+        data.x.shape == (8, 1, 28, 28) and data.likelihood == "bernoulli" and data.n_classes == 10
+    )
+    expected = (
+        np.concatenate([arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]])
+        / 255.0
+    )
     np.testing.assert_allclose(data.x[:, 0].numpy(), expected, rtol=0, atol=1e-7)
-    assert data.y.tolist() == arrays["train-labels-idx1-ubyte"].tolist() + arrays["t10k-labels-idx1-ubyte"].tolist()
-    assert load_dataset("mnist", root=root, split="test").y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert (
+        data.y.tolist()
+        == arrays["train-labels-idx1-ubyte"].tolist() + arrays["t10k-labels-idx1-ubyte"].tolist()
+    )
+    assert (
+        load_dataset("mnist", root=root, split="test").y.tolist()
+        == arrays["t10k-labels-idx1-ubyte"].tolist()
+    )
     assert _snapshot(root / "mnist") == before, "the data root must never be written to"
 
     unpacked = cache / "MNIST" / "raw" / "train-images-idx3-ubyte"
@@ -234,9 +261,13 @@ def test_mnist_like_files_are_unpacked_once_into_the_cache(tmp_path):
 
     # A changed source is unpacked again.
     new_arrays = _fake_mnist(root / "mnist", seed=1)
-    os.utime(root / "mnist" / "train-images-idx3-ubyte.gz", ns=(stamp_time + 10**9, stamp_time + 10**9))
+    os.utime(
+        root / "mnist" / "train-images-idx3-ubyte.gz", ns=(stamp_time + 10**9, stamp_time + 10**9)
+    )
     fresh = load_dataset("mnist", root=root, split="train")
-    np.testing.assert_allclose(fresh.x[:, 0].numpy(), new_arrays["train-images-idx3-ubyte"] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(
+        fresh.x[:, 0].numpy(), new_arrays["train-images-idx3-ubyte"] / 255.0, atol=1e-7
+    )
 
     # Once unpacked (or downloaded), the cache alone suffices.
     empty_root = tmp_path / "elsewhere"
@@ -246,7 +277,10 @@ def test_mnist_like_files_are_unpacked_once_into_the_cache(tmp_path):
 def test_fashion_mnist_uses_its_own_folders(tmp_path):
     arrays = _fake_mnist(tmp_path / "data" / "fashion_mnist", seed=2)
     data = load_dataset("fashion-mnist", root=tmp_path / "data", split="train")
-    assert data.name == "fashion_mnist" and data.y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    assert (
+        data.name == "fashion_mnist"
+        and data.y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    )
     assert (tmp_path / "cache" / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte").is_file()
     with pytest.raises(FileNotFoundError):
         load_dataset("mnist", root=tmp_path / "data")
@@ -262,7 +296,7 @@ def test_usps_is_read_in_place_from_libsvm_files(tmp_path):
         labels[part] = rng.randint(1, 11, size=4)  # the file counts digits 1..10
         lines = [
             f"{label} " + " ".join(f"{i + 1}:{v:.6f}" for i, v in enumerate(row))
-            for label, row in zip(labels[part], values[part])
+            for label, row in zip(labels[part], values[part], strict=True)
         ]
         with bz2.open(folder / file, "wt") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -270,7 +304,9 @@ def test_usps_is_read_in_place_from_libsvm_files(tmp_path):
     data = load_dataset("usps", root=tmp_path / "data")
     assert data.x.shape == (8, 1, 16, 16) and data.likelihood == "bernoulli"
     assert data.y.tolist() == (np.concatenate([labels["train"], labels["test"]]) - 1).tolist()
-    pixels = ((np.concatenate([values["train"], values["test"]]) + 1) / 2 * 255).astype(np.uint8) / 255.0
+    pixels = ((np.concatenate([values["train"], values["test"]]) + 1) / 2 * 255).astype(
+        np.uint8
+    ) / 255.0
     np.testing.assert_allclose(data.flat().numpy(), pixels, atol=1e-7)
     assert not (tmp_path / "cache").exists(), "USPS needs no cache"
 
@@ -307,7 +343,11 @@ def test_cifar10_from_folder_or_archive(tmp_path, monkeypatch, packed):
         batches = _fake_cifar10_batches(root / "cifar10" / "cifar-10-batches-py", seed=0)
 
     train = load_dataset("CIFAR-10", root=root, split="train")
-    assert train.x.shape == (10, 3, 32, 32) and train.likelihood == "gaussian" and train.image_shape == (3, 32, 32)
+    assert (
+        train.x.shape == (10, 3, 32, 32)
+        and train.likelihood == "gaussian"
+        and train.image_shape == (3, 32, 32)
+    )
     # The batches store each image channel-major (R plane, G plane, B plane).
     first = batches["data_batch_1"][0][0].reshape(3, 32, 32) / 255.0
     np.testing.assert_allclose(train.x[0].numpy(), first, atol=1e-7)
@@ -336,9 +376,22 @@ def mnist(tmp_path_factory):
 def test_mnist_shapes_range_and_class_counts(mnist):
     train, test = mnist["train"], mnist["test"]
     assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
-    assert train.x.dtype == torch.float32 and train.name == "mnist" and train.likelihood == "bernoulli"
+    assert (
+        train.x.dtype == torch.float32 and train.name == "mnist" and train.likelihood == "bernoulli"
+    )
     assert float(train.x.min()) == 0.0 and float(train.x.max()) == 1.0
-    assert train.y.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert train.y.bincount().tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
     assert test.y.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert abs(float(train.x.double().mean()) - 0.1307) < 5e-5
     assert abs(float(train.x.double().std()) - 0.3081) < 5e-5
@@ -411,28 +464,42 @@ def test_dataset_checks_labels_and_image_shape():
     with pytest.raises(ValueError, match=r"shape \(6,\)"):
         Dataset(x=x, y=torch.zeros(5, dtype=torch.long), name="t", likelihood="bernoulli")
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        Dataset(x=x, y=torch.tensor([0, 1, 2, 3, 0, 0]), name="t", likelihood="bernoulli", n_classes=3)
+        Dataset(
+            x=x, y=torch.tensor([0, 1, 2, 3, 0, 0]), name="t", likelihood="bernoulli", n_classes=3
+        )
     with pytest.raises(ValueError, match="integer labels"):
         Dataset(x=x, y=torch.zeros(6), name="t", likelihood="bernoulli")
     with pytest.raises(ValueError, match="pixels"):
         Dataset(x=torch.rand(6, 5), y=None, name="t", likelihood="gaussian", image_shape=(1, 2, 2))
     with pytest.raises(ValueError, match="NaN"):
         Dataset(x=torch.full((2, 2), float("nan")), y=None, name="t", likelihood="gaussian")
-    data = Dataset(x=x, y=torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.int32), name="t", likelihood="Bernoulli")
-    assert data.image_shape == (1, 2, 2) and data.y.dtype == torch.long and data.likelihood == "bernoulli"
+    data = Dataset(
+        x=x, y=torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.int32), name="t", likelihood="Bernoulli"
+    )
+    assert (
+        data.image_shape == (1, 2, 2)
+        and data.y.dtype == torch.long
+        and data.likelihood == "bernoulli"
+    )
     assert "n=6" in repr(data)
 
 
 def test_dataset_subset_and_to():
     data = load_dataset("digits")
     picked = data.subset([3, 1, 4])
-    assert torch.equal(picked.x, data.x[[3, 1, 4]]) and picked.y.tolist() == data.y[[3, 1, 4]].tolist()
+    assert (
+        torch.equal(picked.x, data.x[[3, 1, 4]]) and picked.y.tolist() == data.y[[3, 1, 4]].tolist()
+    )
     assert picked.n_classes == 10 and picked.name == "digits"
     mask = data.y == 7
     assert len(data.subset(mask)) == 179 and bool((data.subset(mask).y == 7).all())
     assert len(data.subset(slice(0, 10))) == 10
     moved = data.to("cpu")
-    assert moved.x.device.type == "cpu" and torch.equal(moved.x, data.x) and moved.image_shape == (1, 8, 8)
+    assert (
+        moved.x.device.type == "cpu"
+        and torch.equal(moved.x, data.x)
+        and moved.image_shape == (1, 8, 8)
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -455,7 +522,11 @@ def test_dataset_to_cuda_and_batch_there():
 def test_synthetic_tree_shapes_tree_and_labels():
     data = synthetic_tree(depth=3, branching=3, latent_dim=6, n_features=20, n_per_leaf=10, seed=1)
     tree = data.tree
-    assert data.x.shape == (27 * 10, 20) and data.x.dtype == torch.float32 and data.name == "synthetic_tree"
+    assert (
+        data.x.shape == (27 * 10, 20)
+        and data.x.dtype == torch.float32
+        and data.name == "synthetic_tree"
+    )
     assert data.likelihood == "gaussian" and data.n_classes == 27 and data.image_shape is None
     assert 0.0 < float(data.x.min()) and float(data.x.max()) < 1.0
     assert nx.is_arborescence(tree) and [n for n, d in tree.in_degree() if d == 0] == [0]
@@ -466,7 +537,9 @@ def test_synthetic_tree_shapes_tree_and_labels():
     assert sorted(tree.nodes[leaf]["label"] for leaf in leaves) == list(range(27))
     assert all("label" not in tree.nodes[n] for n in tree if n not in leaves)
     assert data.y.bincount().tolist() == [10] * 27
-    assert all(isinstance(tree.nodes[n]["mean"], list) and len(tree.nodes[n]["mean"]) == 6 for n in tree)
+    assert all(
+        isinstance(tree.nodes[n]["mean"], list) and len(tree.nodes[n]["mean"]) == 6 for n in tree
+    )
 
 
 def test_synthetic_tree_means_drift_less_with_depth():
@@ -486,7 +559,9 @@ def test_synthetic_tree_means_drift_less_with_depth():
 def test_synthetic_tree_is_reproducible():
     a, b = synthetic_tree(seed=5), synthetic_tree(seed=5)
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
-    assert dict(a.tree.nodes(data=True)) == dict(b.tree.nodes(data=True)) and list(a.tree.edges) == list(b.tree.edges)
+    assert dict(a.tree.nodes(data=True)) == dict(b.tree.nodes(data=True)) and list(
+        a.tree.edges
+    ) == list(b.tree.edges)
     c = synthetic_tree(seed=6)
     assert not torch.allclose(a.x, c.x)
     # The tree is drawn before the points: more points per leaf, same tree.
@@ -495,14 +570,18 @@ def test_synthetic_tree_is_reproducible():
 
 
 def test_synthetic_tree_labels_are_recoverable_and_the_hierarchy_is_visible():
-    data = synthetic_tree(depth=2, branching=3, latent_dim=8, n_features=30, n_per_leaf=60, noise=0.3, seed=0)
+    data = synthetic_tree(
+        depth=2, branching=3, latent_dim=8, n_features=30, n_per_leaf=60, noise=0.3, seed=0
+    )
     x, y = data.x.numpy(), data.y.numpy()
     predicted = KMeans(n_clusters=9, n_init=10, random_state=0).fit_predict(x)
     assert normalized_mutual_info_score(y, predicted) > 0.8
 
     # Leaves sharing a parent are closer in data space than leaves under different parents.
     tree = data.tree
-    parent_of_label = {tree.nodes[n]["label"]: next(tree.predecessors(n)) for n in tree if "label" in tree.nodes[n]}
+    parent_of_label = {
+        tree.nodes[n]["label"]: next(tree.predecessors(n)) for n in tree if "label" in tree.nodes[n]
+    }
     centroids = np.stack([x[y == label].mean(axis=0) for label in range(9)])
     siblings, cousins = [], []
     for i in range(9):
@@ -514,7 +593,14 @@ def test_synthetic_tree_labels_are_recoverable_and_the_hierarchy_is_visible():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"depth": 0}, {"branching": 1}, {"latent_dim": 0}, {"n_per_leaf": 0}, {"separation": 0.0}, {"noise": -1.0}],
+    [
+        {"depth": 0},
+        {"branching": 1},
+        {"latent_dim": 0},
+        {"n_per_leaf": 0},
+        {"separation": 0.0},
+        {"noise": -1.0},
+    ],
 )
 def test_synthetic_tree_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -547,16 +633,16 @@ def test_batcher_drop_last():
     assert len(batcher) == len(batches) == 10 and all(len(b) == 10 for b in batches)
     assert torch.cat(batches).unique().numel() == 100
     assert len(DeviceBatcher(100, 10, drop_last=True)) == 10
-    assert len(DeviceBatcher(5, 10)) == 1 and list(DeviceBatcher(5, 10, shuffle=False))[0].tolist() == [0, 1, 2, 3, 4]
+    assert len(DeviceBatcher(5, 10)) == 1 and list(DeviceBatcher(5, 10, shuffle=False))[
+        0
+    ].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_batcher_is_reproducible_per_seed():
-    first = [torch.cat(list(epoch)) for epoch in [DeviceBatcher(50, 7, seed=1)] * 1]
     a, b = DeviceBatcher(50, 7, seed=1), DeviceBatcher(50, 7, seed=1)
     a_epochs = [torch.cat(list(a)) for _ in range(3)]
     b_epochs = [torch.cat(list(b)) for _ in range(3)]
-    assert all(torch.equal(p, q) for p, q in zip(a_epochs, b_epochs))
-    assert torch.equal(first[0], a_epochs[0])
+    assert all(torch.equal(p, q) for p, q in zip(a_epochs, b_epochs, strict=True))
     assert not torch.equal(a_epochs[0], a_epochs[1]), "each epoch draws a new permutation"
     assert not torch.equal(a_epochs[0], torch.cat(list(DeviceBatcher(50, 7, seed=2))))
     # Unseeded batchers follow torch's global seed.
@@ -569,7 +655,9 @@ def test_batcher_is_reproducible_per_seed():
 def test_batcher_accepts_a_generator_and_resumes_from_its_state():
     generator = torch.Generator().manual_seed(4)
     batcher = DeviceBatcher(30, 30, seed=generator)
-    assert torch.equal(next(iter(batcher)), torch.randperm(30, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(
+        next(iter(batcher)), torch.randperm(30, generator=torch.Generator().manual_seed(4))
+    )
     state = batcher.state_dict()
     expected = next(iter(batcher))
     resumed = DeviceBatcher(30, 30, seed=0)

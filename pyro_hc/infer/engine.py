@@ -116,7 +116,8 @@ class SVIEngine:
             self.optimizer = ClippedAdam(params, lr=lr, weight_decay=weight_decay, clip_norm=clip_norm)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_decay_every, gamma=lr_decay)
         self.history = history if history is not None else History()
-        self.callbacks: list[Callback] = [self.history, *callbacks]
+        # the history runs last so it records what the other callbacks logged and changed this epoch
+        self.callbacks: list[Callback] = [*callbacks, self.history]
         self.progress = progress
         self.phase = phase
         self.check_every = check_every
@@ -163,7 +164,14 @@ class SVIEngine:
                 pending: list[torch.Tensor] = []  # losses not yet read back from the device
                 epoch_total, epoch_batches = 0.0, 0
                 for index in batcher:
-                    loss = self.loss_and_grad(x[index], index, num_data)
+                    try:
+                        loss = self.loss_and_grad(x[index], index, num_data)
+                    except ValueError as err:
+                        # distribution validation rejects NaN parameters: report where training broke,
+                        # first from the losses not yet read back (the earliest bad step), else here
+                        self._drain(pending, num_data, bar)
+                        self._raise_if_parameters_not_finite(err)
+                        raise
                     self.step_count += 1
                     state.step, state.batch_index, state.loss = self.step_count, index, loss
                     pending.append(loss)
@@ -188,6 +196,14 @@ class SVIEngine:
                 cb.on_fit_end(state)
         self.module.eval()
         return self.history
+
+    def _raise_if_parameters_not_finite(self, cause: Exception) -> None:
+        bad = [name for name, p in self.module.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteLossError(
+                f"{self.phase}: parameters {bad[:5]} became NaN or infinite before epoch {self.epoch}, "
+                f"step {self.step_count + 1}; lower the learning rate or use optimizer='clipped_adam'"
+            ) from cause
 
     def _drain(self, pending: list[torch.Tensor], num_data: int, bar: tqdm) -> float:
         """Read a run of step losses back to the host, check them, advance the bar; return their sum per datum."""

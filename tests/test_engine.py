@@ -1,0 +1,155 @@
+"""The SVI engine: batching, schedules, callbacks, NaN errors and checkpoints that restore the tree."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.nn import PyroModule, PyroParam
+
+from pyro_hc.infer import (
+    Callback, CheckpointEvery, NonFiniteLossError, SVIEngine, load_checkpoint, local_params, resolve_device,
+)
+from pyro_hc.models.networks import data_plate
+from pyro_hc.tree import ClusterTree
+
+
+class GaussianMean(PyroModule):
+    """x_n ~ Normal(mu, 1) with a point-estimated mu: the ELBO optimum is the sample mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.mu = PyroParam(torch.zeros(2))
+        self.tree = ClusterTree.flat(2)
+
+    def model(self, x, index=None, num_data=None):
+        with data_plate(x, index, num_data):
+            pyro.sample("x", dist.Normal(self.mu, 1.0).to_event(1), obs=x)
+
+    def guide(self, x, index=None, num_data=None):
+        pass
+
+
+def make_module():
+    with local_params():
+        return GaussianMean()
+
+
+def test_engine_recovers_the_sample_mean():
+    torch.manual_seed(0)
+    x = torch.randn(500, 2) + torch.tensor([3.0, -1.0])
+    module = make_module()
+    engine = SVIEngine(module, lr=0.05, progress=False)
+    history = engine.fit(x, epochs=30, batch_size=50, seed=0)
+    assert torch.allclose(module.mu.detach(), x.mean(0), atol=0.05)
+    assert len(history) == 30 and history["loss"][-1] < history["loss"][0]
+    assert engine.step_count == 30 * 10
+
+
+def test_learning_rate_schedule_steps_per_epoch():
+    engine = SVIEngine(make_module(), lr=0.1, lr_decay=0.5, lr_decay_every=2, progress=False)
+    engine.fit(torch.randn(20, 2), epochs=4, batch_size=10)
+    assert engine.history["lr"] == pytest.approx([0.1, 0.05, 0.05, 0.025])
+
+
+def test_callbacks_see_every_step_and_can_stop():
+    seen = {"steps": 0, "epochs": 0, "batch_sizes": set()}
+
+    class Counter(Callback):
+        def on_step_end(self, state):
+            seen["steps"] += 1
+            seen["batch_sizes"].add(len(state.batch_index))
+
+        def on_epoch_end(self, state):
+            seen["epochs"] += 1
+            state.logs["custom"] = 1.0
+            state.stop = state.epoch == 2
+
+    engine = SVIEngine(make_module(), callbacks=[Counter()], progress=False)
+    engine.fit(torch.randn(25, 2), epochs=10, batch_size=10)
+    assert seen == {"steps": 9, "epochs": 3, "batch_sizes": {10, 5}}
+    assert engine.history["custom"] == [1.0, 1.0, 1.0]
+
+
+def test_nan_loss_names_epoch_and_step():
+    x = torch.randn(40, 2)
+    x[33] = 1e30  # squared in the Normal log density: an infinite loss in some batch of epoch 0
+    engine = SVIEngine(make_module(), progress=False, check_every=3)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0, step [1-4]\b"):
+        engine.fit(x, epochs=2, batch_size=10, seed=0)
+
+
+def test_nan_step_is_exact():
+    module = make_module()
+    engine = SVIEngine(module, progress=False, check_every=100)
+    x = torch.randn(30, 2)
+    engine.fit(x, epochs=1, batch_size=10, seed=0)  # 3 good steps
+    with torch.no_grad():
+        module.mu_unconstrained.fill_(float("inf"))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 4\b"):
+        engine.fit(x, epochs=1, batch_size=10, seed=0)
+
+
+def test_checkpoint_restores_parameters_optimizer_and_tree(tmp_path):
+    x = torch.randn(60, 2)
+    module = make_module()
+    engine = SVIEngine(module, lr=0.05, progress=False, callbacks=[CheckpointEvery(tmp_path / "ck.pt")])
+    engine.fit(x, epochs=2, batch_size=20, seed=0)
+    new_leaf = module.tree.add_child(1)
+    module.tree.log_event("grow", [new_leaf], epoch=2)
+    engine.save_checkpoint(tmp_path / "ck.pt")
+
+    restored = make_module()
+    other = SVIEngine(restored, lr=0.05, progress=False)
+    other.load_checkpoint(tmp_path / "ck.pt")
+    assert torch.equal(restored.mu.detach(), module.mu.detach())
+    assert restored.tree.to_json() == module.tree.to_json()
+    assert restored.tree.events[-1]["kind"] == "grow"
+    assert other.epoch == 2 and other.step_count == engine.step_count
+    assert other.history.records == engine.history.records
+    # the restored optimiser continues exactly as the original would
+    engine.fit(x, epochs=1, batch_size=20, seed=7)
+    other.fit(x, epochs=1, batch_size=20, seed=7)
+    assert torch.allclose(restored.mu.detach(), module.mu.detach())
+    assert "optimizer" in load_checkpoint(tmp_path / "ck.pt")
+
+
+def test_engine_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        SVIEngine(make_module(), optimizer="sgd")
+    with pytest.raises(ValueError, match="unknown loss"):
+        SVIEngine(make_module(), loss="elbo")
+    with pytest.raises(ValueError, match="lr"):
+        SVIEngine(make_module(), lr=-1.0)
+    with pytest.raises(TypeError, match="no model"):
+        SVIEngine(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="batch_size"):
+        SVIEngine(make_module(), progress=False).fit(torch.randn(4, 2), epochs=1, batch_size=0)
+
+
+def test_clipped_adam_trains():
+    x = torch.randn(100, 2) + 2.0
+    module = make_module()
+    SVIEngine(module, optimizer="clipped_adam", lr=0.05, progress=False).fit(x, epochs=40, batch_size=50)
+    assert torch.allclose(module.mu.detach(), x.mean(0), atol=0.1)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_engine_trains_on_gpu():
+    x = (torch.randn(200, 2) + 1.0).cuda()
+    module = make_module().cuda()
+    SVIEngine(module, lr=0.05, progress=False).fit(x, epochs=20, batch_size=50)
+    assert module.mu.device.type == "cuda"
+    assert torch.allclose(module.mu.detach().cpu(), x.mean(0).cpu(), atol=0.1)
