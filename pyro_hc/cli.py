@@ -37,6 +37,11 @@ def _parse_setting(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _model_name(text: str) -> str:
+    """Registry names are lower case with '_' for '-' (argparse checks choices after this)."""
+    return text.strip().lower().replace("-", "_")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-hc", description="Deep hierarchical clustering models in Pyro.")
     parser.add_argument("--version", action="version", version=f"pyro_hc {__version__}")
@@ -45,7 +50,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the registered models and the known data sets")
 
     fit = commands.add_parser("fit", help="train a model on a data set and save the run")
-    fit.add_argument("model", choices=list_models(), metavar="MODEL", help=f"one of: {', '.join(list_models())}")
+    fit.add_argument("model", type=_model_name, choices=list_models(), metavar="MODEL",
+                     help=f"one of: {', '.join(list_models())}")
     fit.add_argument("--dataset", default="digits", metavar="NAME",
                      help=f"one of: {', '.join(list_datasets())} (default: digits)")
     fit.add_argument("--split", default="all", choices=("all", "train", "test"), help="which part to train on")
