@@ -28,8 +28,10 @@ class FitState:
     ----------
     epoch, step:
         Epoch (0-based) and global optimisation step (counted over the whole fit).
-    batch_index:
-        Indices (on the training device) of the current mini-batch; ``None`` at epoch end.
+    num_data:
+        Size of the training set.
+    batch_index, batch_x:
+        Indices (on the training device) and data of the current mini-batch; ``None`` at epoch end.
     loss:
         Detached loss of the last step (a 0-d tensor on the device; no host sync is forced).
     epoch_loss:
@@ -41,7 +43,9 @@ class FitState:
     engine: "SVIEngine"
     epoch: int = 0
     step: int = 0
+    num_data: int = 0
     batch_index: torch.Tensor | None = None
+    batch_x: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     epoch_loss: float | None = None
     stop: bool = False

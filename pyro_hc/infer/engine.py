@@ -148,7 +148,7 @@ class SVIEngine:
             raise ValueError(f"need epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
         num_data = x.shape[0]
         batcher = DeviceBatcher(num_data, batch_size, device=x.device, shuffle=True, seed=seed)
-        state = FitState(engine=self, epoch=self.epoch, step=self.step_count)
+        state = FitState(engine=self, epoch=self.epoch, step=self.step_count, num_data=num_data)
         bar = tqdm(
             total=epochs * len(batcher), disable=not self.progress, desc=self.phase, unit="step", leave=False,
             dynamic_ncols=True,
@@ -164,8 +164,9 @@ class SVIEngine:
                 pending: list[torch.Tensor] = []  # losses not yet read back from the device
                 epoch_total, epoch_batches = 0.0, 0
                 for index in batcher:
+                    batch_x = x[index]
                     try:
-                        loss = self.loss_and_grad(x[index], index, num_data)
+                        loss = self.loss_and_grad(batch_x, index, num_data)
                     except ValueError as err:
                         # distribution validation rejects NaN parameters: report where training broke,
                         # first from the losses not yet read back (the earliest bad step), else here
@@ -173,7 +174,7 @@ class SVIEngine:
                         self._raise_if_parameters_not_finite(err)
                         raise
                     self.step_count += 1
-                    state.step, state.batch_index, state.loss = self.step_count, index, loss
+                    state.step, state.batch_index, state.batch_x, state.loss = self.step_count, index, batch_x, loss
                     pending.append(loss)
                     for cb in self.callbacks:
                         cb.on_step_end(state)
@@ -184,7 +185,7 @@ class SVIEngine:
                 if pending:
                     epoch_total += self._drain(pending, num_data, bar)
                     epoch_batches += len(pending)
-                state.batch_index = None
+                state.batch_index = state.batch_x = None
                 state.epoch_loss = epoch_total / max(epoch_batches, 1)
                 self.scheduler.step()
                 for cb in self.callbacks:
