@@ -4,8 +4,11 @@ Importing this package registers every model: ``get_model(name, **config)``, ``l
 ``load(path)``.
 """
 
-from . import vade  # noqa: F401  (registers "vade")
 from ._registry import get_model, get_model_class, list_models, load, register_model
+from .hcrl import HCRL1, HCRL2, HCRLModule
 from .vade import VaDE, VaDEModule
 
-__all__ = ["register_model", "get_model", "get_model_class", "list_models", "load", "VaDE", "VaDEModule"]
+__all__ = [
+    "register_model", "get_model", "get_model_class", "list_models", "load",
+    "VaDE", "VaDEModule", "HCRL1", "HCRL2", "HCRLModule",
+]

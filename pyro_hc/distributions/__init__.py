@@ -1,0 +1,13 @@
+"""Distributions and approximations shared by the hierarchical models of pyro_hc.
+
+* :class:`NestedStickBreaking` with :func:`path_index` / :class:`PathIndex`: the truncated
+  nested stick-breaking prior over the full and inner paths of a
+  :class:`~pyro_hc.tree.ClusterTree` (Wang & Blei 2009; HCRL phase 1).
+* :func:`dirichlet_laplace_approximation`: the logistic-normal approximation of a
+  Dirichlet prior (MacKay 1998; Srivastava & Sutton 2017; HCRL phase 2).
+"""
+
+from .logistic_normal import dirichlet_laplace_approximation
+from .nested_stick_breaking import NestedStickBreaking, PathIndex, path_index
+
+__all__ = ["NestedStickBreaking", "PathIndex", "dirichlet_laplace_approximation", "path_index"]

@@ -1,0 +1,12 @@
+"""Structural heuristics: engine callbacks that edit a model's :class:`~pyro_hc.tree.ClusterTree`.
+
+They read statistics collected during an epoch and change the tree at its end; none owns a
+training loop.
+
+- :class:`NCRPHeuristics`: GROW / PRUNE / MERGE of HCRL's Algorithm 1 (Shin, Song & Moon, 2020)
+  for models with a nested stick-breaking tree (:class:`NCRPTreeModel`).
+"""
+
+from .ncrp import MOVES, NCRPHeuristics, NCRPTreeModel
+
+__all__ = ["NCRPHeuristics", "NCRPTreeModel", "MOVES"]

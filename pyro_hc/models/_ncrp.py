@@ -1,0 +1,104 @@
+"""What the nCRP-family models share: node parameters that follow a growing and shrinking tree.
+
+Every node parameter lives in a tensor preallocated for ``capacity`` nodes and indexed directly by
+the node's id in the :class:`~pyro_hc.tree.ClusterTree` (whose ids are the smallest free
+integers, so they stay below the capacity). GROW, PRUNE and MERGE change which rows are in use;
+the optimiser never has to be rebuilt, and every training step is one vectorised computation over
+paths x levels driven by the cached :class:`~pyro_hc.distributions.PathIndex`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from pyro.nn import PyroModule
+
+from ..distributions import PathIndex, path_index
+from ..tree import ClusterTree
+
+__all__ = ["NCRPTreeModule", "chain_tree"]
+
+
+def chain_tree(depth: int) -> ClusterTree:
+    """A single root-to-leaf path with ``depth`` levels (HCRL Algorithm 1, line 2)."""
+    if depth < 2:
+        raise ValueError(f"an nCRP tree needs depth >= 2 levels (root and leaves), got {depth}")
+    tree = ClusterTree()
+    node = tree.root
+    for _ in range(depth - 1):
+        node = tree.add_child(node)
+    return tree
+
+
+class NCRPTreeModule(PyroModule):
+    """Base of the nCRP models: the tree, its cached path index and the structural moves.
+
+    Subclasses define ``_init_node(node, parent)``, which initialises the parameter rows of a node
+    GROW has just created, and ``path_responsibilities(x)``, which the heuristics read.
+    """
+
+    def __init__(self, depth: int, capacity: int) -> None:
+        super().__init__()
+        if capacity < depth:
+            raise ValueError(f"capacity ({capacity}) must hold at least one path of depth {depth}")
+        self.depth = depth
+        self.capacity = capacity
+        self.tree = chain_tree(depth)
+        self._index_cache: PathIndex | None = None
+        self._index_key: tuple | None = None
+        self._warned_full = False
+
+    # the tree's tensors ---------------------------------------------------------------------
+
+    def _param_device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def path_index(self) -> PathIndex:
+        """Path x level node table and stick coefficients, rebuilt only after a structural change."""
+        device = self._param_device()
+        # keyed on the tree object too: loading a checkpoint replaces the tree with a fresh one
+        key = (id(self.tree), self.tree.version, str(device))
+        if self._index_cache is None or self._index_key != key:
+            self._index_cache = path_index(self.tree, self.capacity, device=device)
+            self._index_key = key
+        return self._index_cache
+
+    def active_sticks(self) -> torch.Tensor:
+        """Ids of the nodes that carry a stick variable v_i (every non-root node), ascending."""
+        nodes = [n for n in self.tree.nodes() if n != self.tree.root]
+        return torch.as_tensor(nodes, dtype=torch.long, device=self._param_device())
+
+    # structural moves (called by pyro_hc.heuristics.NCRPHeuristics) ----------------------------
+
+    @torch.no_grad()
+    def grow(self, node: int) -> list[int]:
+        """Add a child under ``node`` and extend it down to the leaf level; returns the new ids."""
+        levels_needed = self.depth - 1 - self.tree.level(node)
+        if levels_needed < 1:
+            raise ValueError(f"node {node} is a leaf at full depth; GROW adds children under internal nodes")
+        if len(self.tree) + levels_needed > self.capacity:
+            if not self._warned_full:
+                warnings.warn(f"the tree reached its capacity of {self.capacity} nodes; GROW skipped "
+                              f"(raise capacity= to allow larger trees)", RuntimeWarning, stacklevel=2)
+                self._warned_full = True
+            return []
+        new_nodes = []
+        parent = node
+        for _ in range(levels_needed):
+            child = self.tree.add_child(parent)
+            self._init_node(child, parent)
+            new_nodes.append(child)
+            parent = child
+        return new_nodes
+
+    def prune(self, leaf: int) -> list[int]:
+        """Remove the full path ending at ``leaf`` and the parents it leaves childless."""
+        return self.tree.remove_leaf(leaf, prune_empty_parents=True)
+
+    def merge(self, keep_leaf: int, drop_leaf: int) -> list[int]:
+        """Fold full path ``drop_leaf`` into ``keep_leaf``: the data of both follow ``keep_leaf``'s
+        Gaussians, so the dropped path's nodes are removed (as PRUNE does)."""
+        if keep_leaf == drop_leaf:
+            raise ValueError("MERGE needs two distinct full paths")
+        return self.prune(drop_leaf)

@@ -1,0 +1,357 @@
+"""HCRL1 and HCRL2: Hierarchically Clustered Representation Learning (Shin, Song & Moon, AAAI 2020).
+
+A VAE whose prior is a hierarchical Gaussian mixture on an nCRP tree: every node of the tree (not
+only the leaves) emits embeddings, a datum picks a path by nested stick-breaking and a level on
+it by a level proportion η — one η per data set (HCRL1) or one per datum (HCRL2, the paper's best
+model, with its own encoder: the "unbalanced" two-encoder, one-decoder architecture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import config_enumerate
+from pyro.nn import PyroParam
+from torch.distributions import constraints
+
+from ..distributions import NestedStickBreaking, dirichlet_laplace_approximation
+from ..estimator import ClusterEstimator
+from ..guides import NormalEncoder
+from ..heuristics import NCRPHeuristics
+from ..infer import Callback
+from ._ncrp import NCRPTreeModule
+from ._registry import register_model
+from .networks import Decoder, data_plate
+from .pretrain import AutoencoderPretraining
+
+__all__ = ["HCRL1", "HCRL2", "HCRLModule"]
+
+# sticks are kept inside (0, 1) so that log v and log(1 - v) stay finite under float32
+STICK_EPS = 1e-6
+
+
+class HCRLModule(NCRPTreeModule):
+    """HCRL's generative model and guide over a tree of ``depth`` levels.
+
+    Generative story (HCRL phases 1–5, Eq. 3), for each datum n::
+
+        v_i   ~ Beta(1, γ)                      for every non-root node i      (global)
+        ζ_n   ~ nCRP(v)                         nested stick-breaking over full and inner paths
+        η_n   = softmax(h_n),  h_n ~ Normal(μ_α, σ_α)   Laplace approximation of Dirichlet(α)
+                                                (HCRL1: one h shared by all data)
+        l_n   ~ Categorical(η_n)                level on the path
+        z_n   ~ Normal(μ_{ζ_n,l_n}, diag σ²_{ζ_n,l_n})   every node on the path emits
+        x_n   ~ Bernoulli(f_θ(z_n))             (or Normal for "gaussian" data)
+
+    ζ and l are enumerated and summed out exactly by ``TraceEnum_ELBO`` — a tighter bound than
+    the paper's mean-field ``q(ζ|x) q(l|x)`` (Eq. 4). An *inner* path ends at an internal node u
+    and stands for a branch not yet grown under u; its levels below u reuse u's Gaussian (the
+    path table repeats its last node), so the mass it collects is the data u's subtree explains
+    worse than any existing child — exactly what GROW samples on.
+
+    Guide (Eq. 4): ``q(v_i) = Beta(a_i, b_i)``; amortised Normal ``q(z|x)``; amortised Normal
+    ``q(h|x)`` on the level logits (HCRL2) or a global Normal ``q(h)`` (HCRL1). Node Gaussians
+    are point-estimated parameters, as in the paper.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        likelihood: str,
+        depth: int,
+        capacity: int,
+        stick_concentration: float,
+        level_concentration: float,
+        per_datum_levels: bool,
+    ) -> None:
+        super().__init__(depth, capacity)
+        self.per_datum_levels = per_datum_levels
+        self.stick_concentration = float(stick_concentration)
+        self.encoder = NormalEncoder(n_features, hidden_dims, latent_dim)
+        self.decoder = Decoder(latent_dim, list(reversed(hidden_dims)), n_features, likelihood)
+        if per_datum_levels:
+            self.level_encoder = NormalEncoder(n_features, hidden_dims, depth)
+        else:
+            self.level_loc = PyroParam(torch.zeros(depth))
+            self.level_scale = PyroParam(torch.ones(depth), constraints.positive)
+        self.node_locs = PyroParam(torch.zeros(capacity, latent_dim))
+        self.node_scales = PyroParam(torch.ones(capacity, latent_dim), constraints.positive)
+        self.stick_a = PyroParam(torch.ones(capacity), constraints.positive)
+        self.stick_b = PyroParam(torch.full((capacity,), self.stick_concentration), constraints.positive)
+        prior_loc, prior_scale = dirichlet_laplace_approximation(torch.full((depth,), float(level_concentration)))
+        self.register_buffer("level_prior_loc", prior_loc)
+        self.register_buffer("level_prior_scale", prior_scale)
+
+    # generative model and guide ---------------------------------------------------------------
+
+    def _sticks(self, v_active: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """Scatter the active nodes' sticks into a capacity-long vector indexed by node id."""
+        base = torch.full((self.capacity,), 0.5, dtype=v_active.dtype, device=v_active.device)
+        return base.index_copy(0, nodes, v_active.clamp(STICK_EPS, 1 - STICK_EPS))
+
+    @config_enumerate
+    def model(self, x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None) -> None:
+        paths = self.path_index()
+        nodes = self.active_sticks()
+        ones = torch.ones(len(nodes), device=nodes.device)
+        v = pyro.sample("sticks", dist.Beta(ones, self.stick_concentration * ones).to_event(1))  # phase 1 prior
+        path_prior = NestedStickBreaking(self._sticks(v, nodes), paths)
+        level_prior = dist.Normal(self.level_prior_loc, self.level_prior_scale).to_event(1)  # phase 2 (Laplace)
+        if not self.per_datum_levels:
+            level_logits = pyro.sample("level_logits", level_prior)  # HCRL1: one η for all data
+        with data_plate(x, index, num_data):
+            if self.per_datum_levels:
+                level_logits = pyro.sample("level_logits", level_prior)  # HCRL2: η_n per datum
+            path = pyro.sample("path", path_prior)  # phase 1: ζ_n ~ nCRP
+            level = pyro.sample("level", dist.Categorical(logits=level_logits))  # phase 3: l_n ~ Mult(η_n)
+            node = paths.path_nodes[path, level]  # (levels, paths, 1) under enumeration
+            z = pyro.sample("z", dist.Normal(self.node_locs[node], self.node_scales[node]).to_event(1))  # phase 4
+            pyro.sample("x", self.decoder.distribution(z), obs=x.reshape(x.shape[0], -1))  # phase 5
+
+    def guide(self, x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None) -> None:
+        nodes = self.active_sticks()
+        pyro.sample("sticks", dist.Beta(self.stick_a[nodes], self.stick_b[nodes]).to_event(1))  # q(v_i|a_i,b_i)
+        if not self.per_datum_levels:
+            pyro.sample("level_logits", dist.Normal(self.level_loc, self.level_scale).to_event(1))
+        with data_plate(x, index, num_data):
+            if self.per_datum_levels:
+                loc, scale = self.level_encoder(x)  # g_φη(x)
+                pyro.sample("level_logits", dist.Normal(loc, scale).to_event(1))
+            loc, scale = self.encoder(x)  # g_φz(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # posterior summaries (closed form at the variational means, no gradient) ------------------
+
+    def expected_sticks(self) -> torch.Tensor:
+        """``E_q[v_i] = a_i / (a_i + b_i)`` for every node id (capacity-long)."""
+        return self.stick_a / (self.stick_a + self.stick_b)
+
+    def level_log_proportions(self, x: torch.Tensor) -> torch.Tensor:
+        """``log η`` at the mean of ``q(h|x)`` (HCRL2) or of the global ``q(h)`` (HCRL1), ``B x L``."""
+        if self.per_datum_levels:
+            return torch.log_softmax(self.level_encoder(x)[0], -1)
+        return torch.log_softmax(self.level_loc, -1).expand(x.shape[0], -1)
+
+    def joint_log_responsibilities(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised ``log q(ζ_n = k, l_n = l)``, ``B x K x L``, at ``z = E q(z|x)`` unless given."""
+        paths = self.path_index()
+        if z is None:
+            z = self.encoder.embed(x)
+        log_path = paths.log_path_probs(self.expected_sticks())  # K
+        node = paths.path_nodes  # K x L
+        component = dist.Normal(self.node_locs[node], self.node_scales[node]).log_prob(z[:, None, None, :]).sum(-1)
+        return log_path[:, None] + self.level_log_proportions(x)[:, None, :] + component
+
+    def path_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``q(ζ_n)`` over full then inner paths, ``B x K`` (read by GROW / PRUNE / MERGE)."""
+        return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x), -1), -1)
+
+    def level_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``q(l_n)`` over the levels, ``B x L``."""
+        return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x), -2), -1)
+
+    def leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """``log q(ζ_n = full path k | ζ_n is a full path)``, ``B x n_full`` (``tree.leaves()`` order)."""
+        joint = torch.logsumexp(self.joint_log_responsibilities(x), -1)[:, : self.path_index().n_full]
+        return torch.log_softmax(joint, -1)
+
+    def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """``log p(x, z, h | v̄) − log q(z, h | x)`` for ``num_samples`` draws, ``S x B``.
+
+        The global sticks enter at their posterior mean (and HCRL1's global η at its guide mean),
+        so the IWAE bound is on ``log p(x | v̄, η̄)``.
+        """
+        paths = self.path_index()
+        x_flat = x.reshape(x.shape[0], -1)
+        loc, scale = self.encoder(x)
+        q_z = dist.Normal(loc, scale).to_event(1)
+        z = q_z.sample((num_samples,))  # S x B x d
+        log_w = self.decoder.distribution(z).log_prob(x_flat) - q_z.log_prob(z)
+        if self.per_datum_levels:
+            h_loc, h_scale = self.level_encoder(x)
+            q_h = dist.Normal(h_loc, h_scale).to_event(1)
+            h = q_h.sample((num_samples,))
+            prior_h = dist.Normal(self.level_prior_loc, self.level_prior_scale).to_event(1)
+            log_w = log_w + prior_h.log_prob(h) - q_h.log_prob(h)
+            log_eta = torch.log_softmax(h, -1)  # S x B x L
+        else:
+            log_eta = torch.log_softmax(self.level_loc, -1).expand(num_samples, x.shape[0], -1)
+        log_path = paths.log_path_probs(self.expected_sticks())
+        node = paths.path_nodes
+        component = dist.Normal(self.node_locs[node], self.node_scales[node]).log_prob(
+            z[:, :, None, None, :]).sum(-1)  # S x B x K x L
+        log_pz = torch.logsumexp(log_path[:, None] + log_eta[:, :, None, :] + component, dim=(-2, -1))
+        return log_w + log_pz
+
+    # structural moves -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _init_node(self, node: int, parent: int) -> None:
+        """A new node starts at its parent's Gaussian plus a small perturbation (Algorithm 1, GROW)."""
+        parent_scale = self.node_scales[parent]
+        self.node_locs_unconstrained[node] = self.node_locs[parent] + 0.1 * parent_scale * torch.randn_like(parent_scale)
+        self.node_scales_unconstrained[node] = self.node_scales_unconstrained[parent]
+        self.stick_a_unconstrained[node] = 0.0  # log 1: the prior Beta(1, γ)
+        self.stick_b_unconstrained[node] = float(np.log(self.stick_concentration))
+
+
+class _HCRL(ClusterEstimator):
+    """Shared estimator of HCRL1 and HCRL2 (see :class:`HCRLModule` for the model).
+
+    Training follows Algorithm 1: autoencoder pretraining, one path of ``depth`` Gaussians
+    initialised at the embedding's mean and spread, then SVI epochs after each of which the
+    GROW / PRUNE / MERGE heuristics (:class:`~pyro_hc.heuristics.NCRPHeuristics`) may change
+    the tree.
+
+    Parameters
+    ----------
+    depth:
+        Number of levels of the tree, root included (the paper's L: 3 or 4).
+    latent_dim, hidden_dims, likelihood:
+        Encoders ``D-hidden_dims-latent_dim`` (and ``-depth`` for HCRL2's level encoder); the
+        decoder mirrors them.
+    capacity:
+        Nodes preallocated for the tree to grow into.
+    stick_concentration:
+        γ of the sticks' ``Beta(1, γ)`` prior.
+    level_concentration:
+        Symmetric α of the level proportions' Dirichlet prior.
+    grow_every, lock_epochs, prune_threshold, merge_threshold, max_leaves:
+        The heuristics' t_grow, t_lock, δ, cosine threshold and an optional cap on leaves.
+    epochs, batch_size, lr, lr_decay, lr_decay_every, pretrain_epochs, pretrain_lr:
+        As for VaDE.
+    """
+
+    loss = "trace_enum"
+    per_datum_levels: bool
+
+    def __init__(
+        self,
+        depth: int = 3,
+        latent_dim: int = 10,
+        hidden_dims: Sequence[int] = (500, 500, 2000),
+        likelihood: str | None = None,
+        capacity: int = 128,
+        stick_concentration: float = 1.0,
+        level_concentration: float = 1.0,
+        grow_every: int = 1,
+        lock_epochs: int = 5,
+        prune_threshold: float = 0.01,
+        merge_threshold: float = 0.95,
+        max_leaves: int | None = None,
+        epochs: int = 100,
+        batch_size: int = 100,
+        lr: float = 2e-3,
+        lr_decay: float = 0.9,
+        lr_decay_every: int = 10,
+        pretrain_epochs: int = 50,
+        pretrain_lr: float = 1e-3,
+    ) -> None:
+        self.depth = depth
+        self.latent_dim = latent_dim
+        self.hidden_dims = tuple(hidden_dims)
+        self.likelihood = likelihood
+        self.capacity = capacity
+        self.stick_concentration = stick_concentration
+        self.level_concentration = level_concentration
+        self.grow_every = grow_every
+        self.lock_epochs = lock_epochs
+        self.prune_threshold = prune_threshold
+        self.merge_threshold = merge_threshold
+        self.max_leaves = max_leaves
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.lr_decay = lr_decay
+        self.lr_decay_every = lr_decay_every
+        self.pretrain_epochs = pretrain_epochs
+        self.pretrain_lr = pretrain_lr
+
+    def _check_config(self, x: torch.Tensor) -> None:
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2 levels (root and leaves), got {self.depth}")
+        if self.capacity < self.depth:
+            raise ValueError(f"capacity={self.capacity} cannot hold one path of depth {self.depth}")
+        if self.stick_concentration <= 0 or self.level_concentration <= 0:
+            raise ValueError("stick_concentration and level_concentration must be positive")
+        if self.pretrain_epochs < 0:
+            raise ValueError(f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+
+    def _build_module(self) -> HCRLModule:
+        spec = self.data_spec_
+        return HCRLModule(spec.n_features, self.latent_dim, self.hidden_dims, spec.likelihood, self.depth,
+                          self.capacity, self.stick_concentration, self.level_concentration,
+                          self.per_datum_levels)
+
+    def heuristics(self, seed: int | None = None) -> NCRPHeuristics:
+        """The GROW / PRUNE / MERGE callback configured like this model."""
+        return NCRPHeuristics(grow_every=self.grow_every, lock_epochs=self.lock_epochs,
+                              prune_threshold=self.prune_threshold, merge_threshold=self.merge_threshold,
+                              max_leaves=self.max_leaves, seed=seed)
+
+    def _fit(self, x, *, epochs, batch_size, seed, progress, callbacks: Sequence[Callback]) -> None:
+        module = self.module_
+        if self.pretrain_epochs > 0:
+            self._run(AutoencoderPretraining(module.encoder, module.decoder), x, phase="pretrain",
+                      epochs=self.pretrain_epochs, batch_size=batch_size, seed=seed, progress=progress,
+                      lr=self.pretrain_lr)
+        self._init_path(x)
+        self._run(module, x, phase="train", loss=self.loss, epochs=epochs, batch_size=batch_size, seed=seed,
+                  progress=progress, callbacks=(self.heuristics(seed), *callbacks), lr=self.lr,
+                  lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every)
+
+    @torch.no_grad()
+    def _init_path(self, x: torch.Tensor) -> None:
+        """Algorithm 1, line 1: the single path's Gaussians at the embedding's mean and spread."""
+        module = self.module_
+        embedding = self._batched(module.encoder.embed, x).to(self.device_)
+        mean, std = embedding.mean(0), embedding.std(0).clamp_min(1e-3)
+        for node in module.tree.nodes():
+            module.node_locs_unconstrained[node] = mean + 0.1 * std * torch.randn_like(std)
+            module.node_scales_unconstrained[node] = std.log()
+
+    def _leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module_.leaf_log_proba(x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module_.encoder.embed(x)
+
+    def level_proportions(self, data, num_samples: int = 64) -> torch.Tensor:
+        """``E[η_n | x_n]`` (HCRL2, Monte Carlo over ``q(h|x)``) or the global ``E[η]`` (HCRL1), ``N x L``."""
+        x = self._prepare_input(data)
+        module = self.module_
+
+        def expected_eta(batch: torch.Tensor) -> torch.Tensor:
+            if module.per_datum_levels:
+                loc, scale = module.level_encoder(batch)
+            else:
+                loc, scale = module.level_loc.expand(batch.shape[0], -1), module.level_scale.expand(batch.shape[0], -1)
+            return torch.softmax(dist.Normal(loc, scale).sample((num_samples,)), -1).mean(0)
+
+        return self._batched(expected_eta, x)
+
+    def level_responsibilities(self, data) -> torch.Tensor:
+        """``q(l_n)``: how much each level of its path explains each datum, ``N x L``."""
+        return self._batched(self.module_.level_responsibilities, self._prepare_input(data))
+
+    def path_responsibilities(self, data) -> torch.Tensor:
+        """``q(ζ_n)`` over ``tree.paths()`` then ``tree.inner_paths()``, ``N x K``."""
+        return self._batched(self.module_.path_responsibilities, self._prepare_input(data))
+
+
+@register_model("hcrl2")
+class HCRL2(_HCRL):
+    __doc__ = "HCRL2: a level proportion η_n per datum, inferred by its own encoder.\n\n" + _HCRL.__doc__
+    per_datum_levels = True
+
+
+@register_model("hcrl1")
+class HCRL1(_HCRL):
+    __doc__ = "HCRL1: one level proportion η shared by all data (a global guide).\n\n" + _HCRL.__doc__
+    per_datum_levels = False
