@@ -291,7 +291,7 @@ class NCRPHeuristics(Callback):
                 f"{self._layout[0]} -> {tree.version}); NCRPHeuristics collects per-path "
                 "statistics for a fixed tree, so structural edits belong at epoch end"
             )
-        n_full, n_inner = len(tree.leaves()), len(tree.internal_nodes())
+        version, n_full, n_inner = tree.version, len(tree.leaves()), len(tree.internal_nodes())
         with torch.no_grad():
             resp = module.path_responsibilities(state.batch_x).detach()
         expected = (state.batch_x.shape[0], n_full + n_inner)
@@ -302,7 +302,7 @@ class NCRPHeuristics(Callback):
             )
         if self._layout is None:
             self._begin(state, resp, n_full)
-            self._layout = (tree.version, n_full, n_inner)
+            self._layout = (version, n_full, n_inner)
         assert self._mass is not None
         self._mass += resp.sum(0)
         self._n_seen += resp.shape[0]
