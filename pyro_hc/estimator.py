@@ -205,6 +205,38 @@ class ClusterEstimator:
         x = self._prepare_input(data)
         return self._batched(self._embed, x)
 
+    # density estimation ---------------------------------------------------------------------
+
+    def negative_log_likelihood(self, data: Dataset | torch.Tensor | np.ndarray, num_samples: int = 100,
+                                batch_size: int = 256) -> float:
+        """Mean ``-log p(x)`` in nats by importance sampling from the guide (the IWAE bound).
+
+        ``log p(x) ≈ log (1/S) Σ_s p(x, z_s) / q(z_s | x)`` with ``S = num_samples`` draws
+        ``z_s ~ q(z | x)`` (Burda et al. 2016; the HCRL paper uses S = 100). Each model's
+        ``log_importance_weights`` says which latent variables it samples and which global ones
+        it fixes at their posterior means.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        x = self._prepare_input(data)
+
+        def log_marginal(batch: torch.Tensor) -> torch.Tensor:
+            log_w = self.module_.log_importance_weights(batch, num_samples)
+            return torch.logsumexp(log_w, 0) - np.log(num_samples)
+
+        return float(-self._batched(log_marginal, x, batch_size).mean())
+
+    def reconstruction_error(self, data: Dataset | torch.Tensor | np.ndarray) -> float:
+        """Mean squared reconstruction error ``Σ_d (x_d − E[x_d | z = E q(z|x)])²`` per datum."""
+        x = self._prepare_input(data)
+        module = self.module_
+
+        def squared_error(batch: torch.Tensor) -> torch.Tensor:
+            recon = module.decoder.mean(module.encoder.embed(batch))
+            return (recon - batch.reshape(batch.shape[0], -1)).pow(2).sum(-1)
+
+        return float(self._batched(squared_error, x).mean())
+
     # persistence ----------------------------------------------------------------------------
 
     def _checkpoint_header(self) -> dict[str, Any]:

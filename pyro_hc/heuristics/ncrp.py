@@ -62,6 +62,10 @@ class NCRPTreeModel(Protocol):
 
     tree: ClusterTree
 
+    # Optional: a model may also define ``reset_path_observations()`` (called at every epoch
+    # start) and ``observe_path_responsibilities(x, resp)`` (called with every batch and its
+    # responsibilities) to collect what it needs to initialise the branches GROW asks for.
+
     def path_responsibilities(self, x: Tensor) -> Tensor:
         """Return ``q(zeta_n = path)`` for a batch, without gradient.
 
@@ -255,6 +259,9 @@ class NCRPHeuristics(Callback):
         self._mass = None
         self._n_seen = 0
         self._layout = None
+        reset = getattr(state.module, "reset_path_observations", None)
+        if reset is not None:  # optional: models that initialise GROW from the data they saw
+            reset()
 
     def _begin(self, state: FitState, resp: Tensor, n_full: int) -> None:
         """Allocate (or zero and reuse) the epoch's buffers for the current layout."""
@@ -304,6 +311,10 @@ class NCRPHeuristics(Callback):
             self._begin(state, resp, n_full)
             self._layout = (version, n_full, n_inner)
         assert self._mass is not None
+        observe = getattr(module, "observe_path_responsibilities", None)
+        if observe is not None:
+            with torch.no_grad():
+                observe(state.batch_x, resp)
         self._mass += resp.sum(0)
         self._n_seen += resp.shape[0]
         if self._resp is not None:

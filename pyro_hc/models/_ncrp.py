@@ -34,8 +34,8 @@ def chain_tree(depth: int) -> ClusterTree:
 class NCRPTreeModule(PyroModule):
     """Base of the nCRP models: the tree, its cached path index and the structural moves.
 
-    Subclasses define ``_init_node(node, parent)``, which initialises the parameter rows of a node
-    GROW has just created, and ``path_responsibilities(x)``, which the heuristics read.
+    Subclasses define ``_init_node(node, parent, target)``, which initialises the parameter rows of
+    a node GROW has just created (``target``: where its data sit in the embedding, or None), and ``path_responsibilities(x)``, which the heuristics read.
     """
 
     def __init__(self, depth: int, capacity: int) -> None:
@@ -48,6 +48,7 @@ class NCRPTreeModule(PyroModule):
         self._index_cache: PathIndex | None = None
         self._index_key: tuple | None = None
         self._warned_full = False
+        self._observed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # the tree's tensors ---------------------------------------------------------------------
 
@@ -83,14 +84,48 @@ class NCRPTreeModule(PyroModule):
                               f"(raise capacity= to allow larger trees)", RuntimeWarning, stacklevel=2)
                 self._warned_full = True
             return []
+        target = self._grow_target(node)
         new_nodes = []
         parent = node
         for _ in range(levels_needed):
             child = self.tree.add_child(parent)
-            self._init_node(child, parent)
+            self._init_node(child, parent, target)
             new_nodes.append(child)
             parent = child
         return new_nodes
+
+    # where a new branch starts: the data its inner path collected ------------------------------
+
+    def reset_path_observations(self) -> None:
+        """Forget the last epoch's per-path embedding sums (called by the heuristics)."""
+        self._observed = None
+
+    @torch.no_grad()
+    def observe_path_responsibilities(self, x: torch.Tensor, resp: torch.Tensor) -> None:
+        """Accumulate ``Σ_n q(ζ_n = k) E[z_n|x_n]`` and ``Σ_n q(ζ_n = k)`` per path over an epoch."""
+        z = self.encoder.embed(x)
+        weighted, mass = resp.T @ z, resp.sum(0)
+        if getattr(self, "_observed", None) is None or self._observed[1].shape != mass.shape:
+            self._observed = (weighted, mass)
+        else:
+            self._observed = (self._observed[0] + weighted, self._observed[1] + mass)
+
+    def _grow_target(self, node: int) -> torch.Tensor | None:
+        """Mean embedding of the data that chose the inner path of ``node`` (None if none did).
+
+        The inner path stands for a branch not yet grown under ``node``; starting the new branch
+        where that data sits (rather than at a random perturbation of the parent) lets it explain
+        that data from its first step.
+        """
+        observed = getattr(self, "_observed", None)
+        if observed is None:
+            return None
+        paths = self.path_index()
+        inner_row = paths.n_full + self.tree.internal_nodes().index(node)
+        weighted, mass = observed
+        if inner_row >= len(mass) or float(mass[inner_row]) < 1e-3:
+            return None
+        return weighted[inner_row] / mass[inner_row]
 
     def prune(self, leaf: int) -> list[int]:
         """Remove the full path ending at ``leaf`` and the parents it leaves childless."""

@@ -192,10 +192,12 @@ class HCRLModule(NCRPTreeModule):
     # structural moves -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def _init_node(self, node: int, parent: int) -> None:
-        """A new node starts at its parent's Gaussian plus a small perturbation (Algorithm 1, GROW)."""
+    def _init_node(self, node: int, parent: int, target: torch.Tensor | None) -> None:
+        """A new node starts where its inner path's data sit (else at its parent's Gaussian plus
+        a small perturbation), with its parent's spread and the prior sticks (Algorithm 1, GROW)."""
         parent_scale = self.node_scales[parent]
-        self.node_locs_unconstrained[node] = self.node_locs[parent] + 0.1 * parent_scale * torch.randn_like(parent_scale)
+        centre = self.node_locs[parent] if target is None else target
+        self.node_locs_unconstrained[node] = centre + 0.1 * parent_scale * torch.randn_like(parent_scale)
         self.node_scales_unconstrained[node] = self.node_scales_unconstrained[parent]
         self.stick_a_unconstrained[node] = 0.0  # log 1: the prior Beta(1, γ)
         self.stick_b_unconstrained[node] = float(np.log(self.stick_concentration))

@@ -65,6 +65,20 @@ class VaDEModule(PyroModule):
             loc, scale = self.encoder(x)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
+    def log_prior_density(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z) = log Σ_c π_c N(z; μ_c, σ_c²)``, the mixture prior with c summed out."""
+        log_weights = torch.log_softmax(self.mixture_logits, -1)
+        log_lik = dist.Normal(self.cluster_locs, self.cluster_scales).log_prob(z.unsqueeze(-2)).sum(-1)
+        return torch.logsumexp(log_weights + log_lik, -1)
+
+    def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """``log p(x, z_s) − log q(z_s | x)`` for ``num_samples`` draws, ``S x B``."""
+        loc, scale = self.encoder(x)
+        q_z = dist.Normal(loc, scale).to_event(1)
+        z = q_z.sample((num_samples,))
+        x_flat = x.reshape(x.shape[0], -1)
+        return self.decoder.distribution(z).log_prob(x_flat) + self.log_prior_density(z) - q_z.log_prob(z)
+
     def cluster_log_posterior(self, z: torch.Tensor) -> torch.Tensor:
         """``log p(c | z)`` for every cluster, ``N x K`` (the paper's γ, Eq. 16)."""
         log_weights = torch.log_softmax(self.mixture_logits, -1)

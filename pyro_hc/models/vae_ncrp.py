@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -141,13 +142,12 @@ class VAENCRPModule(NCRPTreeModule):
         return self.decoder.distribution(z).log_prob(x.reshape(x.shape[0], -1)) + log_pz - q_z.log_prob(z)
 
     @torch.no_grad()
-    def _init_node(self, node: int, parent: int) -> None:
-        scale = self.drift_scale * 0.1
-        self.node_mean_locs_unconstrained[node] = self.node_mean_locs[parent] + scale * torch.randn_like(
-            self.node_mean_locs[parent])
+    def _init_node(self, node: int, parent: int, target: torch.Tensor | None) -> None:
+        centre = self.node_mean_locs[parent] if target is None else target
+        self.node_mean_locs_unconstrained[node] = centre + 0.1 * self.drift_scale * torch.randn_like(centre)
         self.node_mean_scales_unconstrained[node] = self.node_mean_scales_unconstrained[parent]
         self.stick_a_unconstrained[node] = 0.0
-        self.stick_b_unconstrained[node] = float(torch.log(torch.tensor(self.stick_concentration)))
+        self.stick_b_unconstrained[node] = float(np.log(self.stick_concentration))
 
 
 @register_model("vae_ncrp")
