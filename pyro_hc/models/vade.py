@@ -167,7 +167,7 @@ class VaDE(ClusterEstimator):
         """Fit a diagonal GMM to the pretrained embedding (the paper's initialisation of π, μ, σ)."""
         module = self.module_
         embedding = self._batched(module.encoder.embed, x).double().numpy()
-        gmm = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3, reg_covar=1e-4,
+        gmm = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=10, reg_covar=1e-4,
                               random_state=seed).fit(embedding)
         device = self.device_
         module.mixture_logits_unconstrained.copy_(torch.as_tensor(np.log(gmm.weights_), device=device))

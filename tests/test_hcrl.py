@@ -1,0 +1,197 @@
+"""HCRL1 / HCRL2 / VAE-nCRP: ELBOs against hand sums over paths and levels, the estimator API."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+
+import pyro_hc
+from pyro_hc.infer import local_params
+from pyro_hc.models import HCRLModule, VAENCRPModule, load
+
+TINY = dict(latent_dim=2, hidden_dims=(16,), pretrain_epochs=1, capacity=16)
+
+
+def normal_logpdf(value, loc, scale):
+    return (-0.5 * math.log(2 * math.pi) - torch.log(scale) - (value - loc) ** 2 / (2 * scale**2)).sum(-1)
+
+
+def beta_logpdf(v, a, b):
+    return ((a - 1) * torch.log(v) + (b - 1) * torch.log1p(-v)
+            + torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b)).sum(-1)
+
+
+def two_path_tree_probabilities(v):
+    """Root 0 -> 1 -> 2 and 0 -> 3 -> 4 (children ordered by id); v indexed by node id.
+
+    Full paths (0,1,2), (0,3,4); inner paths (0), (0,1), (0,3), in that order.
+    """
+    v1, v2, v3, v4 = v[1], v[2], v[3], v[4]
+    return torch.stack([
+        v1 * v2,                        # (0,1,2)
+        v3 * (1 - v1) * v4,             # (0,3,4)
+        (1 - v1) * (1 - v3),            # inner (0): a new child of the root
+        v1 * (1 - v2),                  # inner (0,1)
+        v3 * (1 - v1) * (1 - v4),       # inner (0,3)
+    ])
+
+
+# node of each path at levels 0, 1, 2 (inner paths repeat their last node)
+PATH_NODES = torch.tensor([[0, 1, 2], [0, 3, 4], [0, 0, 0], [0, 1, 1], [0, 3, 3]])
+
+
+def tiny_hcrl(per_datum_levels):
+    torch.manual_seed(5)
+    with local_params():
+        module = HCRLModule(n_features=5, latent_dim=2, hidden_dims=(4,), likelihood="bernoulli", depth=3,
+                            capacity=8, stick_concentration=1.5, level_concentration=0.8,
+                            per_datum_levels=per_datum_levels)
+        assert module.grow(0) == [3, 4]
+        with torch.no_grad():
+            module.node_locs_unconstrained.normal_()
+            module.node_scales_unconstrained.uniform_(-0.5, 0.5)
+            module.stick_a_unconstrained.uniform_(-0.5, 0.5)
+            module.stick_b_unconstrained.uniform_(-0.5, 0.5)
+            if not per_datum_levels:
+                module.level_loc_unconstrained.copy_(torch.tensor([0.2, -0.3, 0.4]))
+    return module
+
+
+def guide_values_and_loss(module, x, seed=3):
+    with local_params():
+        pyro.set_rng_seed(seed)
+        trace = poutine.trace(module.guide).get_trace(x)
+        pyro.set_rng_seed(seed)
+        loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(module.model, module.guide, x)
+    return {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "sample"}, loss
+
+
+@pytest.mark.parametrize("per_datum_levels", [True, False])
+def test_hcrl_elbo_equals_hand_sum_over_paths_and_levels(per_datum_levels):
+    module = tiny_hcrl(per_datum_levels)
+    x = torch.rand(6, 5)
+    values, loss = guide_values_and_loss(module, x)
+    with local_params(), torch.no_grad():
+        v = torch.full((8,), 0.5)
+        v[torch.tensor([1, 2, 3, 4])] = values["sticks"]
+        h, z = values["level_logits"], values["z"]
+        prior_loc, prior_scale = module.level_prior_loc, module.level_prior_scale
+        log_path = torch.log(two_path_tree_probabilities(v))  # K
+        log_eta = torch.log_softmax(h, -1)  # B x L (or L)
+        locs, scales = module.node_locs[PATH_NODES], module.node_scales[PATH_NODES]  # K x L x d
+        log_component = normal_logpdf(z[:, None, None, :], locs, scales)  # B x K x L
+        log_pz = torch.logsumexp(log_path[:, None] + log_eta[..., None, :] + log_component, dim=(-2, -1))
+        probs = torch.sigmoid(module.decoder(z))
+        log_px = (x * torch.log(probs) + (1 - x) * torch.log1p(-probs)).sum(-1)
+        z_loc, z_scale = module.encoder(x)
+        elbo = (log_px + log_pz - normal_logpdf(z, z_loc, z_scale)).sum()
+        nodes = torch.tensor([1, 2, 3, 4])
+        elbo += beta_logpdf(values["sticks"], torch.ones(4), torch.full((4,), 1.5))
+        elbo -= beta_logpdf(values["sticks"], module.stick_a[nodes], module.stick_b[nodes])
+        if per_datum_levels:
+            h_loc, h_scale = module.level_encoder(x)
+            elbo += (normal_logpdf(h, prior_loc, prior_scale) - normal_logpdf(h, h_loc, h_scale)).sum()
+        else:
+            elbo += normal_logpdf(h, prior_loc, prior_scale) - normal_logpdf(h, module.level_loc, module.level_scale)
+    assert torch.allclose(loss, -elbo, rtol=1e-5, atol=1e-4), (loss, -elbo)
+
+
+def test_vae_ncrp_elbo_equals_hand_sum_over_paths():
+    torch.manual_seed(2)
+    with local_params():
+        module = VAENCRPModule(n_features=5, latent_dim=2, hidden_dims=(4,), likelihood="bernoulli", depth=3,
+                               capacity=8, stick_concentration=1.0, leaf_scale=0.5, drift_scale=0.7)
+        module.grow(0)
+        with torch.no_grad():
+            module.node_mean_locs_unconstrained.normal_()
+    x = torch.rand(4, 5)
+    values, loss = guide_values_and_loss(module, x)
+    with local_params(), torch.no_grad():
+        v = torch.full((8,), 0.5)
+        v[torch.tensor([1, 2, 3, 4])] = values["sticks"]
+        means = values["node_means"]  # nodes 0..4 in ascending id order
+        z = values["z"]
+        log_path = torch.log(two_path_tree_probabilities(v))
+        last = PATH_NODES[:, -1]
+        # full paths emit with σ_D; an inner path ending at level k marginalises (2 - k) drifts
+        missing = torch.tensor([0.0, 0.0, 2.0, 1.0, 1.0])
+        scale = torch.sqrt(0.5**2 + missing * 0.7**2)
+        log_pz = torch.logsumexp(log_path + normal_logpdf(z[:, None, :], means[last], scale[:, None]), -1)
+        probs = torch.sigmoid(module.decoder(z))
+        log_px = (x * torch.log(probs) + (1 - x) * torch.log1p(-probs)).sum(-1)
+        z_loc, z_scale = module.encoder(x)
+        elbo = (log_px + log_pz - normal_logpdf(z, z_loc, z_scale)).sum()
+        drift = normal_logpdf(means[0], torch.zeros(2), torch.tensor(1.0))
+        for child, parent in [(1, 0), (2, 1), (3, 0), (4, 3)]:
+            drift = drift + normal_logpdf(means[child], means[parent], torch.tensor(0.7))
+        elbo += drift - normal_logpdf(means, module.node_mean_locs[:5], module.node_mean_scales[:5]).sum()
+        nodes = torch.tensor([1, 2, 3, 4])
+        elbo += beta_logpdf(values["sticks"], torch.ones(4), torch.ones(4))
+        elbo -= beta_logpdf(values["sticks"], module.stick_a[nodes], module.stick_b[nodes])
+    assert torch.allclose(loss, -elbo, rtol=1e-5, atol=1e-4), (loss, -elbo)
+
+
+def test_posterior_responsibilities_are_distributions():
+    module = tiny_hcrl(True)
+    x = torch.rand(7, 5)
+    with local_params(), torch.no_grad():
+        paths = module.path_responsibilities(x)
+        levels = module.level_responsibilities(x)
+        leaves = module.leaf_log_proba(x).exp()
+    assert paths.shape == (7, 5) and levels.shape == (7, 3) and leaves.shape == (7, 2)
+    for p in (paths, levels, leaves):
+        assert torch.allclose(p.sum(-1), torch.ones(7), atol=1e-5)
+
+
+def test_grow_starts_the_new_branch_where_its_inner_path_data_sit():
+    module = tiny_hcrl(True)
+    x = torch.rand(10, 5)
+    resp = torch.zeros(10, 5)
+    resp[:, 2] = 1.0  # every datum on the inner path of the root
+    with local_params(), torch.no_grad():
+        module.reset_path_observations()
+        module.observe_path_responsibilities(x, resp)
+        target = module.encoder.embed(x).mean(0)
+        new = module.grow(0)
+        assert len(new) == 2 and module.tree.parent(new[0]) == 0
+        spread = module.node_scales[0]
+        assert torch.all((module.node_locs[new[0]] - target).abs() <= 0.5 * spread + 1e-6)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return pyro_hc.synthetic_tree(depth=2, branching=2, n_per_leaf=50, n_features=20, latent_dim=4, seed=0)
+
+
+@pytest.mark.parametrize("name", ["hcrl2", "hcrl1", "vae_ncrp"])
+def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
+    model = pyro_hc.get_model(name, depth=3, **TINY, lock_epochs=2).fit(synthetic, epochs=6, batch_size=32,
+                                                                         progress=False)
+    tree = model.tree
+    tree.check()
+    assert len(tree.leaves()) >= 2, "GROW never fired"
+    assert all(tree.level(leaf) == 2 for leaf in tree.leaves())
+    assert any(event["kind"] == "grow" for event in tree.events)
+    proba = model.predict_proba(synthetic)
+    assert proba.shape == (len(synthetic), len(tree.leaves()))
+    restored = load(model.save(tmp_path / "m.pt"))
+    assert restored.tree.to_json() == tree.to_json()
+    assert torch.allclose(restored.predict_proba(synthetic), proba, atol=1e-6)
+    nll = model.negative_log_likelihood(synthetic.subset(torch.arange(20)), num_samples=5)
+    assert math.isfinite(nll)
+    assert math.isfinite(model.reconstruction_error(synthetic))
+    if name != "vae_ncrp":
+        eta = model.level_proportions(synthetic)
+        assert eta.shape == (len(synthetic), 3) and torch.allclose(eta.sum(-1), torch.ones(len(synthetic)), atol=1e-5)
+
+
+def test_bad_configuration_is_rejected(synthetic):
+    with pytest.raises(ValueError, match="depth"):
+        pyro_hc.get_model("hcrl2", depth=1).fit(synthetic, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="capacity"):
+        pyro_hc.get_model("hcrl2", depth=4, capacity=3).fit(synthetic, epochs=0, progress=False)
