@@ -26,6 +26,8 @@ import pyro_hc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--n", type=int, default=None, help="use a seeded subset of this many images")
+    parser.add_argument("--hidden-dims", default="500,500,2000")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--pretrain-epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=100)
@@ -39,7 +41,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     data = pyro_hc.load_dataset(args.dataset, split="all")
-    model = pyro_hc.get_model("vade", n_clusters=data.n_classes, pretrain_epochs=args.pretrain_epochs)
+    if args.n is not None:
+        data = data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.n])
+    hidden_dims = tuple(int(h) for h in args.hidden_dims.split(","))
+    model = pyro_hc.get_model("vade", n_clusters=data.n_classes, hidden_dims=hidden_dims,
+                              pretrain_epochs=args.pretrain_epochs)
     started = time.perf_counter()
     model.fit(data, epochs=args.epochs, batch_size=args.batch_size, device=args.device, seed=args.seed,
               progress=not args.no_progress)
@@ -52,7 +58,8 @@ def main() -> None:
         "n": len(data),
         "metrics": scores,
         "paper_acc": 0.9446,
-        "budget": {"epochs": args.epochs, "pretrain_epochs": args.pretrain_epochs, "batch_size": args.batch_size},
+        "budget": {"epochs": args.epochs, "pretrain_epochs": args.pretrain_epochs, "batch_size": args.batch_size,
+                   "hidden_dims": list(hidden_dims)},
         "device": device,
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor()
         or platform.machine(),

@@ -1,0 +1,39 @@
+"""Every benchmark script runs end to end with a tiny budget (as Pyro's tests/test_examples.py does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyro_hc.data import list_datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_MNIST = "mnist" in list_datasets(available=True)
+
+SCRIPTS = {
+    "vade_mnist.py": ["--n", "300", "--epochs", "1", "--pretrain-epochs", "1", "--hidden-dims", "32",
+                      "--no-progress"],
+    "hcrl_mnist.py": ["--n-train", "300", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
+                      "--hidden-dims", "32", "--nll-samples", "3", "--depths", "3"],
+}
+
+
+def test_every_benchmark_script_has_a_smoke_run():
+    assert {p.name for p in (ROOT / "benchmarks").glob("*.py")} == set(SCRIPTS)
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST is not on disk (set PYRO_HC_DATA)")
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_smoke_run(script, tmp_path):
+    out = tmp_path / "result.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *SCRIPTS[script], "--threads", "1",
+                    "--out", str(out)], check=True, env=env, capture_output=True, timeout=300)
+    record = json.loads(out.read_text())
+    assert record["device"] in ("cpu", "cuda", "cuda:0")
+    assert "metrics" in record or record["results"]
