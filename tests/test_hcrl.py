@@ -195,3 +195,19 @@ def test_bad_configuration_is_rejected(synthetic):
         pyro_hc.get_model("hcrl2", depth=1).fit(synthetic, epochs=0, progress=False)
     with pytest.raises(ValueError, match="capacity"):
         pyro_hc.get_model("hcrl2", depth=4, capacity=3).fit(synthetic, epochs=0, progress=False)
+
+
+@pytest.mark.parametrize("per_datum_levels", [True, False])
+def test_closed_form_responsibilities_equal_pyro_enumeration_marginals(per_datum_levels):
+    """q(ζ_n), q(l_n) at the guide means agree with TraceEnum_ELBO.compute_marginals."""
+    module = tiny_hcrl(per_datum_levels)
+    x = torch.rand(6, 5)
+    with local_params(), torch.no_grad():
+        nodes = module.active_sticks()
+        fixed = {"z": module.encoder.embed(x), "sticks": module.expected_sticks()[nodes],
+                 "level_logits": module.level_encoder(x)[0] if per_datum_levels else module.level_loc}
+        # the model with the continuous latents observed at the guide means; ζ and l enumerated
+        marginals = TraceEnum_ELBO(max_plate_nesting=1).compute_marginals(
+            poutine.condition(module.model, data=fixed), lambda x: None, x)
+        assert torch.allclose(marginals["path"].probs, module.path_responsibilities(x), atol=1e-5)
+        assert torch.allclose(marginals["level"].probs, module.level_responsibilities(x), atol=1e-5)

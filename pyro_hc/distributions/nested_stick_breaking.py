@@ -274,6 +274,9 @@ class NestedStickBreaking(Categorical):
         sticks.shape[-1]``.
     validate_args : bool, optional
         Whether to validate ``sticks`` and the values given to ``log_prob``.
+    logits : Tensor, optional
+        Only without ``sticks`` and ``index``: a categorical over paths with these logits. Pyro
+        builds enumerated sites' posteriors this way (``TraceEnum_ELBO.compute_marginals``).
 
     Examples
     --------
@@ -288,8 +291,20 @@ class NestedStickBreaking(Categorical):
     arg_constraints = {"sticks": constraints.unit_interval}
 
     def __init__(
-        self, sticks: Tensor, index: PathIndex, validate_args: bool | None = None
+        self,
+        sticks: Tensor | None = None,
+        index: PathIndex | None = None,
+        validate_args: bool | None = None,
+        *,
+        logits: Tensor | None = None,
     ) -> None:
+        if logits is not None and sticks is None and index is None:
+            # Pyro rebuilds enumerated sites' posteriors as ``type(d)(logits=...)``
+            # (TraceEnum_ELBO.compute_marginals): a categorical over paths with no sticks.
+            self.sticks, self.index = None, None
+            self.arg_constraints = {}
+            super().__init__(logits=logits, validate_args=validate_args)
+            return
         if not isinstance(index, PathIndex):
             raise TypeError(f"index must be a PathIndex, got {type(index).__name__}")
         if not isinstance(sticks, Tensor) or not sticks.is_floating_point():
@@ -301,7 +316,10 @@ class NestedStickBreaking(Categorical):
     def expand(self, batch_shape, _instance=None):  # noqa: D102 (see Distribution.expand)
         new = self._get_checked_instance(NestedStickBreaking, _instance)
         batch_shape = torch.Size(batch_shape)
-        new.sticks = self.sticks.expand(batch_shape + (self.index.capacity,))
-        new.index = self.index
+        if self.sticks is None:  # a posterior over paths built from logits
+            new.sticks, new.index, new.arg_constraints = None, None, {}
+        else:
+            new.sticks = self.sticks.expand(batch_shape + (self.index.capacity,))
+            new.index = self.index
         # Categorical.expand copies logits/probs and finishes the initialisation.
         return super().expand(batch_shape, _instance=new)
