@@ -185,6 +185,9 @@ def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
     nll = model.negative_log_likelihood(synthetic.subset(torch.arange(20)), num_samples=5)
     assert math.isfinite(nll)
     assert math.isfinite(model.reconstruction_error(synthetic))
+    node_ids, images = model.decode_nodes()
+    assert node_ids == tree.nodes() and images.shape == (len(tree), synthetic.n_features)
+    assert torch.all((images >= -10) & (images <= 10)) and not torch.allclose(images[0], images[-1])
     if name != "vae_ncrp":
         eta = model.level_proportions(synthetic)
         assert eta.shape == (len(synthetic), 3) and torch.allclose(eta.sum(-1), torch.ones(len(synthetic)), atol=1e-5)

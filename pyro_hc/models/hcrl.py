@@ -22,7 +22,7 @@ from ..distributions import NestedStickBreaking, dirichlet_laplace_approximation
 from ..estimator import ClusterEstimator
 from ..guides import NormalEncoder
 from ..heuristics import NCRPHeuristics
-from ..infer import Callback
+from ..infer import Callback, local_params
 from ._ncrp import NCRPTreeModule
 from ._registry import register_model
 from .networks import Decoder, data_plate
@@ -127,6 +127,10 @@ class HCRLModule(NCRPTreeModule):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # posterior summaries (closed form at the variational means, no gradient) ------------------
+
+    def node_means(self) -> torch.Tensor:
+        """Each node's Gaussian mean μ_i in the embedding, ``capacity x latent_dim``."""
+        return self.node_locs
 
     def expected_sticks(self) -> torch.Tensor:
         """``E_q[v_i] = a_i / (a_i + b_i)`` for every node id (capacity-long)."""
@@ -337,6 +341,21 @@ class _HCRL(ClusterEstimator):
             return torch.softmax(dist.Normal(loc, scale).sample((num_samples,)), -1).mean(0)
 
         return self._batched(expected_eta, x)
+
+    @torch.no_grad()
+    def decode_nodes(self) -> tuple[list[int], torch.Tensor]:
+        """Each node's Gaussian mean decoded to data space (HCRL Figure 1, top right).
+
+        Returns the node ids (``tree.nodes()`` order) and ``E[x | z = μ_node]`` for each,
+        ``M x C x H x W`` for image data (``M x D`` otherwise), on the CPU.
+        """
+        self._check_fitted()
+        nodes = self.tree.nodes()
+        index = torch.as_tensor(nodes, dtype=torch.long, device=self.device_)
+        with local_params():
+            decoded = self.module_.decoder.mean(self.module_.node_means()[index]).cpu()
+        shape = self.data_spec_.image_shape
+        return nodes, decoded.reshape(len(nodes), *shape) if shape is not None else decoded
 
     def level_responsibilities(self, data) -> torch.Tensor:
         """``q(l_n)``: how much each level of its path explains each datum, ``N x L``."""

@@ -115,6 +115,10 @@ class VAENCRPModule(NCRPTreeModule):
 
     # posterior summaries ---------------------------------------------------------------------
 
+    def node_means(self) -> torch.Tensor:
+        """Each node's posterior mean of α_i, ``capacity x latent_dim``."""
+        return self.node_mean_locs
+
     def expected_sticks(self) -> torch.Tensor:
         return self.stick_a / (self.stick_a + self.stick_b)
 
