@@ -70,6 +70,9 @@ class SVIEngine:
         Show a tqdm progress bar with the running loss.
     phase:
         A label for this fit ("pretrain", "train", ...) recorded in the history and errors.
+    lr_multipliers:
+        ``{name prefix: factor}``: parameters whose name starts with a prefix train at
+        ``factor * lr`` (e.g. a mixture's node parameters faster than the networks).
     check_every:
         Steps between host syncs that read the loss, check it is finite and refresh the bar;
         the error still names the exact step at which the loss first went bad.
@@ -94,6 +97,7 @@ class SVIEngine:
         phase: str = "train",
         check_every: int = 10,
         checkpoint_extra: dict[str, Any] | None = None,
+        lr_multipliers: dict[str, float] | None = None,
     ) -> None:
         for method in ("model", "guide"):
             if not callable(getattr(module, method, None)):
@@ -107,7 +111,7 @@ class SVIEngine:
             )
         self.module = module
         self.elbo = make_elbo(loss, max_plate_nesting, num_particles)
-        params = [p for p in module.parameters() if p.requires_grad]
+        params = self._param_groups(module, lr, lr_multipliers or {})
         if not params:
             raise ValueError(f"{type(module).__name__} has no trainable parameters")
         if optimizer == "adam":
@@ -124,6 +128,19 @@ class SVIEngine:
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.epoch = 0
         self.step_count = 0
+
+    @staticmethod
+    def _param_groups(module: torch.nn.Module, lr: float, multipliers: dict[str, float]) -> list[dict[str, Any]]:
+        """One optimiser group per learning-rate multiplier, chosen by parameter-name prefix."""
+        for prefix, factor in multipliers.items():
+            if factor <= 0:
+                raise ValueError(f"lr multiplier for {prefix!r} must be positive, got {factor}")
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for name, param in module.named_parameters():
+            if param.requires_grad:
+                factor = next((f for prefix, f in multipliers.items() if name.startswith(prefix)), 1.0)
+                groups.setdefault(factor, []).append(param)
+        return [{"params": params, "lr": lr * factor} for factor, params in groups.items()]
 
     @property
     def tree(self):

@@ -35,7 +35,8 @@ class NCRPTreeModule(PyroModule):
     """Base of the nCRP models: the tree, its cached path index and the structural moves.
 
     Subclasses define ``_init_node(node, parent, target)``, which initialises the parameter rows of
-    a node GROW has just created (``target``: where its data sit in the embedding, or None), and ``path_responsibilities(x)``, which the heuristics read.
+    a node GROW has just created (``target``: mean and spread of its data in the embedding, or
+    None), and ``path_responsibilities(x)``, which the heuristics read.
     """
 
     def __init__(self, depth: int, capacity: int) -> None:
@@ -48,7 +49,7 @@ class NCRPTreeModule(PyroModule):
         self._index_cache: PathIndex | None = None
         self._index_key: tuple | None = None
         self._warned_full = False
-        self._observed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._observed: tuple[torch.Tensor, ...] | None = None
 
     # the tree's tensors ---------------------------------------------------------------------
 
@@ -104,14 +105,15 @@ class NCRPTreeModule(PyroModule):
     def observe_path_responsibilities(self, x: torch.Tensor, resp: torch.Tensor) -> None:
         """Accumulate ``Σ_n q(ζ_n = k) E[z_n|x_n]`` and ``Σ_n q(ζ_n = k)`` per path over an epoch."""
         z = self.encoder.embed(x)
-        weighted, mass = resp.T @ z, resp.sum(0)
-        if getattr(self, "_observed", None) is None or self._observed[1].shape != mass.shape:
-            self._observed = (weighted, mass)
+        stats = (resp.T @ z, resp.T @ z.square(), resp.sum(0))
+        if self._observed is None or self._observed[-1].shape != stats[-1].shape:
+            self._observed = stats
         else:
-            self._observed = (self._observed[0] + weighted, self._observed[1] + mass)
+            self._observed = tuple(old + new for old, new in zip(self._observed, stats))
 
-    def _grow_target(self, node: int) -> torch.Tensor | None:
-        """Mean embedding of the data that chose the inner path of ``node`` (None if none did).
+    def _grow_target(self, node: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Mean and spread of the embeddings of the data that chose the inner path of ``node``
+        (None if none did).
 
         The inner path stands for a branch not yet grown under ``node``; starting the new branch
         where that data sits (rather than at a random perturbation of the parent) lets it explain
@@ -122,10 +124,12 @@ class NCRPTreeModule(PyroModule):
             return None
         paths = self.path_index()
         inner_row = paths.n_full + self.tree.internal_nodes().index(node)
-        weighted, mass = observed
-        if inner_row >= len(mass) or float(mass[inner_row]) < 1e-3:
+        weighted, weighted_sq, mass = observed
+        if inner_row >= len(mass) or float(mass[inner_row]) < 1.0:
             return None
-        return weighted[inner_row] / mass[inner_row]
+        mean = weighted[inner_row] / mass[inner_row]
+        var = (weighted_sq[inner_row] / mass[inner_row] - mean.square()).clamp_min(1e-6)
+        return mean, var.sqrt()
 
     def prune(self, leaf: int) -> list[int]:
         """Remove the full path ending at ``leaf`` and the parents it leaves childless."""

@@ -197,12 +197,14 @@ class HCRLModule(NCRPTreeModule):
 
     @torch.no_grad()
     def _init_node(self, node: int, parent: int, target: torch.Tensor | None) -> None:
-        """A new node starts where its inner path's data sit (else at its parent's Gaussian plus
-        a small perturbation), with its parent's spread and the prior sticks (Algorithm 1, GROW)."""
-        parent_scale = self.node_scales[parent]
-        centre = self.node_locs[parent] if target is None else target
-        self.node_locs_unconstrained[node] = centre + 0.1 * parent_scale * torch.randn_like(parent_scale)
-        self.node_scales_unconstrained[node] = self.node_scales_unconstrained[parent]
+        """A new node starts at the mean and spread of the data its inner path collected (else at
+        its parent's Gaussian plus a small perturbation), with the prior sticks (Algorithm 1, GROW)."""
+        if target is None:
+            centre, spread = self.node_locs[parent], self.node_scales[parent]
+        else:  # moment-matched to the data its inner path collected, never wider than the parent
+            centre, spread = target[0], torch.minimum(target[1], self.node_scales[parent])
+        self.node_locs_unconstrained[node] = centre + 0.1 * spread * torch.randn_like(spread)
+        self.node_scales_unconstrained[node] = spread.log()
         self.stick_a_unconstrained[node] = 0.0  # log 1: the prior Beta(1, γ)
         self.stick_b_unconstrained[node] = float(np.log(self.stick_concentration))
 
@@ -230,6 +232,10 @@ class _HCRL(ClusterEstimator):
         Symmetric α of the level proportions' Dirichlet prior.
     grow_every, lock_epochs, prune_threshold, merge_threshold, max_leaves:
         The heuristics' t_grow, t_lock, δ, cosine threshold and an optional cap on leaves.
+    node_lr_factor:
+        The node Gaussians and stick parameters train at ``node_lr_factor * lr``: they start
+        from one path at the embedding's mean and must travel much further than the networks'
+        weights between structural moves.
     epochs, batch_size, lr, lr_decay, lr_decay_every, pretrain_epochs, pretrain_lr:
         As for VaDE.
     """
@@ -251,6 +257,7 @@ class _HCRL(ClusterEstimator):
         prune_threshold: float = 0.01,
         merge_threshold: float = 0.95,
         max_leaves: int | None = None,
+        node_lr_factor: float = 10.0,
         epochs: int = 100,
         batch_size: int = 100,
         lr: float = 2e-3,
@@ -271,6 +278,7 @@ class _HCRL(ClusterEstimator):
         self.prune_threshold = prune_threshold
         self.merge_threshold = merge_threshold
         self.max_leaves = max_leaves
+        self.node_lr_factor = node_lr_factor
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -288,6 +296,8 @@ class _HCRL(ClusterEstimator):
             raise ValueError("stick_concentration and level_concentration must be positive")
         if self.pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+        if self.node_lr_factor <= 0:
+            raise ValueError(f"node_lr_factor must be positive, got {self.node_lr_factor}")
 
     def _build_module(self) -> HCRLModule:
         spec = self.data_spec_
@@ -310,7 +320,8 @@ class _HCRL(ClusterEstimator):
         self._init_path(x)
         self._run(module, x, phase="train", loss=self.loss, epochs=epochs, batch_size=batch_size, seed=seed,
                   progress=progress, callbacks=(self.heuristics(seed), *callbacks), lr=self.lr,
-                  lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every)
+                  lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every,
+                  lr_multipliers={"node_": self.node_lr_factor, "stick_": self.node_lr_factor})
 
     @torch.no_grad()
     def _init_path(self, x: torch.Tensor) -> None:

@@ -147,7 +147,7 @@ class VAENCRPModule(NCRPTreeModule):
 
     @torch.no_grad()
     def _init_node(self, node: int, parent: int, target: torch.Tensor | None) -> None:
-        centre = self.node_mean_locs[parent] if target is None else target
+        centre = self.node_mean_locs[parent] if target is None else target[0]
         self.node_mean_locs_unconstrained[node] = centre + 0.1 * self.drift_scale * torch.randn_like(centre)
         self.node_mean_scales_unconstrained[node] = self.node_mean_scales_unconstrained[parent]
         self.stick_a_unconstrained[node] = 0.0
@@ -180,6 +180,7 @@ class VAENCRP(_HCRL):
         prune_threshold: float = 0.01,
         merge_threshold: float = 0.95,
         max_leaves: int | None = None,
+        node_lr_factor: float = 10.0,
         epochs: int = 100,
         batch_size: int = 100,
         lr: float = 2e-3,
@@ -191,7 +192,8 @@ class VAENCRP(_HCRL):
         super().__init__(depth=depth, latent_dim=latent_dim, hidden_dims=hidden_dims, likelihood=likelihood,
                          capacity=capacity, stick_concentration=stick_concentration, level_concentration=1.0,
                          grow_every=grow_every, lock_epochs=lock_epochs, prune_threshold=prune_threshold,
-                         merge_threshold=merge_threshold, max_leaves=max_leaves, epochs=epochs,
+                         merge_threshold=merge_threshold, max_leaves=max_leaves,
+                         node_lr_factor=node_lr_factor, epochs=epochs,
                          batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_decay_every=lr_decay_every,
                          pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr)
         self.leaf_scale = leaf_scale
