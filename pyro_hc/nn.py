@@ -40,3 +40,74 @@ class Flatten(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], -1)
+
+
+class BatchedLinear(nn.Module):
+    """``n_members`` independent ``Linear(in_features, out_features)`` layers run as one batched product.
+
+    The members' weights are stacked into ``weight`` (``n_members x in_features x out_features``,
+    i.e. each member's ``nn.Linear.weight`` transposed) and ``bias`` (``n_members x 1 x out_features``),
+    and the forward pass is a single ``torch.baddbmm`` instead of a Python loop over members.
+
+    Input ``n_members x N x in_features`` feeds member ``m`` its own rows ``x[m]``; a 2-D input
+    ``N x in_features`` is shared by every member (a broadcast view, not a copy). The output is
+    always ``n_members x N x out_features``. Each member is initialised like ``nn.Linear``.
+    """
+
+    def __init__(self, n_members: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        if min(n_members, in_features, out_features) < 1:
+            raise ValueError(
+                f"BatchedLinear needs positive sizes, got n_members={n_members}, "
+                f"in_features={in_features}, out_features={out_features}"
+            )
+        self.n_members = int(n_members)
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.weight = nn.Parameter(torch.empty(self.n_members, self.in_features, self.out_features))
+        self.bias = nn.Parameter(torch.empty(self.n_members, 1, self.out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default (Kaiming-uniform with a = sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        bound = self.in_features ** -0.5
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            self.bias.uniform_(-bound, bound)
+
+    @classmethod
+    def from_linears(cls, linears: Sequence[nn.Linear]) -> "BatchedLinear":
+        """A batched layer whose member ``m`` computes exactly what ``linears[m]`` does."""
+        linears = list(linears)
+        if not linears:
+            raise ValueError("from_linears needs at least one nn.Linear")
+        out_features, in_features = linears[0].weight.shape
+        layer = cls(len(linears), in_features, out_features)
+        with torch.no_grad():
+            for m, linear in enumerate(linears):
+                if linear.weight.shape != (out_features, in_features) or linear.bias is None:
+                    raise ValueError("from_linears needs nn.Linear layers of one shape, all with a bias")
+                layer.weight[m].copy_(linear.weight.t())
+                layer.bias[m, 0].copy_(linear.bias)
+        return layer
+
+    def member(self, m: int) -> nn.Linear:
+        """Member ``m`` as a stand-alone ``nn.Linear`` (a copy of its weights)."""
+        linear = nn.Linear(self.in_features, self.out_features)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight[m].t())
+            linear.bias.copy_(self.bias[m, 0])
+        return linear.to(self.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n_members, -1, -1)
+        elif x.dim() != 3 or x.shape[0] != self.n_members:
+            raise ValueError(
+                f"BatchedLinear expects N x {self.in_features} (shared) or "
+                f"{self.n_members} x N x {self.in_features} (one input per member), got {tuple(x.shape)}"
+            )
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"n_members={self.n_members}, in_features={self.in_features}, out_features={self.out_features}"

@@ -153,3 +153,12 @@ def test_engine_trains_on_gpu():
     SVIEngine(module, lr=0.05, progress=False).fit(x, epochs=20, batch_size=50)
     assert module.mu.device.type == "cuda"
     assert torch.allclose(module.mu.detach().cpu(), x.mean(0).cpu(), atol=0.1)
+
+
+def test_lr_multipliers_make_parameter_groups():
+    module = make_module()
+    engine = SVIEngine(module, lr=0.01, lr_multipliers={"mu": 10.0}, progress=False)
+    (group,) = engine.optimizer.param_groups
+    assert group["lr"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="positive"):
+        SVIEngine(make_module(), lr_multipliers={"mu": 0.0})
