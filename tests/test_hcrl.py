@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pyro
 import pyro.poutine as poutine
 import pytest
@@ -214,3 +216,47 @@ def test_closed_form_responsibilities_equal_pyro_enumeration_marginals(per_datum
             poutine.condition(module.model, data=fixed), lambda x: None, x)
         assert torch.allclose(marginals["path"].probs, module.path_responsibilities(x), atol=1e-5)
         assert torch.allclose(marginals["level"].probs, module.level_responsibilities(x), atol=1e-5)
+
+
+def kmeans_agglomerative_tree(x, n_clusters):
+    """The baseline: k-means leaves joined bottom-up by Ward linkage of their centres."""
+    import networkx as nx
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+
+    kmeans = KMeans(n_clusters, n_init=10, random_state=0).fit(x)
+    ward = AgglomerativeClustering(n_clusters=1, linkage="ward", compute_full_tree=True).fit(kmeans.cluster_centers_)
+    graph = nx.DiGraph()
+    for i, (a, b) in enumerate(ward.children_):
+        graph.add_edges_from([(n_clusters + i, a), (n_clusters + i, b)])
+    return graph, kmeans.labels_
+
+
+@pytest.mark.slow
+def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
+    """Three coarse clusters of three leaves each; HCRL2 (depth 3) grows its tree from one path.
+
+    Measured on this machine (CPU, 60 epochs): HCRL2 dendrogram purity 0.58, NMI 0.78 against
+    k-means + Ward 0.96 — the paper-faithful GROW from a single path does not reach the baseline
+    on this budget (see the closing note of the nCRP issue). What is asserted is what a broken
+    model, heuristic or metric would lose: a tree whose purity is far above a random assignment
+    to the same leaves, and leaves that carry most of the label information.
+    """
+    from pyro_hc.metrics import dendrogram_purity, nmi
+
+    torch.set_num_threads(2)
+    data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.5, separation=4.0, n_per_leaf=60, seed=0)
+    labels = data.y.numpy()
+    model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=4, hidden_dims=(64,), pretrain_epochs=30,
+                              lock_epochs=5, stick_concentration=3.0)
+    model.fit(data, epochs=60, batch_size=32, seed=0, progress=False)
+    assigned = model.predict(data).numpy()
+    purity = dendrogram_purity(model.tree, assigned, labels)
+    random_assignment = np.random.RandomState(0).choice(model.tree.leaves(), size=len(labels))
+    random_purity = dendrogram_purity(model.tree, random_assignment, labels)
+    baseline_graph, baseline_leaves = kmeans_agglomerative_tree(data.flat().numpy(), data.n_classes)
+    baseline = dendrogram_purity(baseline_graph, baseline_leaves, labels)
+    print(f"HCRL2 DP {purity:.3f} (random {random_purity:.3f}), k-means+Ward DP {baseline:.3f}, "
+          f"NMI {nmi(labels, assigned):.3f}, {model.tree}")
+    assert len(model.tree.leaves()) >= 3
+    assert purity > 3 * random_purity
+    assert nmi(labels, assigned) > 0.6
