@@ -162,3 +162,11 @@ def test_lr_multipliers_make_parameter_groups():
     assert group["lr"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="positive"):
         SVIEngine(make_module(), lr_multipliers={"mu": 0.0})
+
+
+def test_nan_parameter_before_the_first_step_is_reported():
+    module = make_module()
+    with torch.no_grad():
+        module.mu_unconstrained.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"mu_unconstrained.*epoch 0, step 1\b"):
+        SVIEngine(module, progress=False).fit(torch.randn(10, 2), epochs=1, batch_size=5)

@@ -187,7 +187,8 @@ class SVIEngine:
                     except ValueError as err:
                         # distribution validation rejects NaN parameters: report where training broke,
                         # first from the losses not yet read back (the earliest bad step), else here
-                        self._drain(pending, num_data, bar)
+                        if pending:
+                            self._drain(pending, num_data, bar)
                         self._raise_if_parameters_not_finite(err)
                         raise
                     self.step_count += 1
