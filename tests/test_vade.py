@@ -201,3 +201,14 @@ def test_default_vade_beats_kmeans_on_raw_digits(digits):
     print(f"VaDE {scores}; k-means acc={cluster_acc(labels, kmeans):.4f} nmi={nmi(labels, kmeans):.4f}")
     assert scores["acc"] > cluster_acc(labels, kmeans)
     assert scores["nmi"] > nmi(labels, kmeans)
+
+
+def test_training_checkpoints_load_as_models(digits, tmp_path):
+    from pyro_hc.infer import CheckpointEvery
+
+    small = digits.subset(torch.arange(200))
+    model = pyro_hc.get_model("vade", **TINY_VADE).fit(
+        small, epochs=2, seed=0, progress=False, callbacks=[CheckpointEvery(tmp_path / "ck.pt")])
+    restored = load(tmp_path / "ck.pt")  # written after the last epoch of the main phase
+    assert torch.equal(restored.predict(small), model.predict(small))
+    assert restored.tree.to_json() == model.tree.to_json()
