@@ -46,8 +46,8 @@ class NCRPTreeModule(PyroModule):
         self.depth = depth
         self.capacity = capacity
         self.tree = chain_tree(depth)
-        self._index_cache: PathIndex | None = None
-        self._index_key: tuple | None = None
+        self._tree_cache: dict[str, object] = {}
+        self._tree_cache_key: tuple | None = None
         self._warned_full = False
         self._observed: tuple[torch.Tensor, ...] | None = None
 
@@ -56,20 +56,26 @@ class NCRPTreeModule(PyroModule):
     def _param_device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def path_index(self) -> PathIndex:
-        """Path x level node table and stick coefficients, rebuilt only after a structural change."""
+    def _tree_cached(self, name: str, build):
+        """``build()`` computed once per tree version and device (a training step never loops over
+        the tree's nodes in Python; only a structural change triggers a rebuild)."""
         device = self._param_device()
         # keyed on the tree object too: loading a checkpoint replaces the tree with a fresh one
         key = (id(self.tree), self.tree.version, str(device))
-        if self._index_cache is None or self._index_key != key:
-            self._index_cache = path_index(self.tree, self.capacity, device=device)
-            self._index_key = key
-        return self._index_cache
+        if self._tree_cache_key != key:
+            self._tree_cache, self._tree_cache_key = {}, key
+        if name not in self._tree_cache:
+            self._tree_cache[name] = build(device)
+        return self._tree_cache[name]
+
+    def path_index(self) -> PathIndex:
+        """Path x level node table and stick coefficients, rebuilt only after a structural change."""
+        return self._tree_cached("path_index", lambda device: path_index(self.tree, self.capacity, device=device))
 
     def active_sticks(self) -> torch.Tensor:
         """Ids of the nodes that carry a stick variable v_i (every non-root node), ascending."""
-        nodes = [n for n in self.tree.nodes() if n != self.tree.root]
-        return torch.as_tensor(nodes, dtype=torch.long, device=self._param_device())
+        return self._tree_cached("active_sticks", lambda device: torch.as_tensor(
+            [n for n in self.tree.nodes() if n != self.tree.root], dtype=torch.long, device=device))
 
     # structural moves (called by pyro_hc.heuristics.NCRPHeuristics) ----------------------------
 

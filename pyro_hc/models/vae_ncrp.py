@@ -71,7 +71,10 @@ class VAENCRPModule(NCRPTreeModule):
 
     def _tree_layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Active node ids, each one's parent position among them, and levels (cached per tree version)."""
-        tensors = self.tree.to_tensors(self._param_device())
+        return self._tree_cached("layout", self._build_tree_layout)
+
+    def _build_tree_layout(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tensors = self.tree.to_tensors(device)
         position = torch.full((self.capacity,), -1, dtype=torch.long, device=tensors.nodes.device)
         position[tensors.nodes] = torch.arange(len(tensors.nodes), device=tensors.nodes.device)
         parent_position = torch.where(tensors.parent >= 0, position[tensors.parent.clamp_min(0)], -1)
@@ -79,10 +82,13 @@ class VAENCRPModule(NCRPTreeModule):
 
     def _emission_scales(self) -> torch.Tensor:
         """σ of z for each path: σ_D for full paths, the new-branch marginal for inner paths, ``K``."""
-        paths = self.path_index()
-        # a path's real nodes are its mask's True entries: the levels it still lacks drift from its last node
-        missing_levels = self.depth - paths.path_mask.sum(-1)
-        return torch.sqrt(self.leaf_scale**2 + missing_levels * self.drift_scale**2)
+
+        def build(device: torch.device) -> torch.Tensor:
+            # a path's real nodes are its mask's True entries: the levels it still lacks drift from its last node
+            missing_levels = self.depth - self.path_index().path_mask.sum(-1)
+            return torch.sqrt(self.leaf_scale**2 + missing_levels * self.drift_scale**2)
+
+        return self._tree_cached("emission_scales", build)
 
     @config_enumerate
     def model(self, x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None) -> None:
@@ -106,7 +112,7 @@ class VAENCRPModule(NCRPTreeModule):
 
     def guide(self, x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None) -> None:
         sticks_nodes = self.active_sticks()
-        nodes = self.tree.to_tensors(self._param_device()).nodes
+        nodes = self._tree_layout()[0]
         pyro.sample("sticks", dist.Beta(self.stick_a[sticks_nodes], self.stick_b[sticks_nodes]).to_event(1))
         pyro.sample("node_means", dist.Normal(self.node_mean_locs[nodes], self.node_mean_scales[nodes]).to_event(2))
         with data_plate(x, index, num_data):
