@@ -18,11 +18,13 @@ from typing import Any
 from . import __version__
 from .data import list_datasets, load_dataset
 from .estimator import evaluate
+from .infer import CheckpointEvery
 from .models import get_model, get_model_class, list_models, load
 
 MODEL_FILE = "model.pt"
 TREE_FILE = "tree.json"
 METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def _parse_setting(text: str) -> tuple[str, Any]:
@@ -63,6 +65,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--set", dest="settings", type=_parse_setting, action="append", default=[],
                      metavar="KEY=VALUE", help="model configuration, e.g. --set n_clusters=10 (repeatable)")
     fit.add_argument("--out", default=None, help="output folder (default: runs/MODEL-DATASET-TIME)")
+    fit.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                     help="also write OUT/checkpoint.pt (parameters, optimiser, tree) every N epochs")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ev = commands.add_parser("evaluate", help="score a saved run on its data set")
@@ -91,8 +95,9 @@ def _fit(args: argparse.Namespace) -> int:
     model = get_model(args.model, **config)
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    callbacks = [] if args.checkpoint_every is None else [CheckpointEvery(out / CHECKPOINT_FILE, args.checkpoint_every)]
     model.fit(dataset, epochs=args.epochs, batch_size=args.batch_size, device=args.device, seed=args.seed,
-              progress=not args.no_progress)
+              progress=not args.no_progress, callbacks=callbacks)
     scores = evaluate(model, dataset)
     model.save(out / MODEL_FILE)
     model.tree.save(out / TREE_FILE)

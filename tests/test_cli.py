@@ -36,6 +36,14 @@ def test_fit_writes_run_and_evaluate_reproduces_it(tmp_path, capsys):
         assert f"{name}" in evaluated and f"{value:.4f}" in evaluated
 
 
+def test_checkpoint_every_writes_a_loadable_checkpoint(tmp_path):
+    from pyro_hc.models import load
+
+    out_dir = tmp_path / "run"
+    assert main(["fit", "vade", *TINY, "--no-progress", "--checkpoint-every", "1", "--out", str(out_dir)]) == 0
+    assert load(out_dir / "checkpoint.pt").tree.to_json() == load(out_dir / "model.pt").tree.to_json()
+
+
 def test_dataset_names_are_normalised(tmp_path, capsys):
     assert main(["fit", "VaDE", "--dataset", "Digits", *TINY, "--no-progress", "--out", str(tmp_path)]) == 0
 
@@ -49,6 +57,7 @@ def test_dataset_names_are_normalised(tmp_path, capsys):
         (["fit", "vade", "--set", "nokeyvalue"], "KEY=VALUE"),
         (["fit", "vade", "--epochs", "-2"], "epochs"),
         (["fit", "vade", "--device", "tpu9"], "unknown device"),
+        (["fit", "vade", "--checkpoint-every", "0", "--epochs", "1"], "every"),
         (["evaluate", "/nonexistent/run"], "metrics.json"),
         (["frobnicate"], "invalid choice"),
     ],
