@@ -320,28 +320,21 @@ class KDVAEModule(PyroModule):
 class KAutoencoderObjective(nn.Module):
     """The k-DAE objective (Opochinsky et al. 2020): ``k`` plain autoencoders, reconstruction only.
 
-    ``"hard"``: ``max_i log p_θi(x | z̄_i)`` with ``z̄_i = μ_λi(x)`` (the smallest reconstruction
-    error wins the datum); ``"soft"``: ``logsumexp_i(log α_i + log p_θi(x | z̄_i))``. There is no
-    latent random variable, so the loss enters through ``pyro.factor`` with an empty guide.
+    ``max_i log p_θi(x | z̄_i)`` with ``z̄_i = μ_λi(x)``: the autoencoder that reconstructs a datum
+    best wins it and alone learns from it. There is no latent random variable, so the loss enters
+    through ``pyro.factor`` with an empty guide.
     """
 
-    def __init__(self, module: KDVAEModule, objective: str = "hard") -> None:
+    def __init__(self, module: KDVAEModule) -> None:
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
         self.module = module
-        self.objective = objective
 
     def model(self, x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None) -> None:
         x_flat = x.reshape(x.shape[0], -1)
         module = self.module
         with data_plate(x, index, num_data):
             log_lik = module.decoders.log_prob(x_flat, module.decoders(module.encoders.embed(x_flat)))
-            if self.objective == "hard":
-                score = log_lik.max(0).values
-            else:
-                score = torch.logsumexp(module.log_weights.unsqueeze(-1) + log_lik, 0)
-            pyro.factor("reconstruction", score)
+            pyro.factor("reconstruction", log_lik.max(0).values)
 
     def guide(self, x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None) -> None:
         """Empty: the autoencoders have no latent random variables."""
@@ -415,7 +408,15 @@ class KDVAE(ClusterEstimator):
     warmup_epochs, warmup_lr:
         Per-cluster warm-up; 0 skips it.
     vade_epochs, vade_pretrain_epochs, vade_hidden_dims, vade_lr:
-        Budget, networks and learning rate of the VaDE used for the initial clusters.
+        Budget, networks and learning rate of the VaDE used for the initial clusters. ``vade_lr``
+        is below VaDE's own 2e-3 because the budget is short: on digits, 10 ELBO epochs at 2e-3
+        after 10 pretraining epochs take k-means in the embedding from ACC 0.75 to 0.64, while
+        20 at 5e-4 after 20 take it from 0.79 to 0.81.
+
+    Besides the shared fitted attributes, ``fit`` leaves ``vade_`` (the initialising VaDE, or None)
+    and ``init_labels_`` (the k-means clusters, ``N`` labels); they are not saved by :meth:`save`.
+    :meth:`transform` gives each datum's ``z̄`` in the latent space of its assigned cluster, and
+    :meth:`sample` draws new data from one cluster's decoder.
     """
 
     #: k-DVAE trains variational autoencoders; the k-DAE ablation sets this to False
@@ -443,7 +444,7 @@ class KDVAE(ClusterEstimator):
         vade_epochs: int = 30,
         vade_pretrain_epochs: int = 20,
         vade_hidden_dims: Sequence[int] = (500, 500, 2000),
-        vade_lr: float = 2e-3,
+        vade_lr: float = 5e-4,
     ) -> None:
         self.n_clusters = n_clusters
         self.objective = objective
@@ -487,7 +488,7 @@ class KDVAE(ClusterEstimator):
             warmup = ClusterWarmup(module, labels.to(x.device), variational=self.variational)
             self._run(warmup, x, phase="warmup", epochs=self.warmup_epochs, batch_size=batch_size, seed=seed,
                       progress=progress, lr=self.warmup_lr)
-        objective = module if self.variational else KAutoencoderObjective(module, self.objective)
+        objective = module if self.variational else KAutoencoderObjective(module)
         self._run(objective, x, phase="train", loss=self.loss, epochs=epochs,
                   batch_size=batch_size, seed=seed, progress=progress, callbacks=callbacks, lr=self.lr,
                   lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every)
@@ -574,12 +575,18 @@ class KDAE(KDVAE):
 
     The same ``k`` batched autoencoders, VaDE + k-means initialisation and schedule as
     :class:`KDVAE`, but deterministic: no sampling and no regularisation. The warm-up and the main
-    phase maximise reconstruction only (:class:`KAutoencoderObjective`; ``"hard"``: the best
-    reconstruction wins each datum, ``"soft"``: ``logsumexp_i(log α_i + log p_θi(x | z̄_i))``), and a
-    datum goes to ``argmax_i log p_θi(x | z̄_i)`` (plus ``log α_i``, uniform under the hard
-    objective). The encoders' log-variance heads are never trained or used.
+    phase maximise reconstruction only (:class:`KAutoencoderObjective`: the best reconstruction
+    wins each datum), and a datum goes to ``argmax_i log p_θi(x | z̄_i)``. The encoders'
+    log-variance heads are never trained or used.
 
-    Parameters are :class:`KDVAE`'s.
+    Parameters are :class:`KDVAE`'s; ``objective`` must be ``"hard"`` (k-DAE has no soft variant:
+    a reconstruction-only mixture with learned weights lets a few autoencoders take every datum,
+    ACC 0.38 on digits).
     """
 
     variational = False
+
+    def _check_config(self, x: torch.Tensor) -> None:
+        super()._check_config(x)
+        if self.objective != "hard":
+            raise ValueError(f"k-DAE trains with the hard objective only, got objective={self.objective!r}")
