@@ -15,6 +15,10 @@ TINY = {
     "hcrl2": dict(depth=3, latent_dim=4, hidden_dims=(32,), pretrain_epochs=1, capacity=16),
     "hcrl1": dict(depth=3, latent_dim=4, hidden_dims=(32,), pretrain_epochs=1, capacity=16),
     "vae_ncrp": dict(depth=3, latent_dim=4, hidden_dims=(32,), pretrain_epochs=1, capacity=16),
+    "kdvae": dict(latent_dim=3, hidden_dims=(16,), warmup_epochs=1, vade_epochs=1, vade_pretrain_epochs=1,
+                  vade_hidden_dims=(16,)),
+    "kdae": dict(latent_dim=3, hidden_dims=(16,), warmup_epochs=1, vade_epochs=1, vade_pretrain_epochs=1,
+                 vade_hidden_dims=(16,)),
 }
 
 
