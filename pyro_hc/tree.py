@@ -45,7 +45,7 @@ import copy
 import json
 import operator
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable
 
 import networkx as nx
@@ -74,6 +74,12 @@ class NodeNotFoundError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+def dataclass_to(obj, device: str | torch.device):
+    """A copy of a frozen dataclass with every tensor field moved to ``device``."""
+    moved = {f.name: getattr(obj, f.name).to(device) for f in fields(obj) if isinstance(getattr(obj, f.name), Tensor)}
+    return replace(obj, **moved)
 
 
 @dataclass(frozen=True)
@@ -132,11 +138,7 @@ class TreeTensors:
         TreeTensors
             A new instance holding the moved tensors.
         """
-        values = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            values[field.name] = value.to(device) if isinstance(value, Tensor) else value
-        return TreeTensors(**values)
+        return dataclass_to(self, device)
 
 
 @dataclass(frozen=True)

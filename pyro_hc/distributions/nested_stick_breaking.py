@@ -30,14 +30,14 @@ with ``v`` indexed directly by node id, like every per-node parameter in pyro_hc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from pyro.distributions import Categorical, constraints
 from torch import Tensor
 from torch.distributions.utils import clamp_probs
 
-from ..tree import ClusterTree
+from ..tree import ClusterTree, dataclass_to
 
 __all__ = ["NestedStickBreaking", "PathIndex", "path_index"]
 
@@ -114,11 +114,7 @@ class PathIndex:
         PathIndex
             A new instance holding the moved tensors.
         """
-        values = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            values[field.name] = value.to(device) if isinstance(value, Tensor) else value
-        return PathIndex(**values)
+        return dataclass_to(self, device)
 
     def log_path_probs(self, sticks: Tensor) -> Tensor:
         """Return the log probabilities of all K paths.
