@@ -18,6 +18,8 @@ HAS_MNIST = "mnist" in list_datasets(available=True)
 SCRIPTS = {
     "vade_mnist.py": ["--n", "300", "--epochs", "1", "--pretrain-epochs", "1", "--hidden-dims", "32",
                       "--no-progress"],
+    "kdvae_mnist.py": ["--n", "300", "--epochs", "1", "--warmup-epochs", "1", "--vade-epochs", "1",
+                       "--vade-pretrain-epochs", "1", "--hidden-dims", "16", "--vade-hidden-dims", "16"],
     "hcrl_mnist.py": ["--n-train", "300", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
                       "--hidden-dims", "32", "--nll-samples", "3", "--depths", "3"],
 }
