@@ -50,6 +50,7 @@ class NCRPTreeModule(PyroModule):
         self._tree_cache_key: tuple | None = None
         self._warned_full = False
         self._observed: tuple[torch.Tensor, ...] | None = None
+        self._embedding_memo: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # the tree's tensors ---------------------------------------------------------------------
 
@@ -76,6 +77,22 @@ class NCRPTreeModule(PyroModule):
         """Ids of the nodes that carry a stick variable v_i (every non-root node), ascending."""
         return self._tree_cached("active_sticks", lambda device: torch.as_tensor(
             [n for n in self.tree.nodes() if n != self.tree.root], dtype=torch.long, device=device))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``E q(z | x)``, remembered for the last batch when no gradient is taken.
+
+        The heuristics ask for a batch's path responsibilities and then hand the same batch to
+        :meth:`observe_path_responsibilities`; without the memo the encoder would run twice per
+        training step for the same tensor.
+        """
+        if torch.is_grad_enabled():
+            return self.encoder.embed(x)
+        cached = self._embedding_memo
+        if cached is not None and cached[0] is x:
+            return cached[1]
+        z = self.encoder.embed(x)
+        self._embedding_memo = (x, z)
+        return z
 
     # structural moves (called by pyro_hc.heuristics.NCRPHeuristics) ----------------------------
 
@@ -106,11 +123,12 @@ class NCRPTreeModule(PyroModule):
     def reset_path_observations(self) -> None:
         """Forget the last epoch's per-path embedding sums (called by the heuristics)."""
         self._observed = None
+        self._embedding_memo = None  # the encoder changed since: never reuse an old embedding
 
     @torch.no_grad()
     def observe_path_responsibilities(self, x: torch.Tensor, resp: torch.Tensor) -> None:
         """Accumulate ``Σ_n q(ζ_n = k) E[z_n|x_n]`` and ``Σ_n q(ζ_n = k)`` per path over an epoch."""
-        z = self.encoder.embed(x)
+        z = self.embed(x)
         stats = (resp.T @ z, resp.T @ z.square(), resp.sum(0))
         if self._observed is None or self._observed[-1].shape != stats[-1].shape:
             self._observed = stats

@@ -146,7 +146,7 @@ class HCRLModule(NCRPTreeModule):
         """Unnormalised ``log q(ζ_n = k, l_n = l)``, ``B x K x L``, at ``z = E q(z|x)`` unless given."""
         paths = self.path_index()
         if z is None:
-            z = self.encoder.embed(x)
+            z = self.embed(x)
         log_path = paths.log_path_probs(self.expected_sticks())  # K
         node = paths.path_nodes  # K x L
         component = dist.Normal(self.node_locs[node], self.node_scales[node]).log_prob(z[:, None, None, :]).sum(-1)

@@ -137,11 +137,11 @@ class VAENCRPModule(NCRPTreeModule):
         return paths.log_path_probs(self.expected_sticks()) + component
 
     def path_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.path_log_likelihoods(self.encoder.embed(x)), -1)
+        return torch.softmax(self.path_log_likelihoods(self.embed(x)), -1)
 
     def leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
         n_full = self.path_index().n_full
-        return torch.log_softmax(self.path_log_likelihoods(self.encoder.embed(x))[:, :n_full], -1)
+        return torch.log_softmax(self.path_log_likelihoods(self.embed(x))[:, :n_full], -1)
 
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z | v̄, m) − log q(z|x)``, ``S x B`` (globals at their posterior means)."""
