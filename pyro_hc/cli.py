@@ -3,6 +3,7 @@
     pyro-hc list
     pyro-hc fit vade --dataset digits --epochs 50 --out runs/vade-digits
     pyro-hc evaluate runs/vade-digits
+    torchrun --nproc_per_node 2 -m pyro_hc.cli fit hcrl2 --dataset mnist   # one process per GPU
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from . import __version__
 from .data import list_datasets, load_dataset
 from .estimator import evaluate
-from .infer import CheckpointEvery
+from .infer import CheckpointEvery, distributed
 from .models import get_model, get_model_class, list_models, load
 
 MODEL_FILE = "model.pt"
@@ -91,13 +92,18 @@ def _fit(args: argparse.Namespace) -> int:
     unknown = sorted(set(config) - set(cls._param_names()))
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown} for {args.model}; valid: {', '.join(cls._param_names())}")
+    # under `torchrun --nproc_per_node N -m pyro_hc.cli fit ...` every rank trains; rank 0 writes the run
+    distributed.init_from_env()
+    main_process = distributed.is_main_process()
     dataset = load_dataset(args.dataset, root=args.data_root, split=args.split)
     model = get_model(args.model, **config)
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     callbacks = [] if args.checkpoint_every is None else [CheckpointEvery(out / CHECKPOINT_FILE, args.checkpoint_every)]
     model.fit(dataset, epochs=args.epochs, batch_size=args.batch_size, device=args.device, seed=args.seed,
-              progress=not args.no_progress, callbacks=callbacks)
+              progress=main_process and not args.no_progress, callbacks=callbacks)
+    if not main_process:
+        return 0
     scores = evaluate(model, dataset)
     model.save(out / MODEL_FILE)
     model.tree.save(out / TREE_FILE)

@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
@@ -335,6 +336,13 @@ class NCRPHeuristics(Callback):
                 "the tree changed after the epoch's last step and before NCRPHeuristics ran; "
                 "the collected statistics no longer match its paths"
             )
+        if distributed.is_distributed():  # every rank saw its share of the epoch: decide on the sums
+            seen = torch.tensor([float(self._n_seen)], dtype=self._mass.dtype, device=self._mass.device)
+            distributed.all_reduce_sum_(self._mass, seen, *([] if self._resp is None else [self._resp]))
+            self._n_seen = int(seen.item())
+            reduce_observations = getattr(module, "all_reduce_path_observations", None)
+            if reduce_observations is not None:
+                reduce_observations()
         full_paths, inner_paths = tree.paths(), tree.inner_paths()
         n_full = len(full_paths)
         mass = self._mass.detach().to("cpu", torch.float64)  # the epoch's one host sync

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .distributed import is_main_process
+
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import SVIEngine
 
@@ -131,5 +133,6 @@ class CheckpointEvery(Callback):
         self.every = every
 
     def on_epoch_end(self, state: FitState) -> None:
-        if (state.epoch + 1) % self.every == 0:
+        # in a torch.distributed run only rank 0 writes (every rank holds the same state)
+        if (state.epoch + 1) % self.every == 0 and is_main_process():
             state.engine.save_checkpoint(self.path, epoch=state.epoch)

@@ -8,6 +8,8 @@ import numpy as np
 import pyro
 import torch
 
+from . import distributed
+
 __all__ = ["resolve_device", "set_seed", "local_params"]
 
 
@@ -23,7 +25,8 @@ def local_params():
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn ``"auto"``/``None`` into CUDA when available, else CPU; validate anything else.
+    """Turn ``"auto"``/``None`` into CUDA when available (``cuda:LOCAL_RANK`` under ``torchrun``), else
+    CPU; validate anything else.
 
     Raises
     ------
@@ -31,6 +34,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         For a device string torch does not understand, or a CUDA device on a machine without one.
     """
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
+        if distributed.is_distributed():  # one GPU per rank under torchrun
+            return distributed.local_device()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)

@@ -25,11 +25,24 @@ from ..data import DeviceBatcher
 from .callbacks import Callback, FitState, History
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import local_params
+from . import distributed
 
 __all__ = ["SVIEngine", "NonFiniteLossError", "make_elbo", "OPTIMIZERS", "ELBOS"]
 
 OPTIMIZERS = ("adam", "clipped_adam")
 ELBOS = ("trace", "trace_enum")
+
+
+class _ELBOLoss(torch.nn.Module):
+    """``forward`` = the differentiable negative ELBO, so ``DistributedDataParallel`` can wrap it."""
+
+    def __init__(self, module: torch.nn.Module, elbo: ELBO) -> None:
+        super().__init__()
+        self.module = module
+        self.elbo = elbo
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor | None, num_data: int) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.module.model, self.module.guide, x, index, num_data)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -128,6 +141,25 @@ class SVIEngine:
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.epoch = 0
         self.step_count = 0
+        self._loss_fn: torch.nn.Module | None = None  # the ELBO, wrapped in DDP under torch.distributed
+
+    def _loss_module(self) -> torch.nn.Module:
+        """The loss as a module; in a multi-process run, wrapped in ``DistributedDataParallel``.
+
+        DDP averages the ranks' gradients during ``backward`` (each rank's loss is already an
+        unbiased full-data estimate through the plate's ``num_data`` scaling) and broadcasts rank
+        0's parameters when it wraps. Unused parameters are allowed: a phase may leave some of a
+        module's networks idle.
+        """
+        if self._loss_fn is None:
+            loss_fn = _ELBOLoss(self.module, self.elbo)
+            if distributed.is_distributed():
+                device = next(self.module.parameters()).device
+                loss_fn = torch.nn.parallel.DistributedDataParallel(
+                    loss_fn, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True,
+                )
+            self._loss_fn = loss_fn
+        return self._loss_fn
 
     @staticmethod
     def _param_groups(module: torch.nn.Module, lr: float, multipliers: dict[str, float]) -> list[dict[str, Any]]:
@@ -150,7 +182,7 @@ class SVIEngine:
     def loss_and_grad(self, x: torch.Tensor, index: torch.Tensor | None, num_data: int) -> torch.Tensor:
         """One optimisation step on a batch; returns the detached loss (negative ELBO estimate)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.elbo.differentiable_loss(self.module.model, self.module.guide, x, index, num_data)
+        loss = self._loss_module()(x, index, num_data)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -160,10 +192,24 @@ class SVIEngine:
 
         Returns the :class:`History`; raises :class:`NonFiniteLossError` naming the epoch and step
         at which the loss first became NaN or infinite.
+
+        In a ``torch.distributed`` run every rank passes the whole ``x``; each takes its share
+        (``batch[rank::world_size]``) of the same shuffled batches, so ``batch_size`` is the global
+        batch.
         """
         if epochs < 0 or batch_size < 1:
             raise ValueError(f"need epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
         num_data = x.shape[0]
+        world, rank = distributed.world_size(), distributed.rank()
+        if world > 1:
+            if batch_size < world:
+                raise ValueError(f"batch_size {batch_size} is smaller than the {world} ranks sharing each batch")
+            # every rank must shuffle alike: rank 0's seed (or a fresh one) goes to all
+            shared_seed = torch.tensor([-1 if seed is None else int(seed)], dtype=torch.long, device=x.device)
+            if seed is None and rank == 0:
+                shared_seed.fill_(int(torch.randint(0, 2**62, ())))
+            torch.distributed.broadcast(shared_seed, src=0)
+            seed = int(shared_seed.item())
         batcher = DeviceBatcher(num_data, batch_size, device=x.device, shuffle=True, seed=seed)
         state = FitState(engine=self, epoch=self.epoch, step=self.step_count, num_data=num_data)
         bar = tqdm(
@@ -181,6 +227,10 @@ class SVIEngine:
                 pending: list[torch.Tensor] = []  # losses not yet read back from the device
                 epoch_total, epoch_batches = 0.0, 0
                 for index in batcher:
+                    if world > 1:
+                        if index.numel() < world:  # a last batch too small to give every rank a datum
+                            continue
+                        index = index[rank::world]
                     batch_x = x[index]
                     try:
                         loss = self.loss_and_grad(batch_x, index, num_data)
@@ -204,10 +254,16 @@ class SVIEngine:
                     epoch_total += self._drain(pending, num_data, bar)
                     epoch_batches += len(pending)
                 state.batch_index = state.batch_x = None
+                if world > 1:  # the mean over all ranks' batches
+                    totals = torch.tensor([epoch_total, float(epoch_batches)], dtype=torch.float64, device=x.device)
+                    distributed.all_reduce_sum_(totals)
+                    epoch_total, epoch_batches = float(totals[0]), int(totals[1])
                 state.epoch_loss = epoch_total / max(epoch_batches, 1)
                 self.scheduler.step()
                 for cb in self.callbacks:
                     cb.on_epoch_end(state)
+                # a structural move may have drawn random node initialisations: rank 0's are the ones kept
+                distributed.broadcast_module_(self.module)
                 self.epoch += 1
                 if state.stop:
                     break

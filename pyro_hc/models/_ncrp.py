@@ -15,6 +15,7 @@ import torch
 from pyro.nn import PyroModule
 
 from ..distributions import PathIndex, path_index
+from ..infer import distributed
 from ..tree import ClusterTree
 
 __all__ = ["NCRPTreeModule", "chain_tree"]
@@ -134,6 +135,11 @@ class NCRPTreeModule(PyroModule):
             self._observed = stats
         else:
             self._observed = tuple(old + new for old, new in zip(self._observed, stats))
+
+    def all_reduce_path_observations(self) -> None:
+        """Sum the epoch's per-path embedding statistics over ``torch.distributed`` ranks."""
+        if self._observed is not None:
+            distributed.all_reduce_sum_(*self._observed)
 
     def _grow_target(self, node: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Mean and spread of the embeddings of the data that chose the inner path of ``node``
