@@ -20,6 +20,8 @@ SCRIPTS = {
                       "--no-progress"],
     "kdvae_mnist.py": ["--n", "300", "--epochs", "1", "--warmup-epochs", "1", "--vade-epochs", "1",
                        "--vade-pretrain-epochs", "1", "--hidden-dims", "16", "--vade-hidden-dims", "16"],
+    "speed.py": ["--hidden-dims", "16", "--steps", "2", "--warmup", "1", "--paths", "8", "--depths", "3",
+                 "--clusters", "2", "--epoch", "--epoch-batch-sizes", "5000"],
     "hcrl_mnist.py": ["--n-train", "300", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
                       "--hidden-dims", "32", "--nll-samples", "3", "--depths", "3"],
 }

@@ -175,12 +175,12 @@ class HCRLModule(NCRPTreeModule):
         x_flat = x.reshape(x.shape[0], -1)
         loc, scale = self.encoder(x)
         q_z = dist.Normal(loc, scale).to_event(1)
-        z = q_z.sample((num_samples,))  # S x B x d
+        z = q_z.rsample((num_samples,))  # S x B x d
         log_w = self.decoder.distribution(z).log_prob(x_flat) - q_z.log_prob(z)
         if self.per_datum_levels:
             h_loc, h_scale = self.level_encoder(x)
             q_h = dist.Normal(h_loc, h_scale).to_event(1)
-            h = q_h.sample((num_samples,))
+            h = q_h.rsample((num_samples,))
             prior_h = dist.Normal(self.level_prior_loc, self.level_prior_scale).to_event(1)
             log_w = log_w + prior_h.log_prob(h) - q_h.log_prob(h)
             log_eta = torch.log_softmax(h, -1)  # S x B x L

@@ -304,7 +304,7 @@ class KDVAEModule(PyroModule):
         log_weights = self.log_weights.unsqueeze(-1)
         draws = []
         for _ in range(num_samples):
-            z = q_z.sample()  # k x N x d
+            z = q_z.rsample()  # k x N x d
             log_w = self.decoders.log_prob(x_flat, self.decoders(z)) + self._log_prior_z(z) - q_z.log_prob(z)
             draws.append(torch.logsumexp(log_weights + log_w, 0))
         return torch.stack(draws)

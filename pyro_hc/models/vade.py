@@ -75,7 +75,7 @@ class VaDEModule(PyroModule):
         """``log p(x, z_s) − log q(z_s | x)`` for ``num_samples`` draws, ``S x B``."""
         loc, scale = self.encoder(x)
         q_z = dist.Normal(loc, scale).to_event(1)
-        z = q_z.sample((num_samples,))
+        z = q_z.rsample((num_samples,))
         x_flat = x.reshape(x.shape[0], -1)
         return self.decoder.distribution(z).log_prob(x_flat) + self.log_prior_density(z) - q_z.log_prob(z)
 

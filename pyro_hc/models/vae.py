@@ -47,7 +47,7 @@ class VAEModule(PyroModule):
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         loc, scale = self.encoder(x)
         q_z = dist.Normal(loc, scale).to_event(1)
-        z = q_z.sample((num_samples,))
+        z = q_z.rsample((num_samples,))
         log_pz = dist.Normal(torch.zeros_like(z), 1.0).to_event(1).log_prob(z)
         return self.decoder.distribution(z).log_prob(x.reshape(x.shape[0], -1)) + log_pz - q_z.log_prob(z)
 

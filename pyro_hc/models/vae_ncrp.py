@@ -147,7 +147,7 @@ class VAENCRPModule(NCRPTreeModule):
         """``log p(x, z | v̄, m) − log q(z|x)``, ``S x B`` (globals at their posterior means)."""
         loc, scale = self.encoder(x)
         q_z = dist.Normal(loc, scale).to_event(1)
-        z = q_z.sample((num_samples,))
+        z = q_z.rsample((num_samples,))
         log_pz = torch.logsumexp(self.path_log_likelihoods(z), -1)
         return self.decoder.distribution(z).log_prob(x.reshape(x.shape[0], -1)) + log_pz - q_z.log_prob(z)
 

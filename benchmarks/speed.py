@@ -1,0 +1,258 @@
+"""Training throughput of every model: Pyro's SVI step beside a plain-PyTorch step of the same loss.
+
+For each model the script builds the module the estimator would train (paper-sized networks,
+MNIST-shaped data: 784 Bernoulli features), and times
+
+- ``pyro``: one step of the shared engine (``SVIEngine.loss_and_grad``: Pyro traces model and
+  guide, enumerates the discrete sites with ``TraceEnum_ELBO``, backward, Adam);
+- ``torch``: one step of plain PyTorch on the same module and batch: the negative single-sample
+  ELBO written with tensors only (``-mean(log p(x, z) - log q(z | x))``, discrete sites summed
+  out by ``logsumexp``, the global sticks at their guide means — the module's
+  ``log_importance_weights`` with one reparameterised draw), backward, Adam;
+
+and reports examples per second, their ratio (Pyro's overhead) and the peak device memory. A
+second table grows the nCRP trees (8 to 512 paths at depth 3 and 4) and k-DVAE's k to show how
+a step's cost grows with the tree. With ``--epoch`` it also times one full epoch of HCRL2 (depth
+3, 20 paths) on 70,000 MNIST-shaped points through ``SVIEngine.fit`` with the GROW / PRUNE /
+MERGE callback, as a user's run would do it.
+
+    python benchmarks/speed.py --device cuda --out benchmarks/results/speed_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+import pyro_hc
+from pyro_hc.estimator import DataSpec
+from pyro_hc.infer import SVIEngine, local_params, resolve_device, set_seed
+from pyro_hc.models import get_model, list_models
+
+N_FEATURES = 784
+IMAGE_SHAPE = (1, 28, 28)
+NUM_DATA = 70_000
+
+#: configuration of each model for the throughput table (paper-sized networks by default)
+MODEL_CONFIGS = {
+    "vae": {},
+    "vade": {"n_clusters": 10},
+    "kdvae": {"n_clusters": 10},
+    "hcrl2": {"depth": 3},
+    "hcrl1": {"depth": 3},
+    "vae_ncrp": {"depth": 3},
+}
+NCRP_MODELS = ("hcrl2", "hcrl1", "vae_ncrp")
+
+
+def balanced_branching(n_paths: int, depth: int) -> list[int]:
+    """Branching factors of the ``depth - 1`` internal levels whose product is ``n_paths``, as even as possible."""
+    levels = depth - 1
+    factors = []
+    remaining = n_paths
+    for level in range(levels, 0, -1):
+        b = max(1, round(remaining ** (1.0 / level)))
+        while remaining % b:
+            b -= 1
+        factors.append(b)
+        remaining //= b
+    return factors
+
+
+def grow_complete_tree(module: torch.nn.Module, branching: list[int]) -> None:
+    """Turn the module's single initial path into a complete tree with the given branching per level."""
+    frontier = [module.tree.root]
+    for b in branching:
+        for node in frontier:
+            for _ in range(b - len(module.tree.children(node))):
+                module.grow(node)
+        frontier = [c for node in frontier for c in module.tree.children(node)]
+
+
+def build_module(name: str, config: dict, device: torch.device, hidden_dims: tuple[int, ...] | None,
+                 n_paths: int | None = None) -> torch.nn.Module:
+    config = dict(config)
+    if hidden_dims is not None:
+        config["hidden_dims"] = hidden_dims
+    if name in NCRP_MODELS and n_paths is not None:
+        branching = balanced_branching(n_paths, config["depth"])
+        config["capacity"] = 1 + sum(math.prod(branching[:i + 1]) for i in range(len(branching))) + 1
+    estimator = get_model(name, **config)
+    estimator.data_spec_ = DataSpec(N_FEATURES, IMAGE_SHAPE, "bernoulli")
+    estimator.device_ = device
+    module = estimator._new_module().to(device)
+    if name in NCRP_MODELS and n_paths is not None:
+        with local_params(), torch.no_grad():
+            grow_complete_tree(module, branching)
+        assert len(module.tree.leaves()) == n_paths, (len(module.tree.leaves()), n_paths)
+    module.loss_name = estimator.loss if isinstance(estimator.loss, str) else "trace"
+    return module
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, device: torch.device, steps: int, warmup: int) -> tuple[float, float | None]:
+    """Seconds per step (after ``warmup`` steps) and the peak device memory in MiB (CUDA only)."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    elapsed = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return elapsed, peak
+
+
+def measure(name: str, config: dict, device: torch.device, batch_size: int, steps: int, warmup: int,
+            hidden_dims: tuple[int, ...] | None, n_paths: int | None = None) -> dict:
+    """Pyro engine step vs plain-PyTorch step of one model; returns a result row."""
+    set_seed(0)
+    x = torch.rand(batch_size, *IMAGE_SHAPE, device=device).bernoulli()
+    index = torch.arange(batch_size, device=device)
+    row = {"model": name, "batch_size": batch_size}
+    with local_params():
+        module = build_module(name, config, device, hidden_dims, n_paths)
+        module.train()
+        if getattr(module, "tree", None) is not None:
+            row["n_paths"] = len(module.tree.leaves())
+            row["n_nodes"] = len(module.tree)
+        engine = SVIEngine(module, loss=module.loss_name, progress=False, lr=1e-4)
+        pyro_step, pyro_peak = time_steps(lambda: engine.loss_and_grad(x, index, NUM_DATA), device, steps, warmup)
+
+        optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+
+        def torch_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss = -module.log_importance_weights(x, 1).mean() * NUM_DATA
+            loss.backward()
+            optimizer.step()
+
+        torch_step_s, torch_peak = time_steps(torch_step, device, steps, warmup)
+    row.update(
+        pyro_examples_per_s=batch_size / pyro_step, torch_examples_per_s=batch_size / torch_step_s,
+        pyro_ms_per_step=1e3 * pyro_step, torch_ms_per_step=1e3 * torch_step_s,
+        pyro_overhead_ratio=pyro_step / torch_step_s, pyro_peak_mib=pyro_peak, torch_peak_mib=torch_peak,
+    )
+    return row
+
+
+def time_hcrl2_epoch(device: torch.device, n_paths: int, batch_size: int, hidden_dims) -> dict:
+    """One full epoch of HCRL2 through ``SVIEngine.fit`` with the GROW / PRUNE / MERGE callback."""
+    from pyro_hc.heuristics import NCRPHeuristics
+
+    set_seed(0)
+    x = torch.rand(NUM_DATA, *IMAGE_SHAPE, device=device).bernoulli()
+    with local_params():
+        module = build_module("hcrl2", {"depth": 3}, device, hidden_dims, n_paths)
+        heuristics = NCRPHeuristics(grow_every=10**9, lock_epochs=10**9)  # statistics only: keep the tree
+        engine = SVIEngine(module, loss="trace_enum", progress=False, lr=2e-3, callbacks=[heuristics])
+        engine.fit(x[:batch_size * 4], epochs=1, batch_size=batch_size, seed=0)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        engine.fit(x, epochs=1, batch_size=batch_size, seed=0)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return {"model": "hcrl2", "n_paths": n_paths, "num_data": NUM_DATA, "batch_size": batch_size,
+            "epoch_seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on the CPU")
+    parser.add_argument("--models", nargs="+", default=list(MODEL_CONFIGS), choices=list(MODEL_CONFIGS))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--hidden-dims", type=int, nargs="+", default=None,
+                        help="override every model's hidden layers (default: the paper's 500-500-2000)")
+    parser.add_argument("--paths", type=int, nargs="+", default=[8, 32, 128, 512],
+                        help="tree sizes of the scaling table (nCRP models)")
+    parser.add_argument("--depths", type=int, nargs="+", default=[3, 4])
+    parser.add_argument("--clusters", type=int, nargs="+", default=[5, 10, 20, 40], help="k of the k-DVAE scaling")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the tree-size table")
+    parser.add_argument("--epoch", action="store_true", help="also time one full HCRL2 epoch on 70,000 points")
+    parser.add_argument("--epoch-batch-sizes", type=int, nargs="+", default=[100, 256])
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--no-progress", action="store_true", help="accepted for symmetry; nothing is shown")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    hidden = tuple(args.hidden_dims) if args.hidden_dims else None
+    record = {
+        "benchmark": "speed", "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__, "pyro": pyro.__version__, "pyro_hc": pyro_hc.__version__,
+        "python": sys.version.split()[0], "threads": torch.get_num_threads(), "tf32": bool(args.tf32),
+        "budget": {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
+                   "hidden_dims": hidden or "paper (500, 500, 2000)"},
+        "results": [], "scaling": [], "epoch": [],
+    }
+
+    def write() -> None:
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(record, indent=2))
+
+    for name in args.models:
+        row = measure(name, MODEL_CONFIGS[name], device, args.batch_size, args.steps, args.warmup, hidden,
+                      n_paths=8 if name in NCRP_MODELS else None)
+        record["results"].append(row)
+        print(f"{name:9s} pyro {row['pyro_examples_per_s']:9.0f} ex/s  torch {row['torch_examples_per_s']:9.0f} "
+              f"ex/s  overhead x{row['pyro_overhead_ratio']:.2f}", flush=True)
+        write()
+    if not args.no_scaling:
+        for name in [m for m in args.models if m in NCRP_MODELS]:
+            for depth in args.depths:
+                for n_paths in args.paths:
+                    row = measure(name, {**MODEL_CONFIGS[name], "depth": depth}, device, args.batch_size,
+                                  args.steps, args.warmup, hidden, n_paths=n_paths)
+                    row["depth"] = depth
+                    record["scaling"].append(row)
+                    print(f"{name:9s} depth {depth} paths {n_paths:4d}: pyro {row['pyro_ms_per_step']:8.2f} ms/step"
+                          f"  torch {row['torch_ms_per_step']:8.2f} ms/step", flush=True)
+                    write()
+        if "kdvae" in args.models:
+            for k in args.clusters:
+                row = measure("kdvae", {"n_clusters": k}, device, args.batch_size, args.steps, args.warmup, hidden)
+                row["n_clusters"] = k
+                record["scaling"].append(row)
+                print(f"kdvae     k {k:3d}: pyro {row['pyro_ms_per_step']:8.2f} ms/step"
+                      f"  torch {row['torch_ms_per_step']:8.2f} ms/step", flush=True)
+                write()
+    if args.epoch:
+        for batch_size in args.epoch_batch_sizes:
+            row = time_hcrl2_epoch(device, 20, batch_size, hidden)
+            record["epoch"].append(row)
+            print(f"hcrl2 epoch (70,000 points, 20 paths, batch {batch_size}): {row['epoch_seconds']:.2f} s",
+                  flush=True)
+            write()
+    record["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
