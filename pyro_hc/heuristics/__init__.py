@@ -5,8 +5,11 @@ training loop.
 
 - :class:`NCRPHeuristics`: GROW / PRUNE / MERGE of HCRL's Algorithm 1 (Shin, Song & Moon, 2020)
   for models with a nested stick-breaking tree (:class:`NCRPTreeModel`).
+- :class:`DeepECTHeuristics`: DeepECT's split and prune (Mautz, Plant & Böhm, 2020) and its
+  node-weight moving average, for models with a DeepECT cluster tree (:class:`DeepECTTreeModel`).
 """
 
+from .deepect import DeepECTHeuristics, DeepECTTreeModel
 from .ncrp import MOVES, NCRPHeuristics, NCRPTreeModel
 
-__all__ = ["NCRPHeuristics", "NCRPTreeModel", "MOVES"]
+__all__ = ["NCRPHeuristics", "NCRPTreeModel", "MOVES", "DeepECTHeuristics", "DeepECTTreeModel"]
