@@ -229,7 +229,8 @@ class DeepECTModule(PyroModule):
         """Index tensors of the current tree on the module's device.
 
         ``leaves`` (``K``, ``tree.leaves()`` order), ``leaf_paths``/``leaf_path_mask``
-        (``K x (depth+1)``, root-to-leaf node ids), ``active`` (``C`` bool), ``non_root``
+        (``K x (depth+1)``, root-to-leaf node ids), ``path_row``/``path_col``/``path_node`` (the
+        real entries of ``leaf_paths`` as integer indices), ``active`` (``C`` bool), ``non_root``
         (``C`` bool: the set ``N`` of Eq. 5), ``sibling`` (``C``, a node's own id where it has
         none) and ``member`` (``C x K`` bool: leaf ``k`` lies in the subtree of node ``n``).
         """
@@ -252,10 +253,12 @@ class DeepECTModule(PyroModule):
                 raise RuntimeError(f"DeepECT's tree is binary, but node {parent} has children {children}")
             sibling[children[0]], sibling[children[1]] = children[1], children[0]
         member = torch.zeros(capacity, len(tensors.leaves), dtype=torch.bool)
-        rows = torch.arange(len(tensors.leaves)).unsqueeze(-1).expand_as(tensors.paths)
-        member[tensors.paths[tensors.path_mask], rows[tensors.path_mask]] = True
+        path_row, path_col = tensors.path_mask.nonzero(as_tuple=True)  # the real entries of the leaf paths
+        path_node = tensors.paths[path_row, path_col]
+        member[path_node, path_row] = True
         index = dict(leaves=tensors.leaves, leaf_paths=tensors.paths, leaf_path_mask=tensors.path_mask,
-                     active=active, non_root=non_root, sibling=sibling, member=member)
+                     path_row=path_row, path_col=path_col, path_node=path_node, active=active,
+                     non_root=non_root, sibling=sibling, member=member)
         return {k: v.to(device) for k, v in index.items()}
 
     # centers, assignment, weights ------------------------------------------------------------
@@ -278,9 +281,9 @@ class DeepECTModule(PyroModule):
         suffix = factors.flip(1).cumprod(1).flip(1)  # Π_{i >= j}
         below = torch.cat([suffix[:, 1:], torch.ones_like(suffix[:, :1])], 1)  # Π_{i > j}: path j -> leaf
         leaf_centers = self.centers[index["leaves"]].detach()
-        contributions = below.unsqueeze(-1) * leaf_centers.unsqueeze(1)  # K x (depth+1) x d
-        centers = torch.zeros_like(self.centers)
-        return centers.index_add_(0, paths[mask], contributions[mask])
+        rows, cols = index["path_row"], index["path_col"]  # integer indices: no host sync on a GPU
+        contributions = below[rows, cols].unsqueeze(-1) * leaf_centers[rows]
+        return torch.zeros_like(self.centers).index_add_(0, index["path_node"], contributions)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``enc(x)``."""
@@ -325,7 +328,7 @@ class DeepECTModule(PyroModule):
         index = self.tree_index()
         leaves = index["leaves"]
         leaf = self.assign(z)  # by the original object only
-        one_hot = F.one_hot(leaf, leaves.shape[0]).to(z.dtype)  # B x K
+        one_hot = (leaf.unsqueeze(-1) == torch.arange(leaves.shape[0], device=z.device)).to(z.dtype)  # B x K
         counts = one_hot.sum(0)
 
         # Eq. 2 / Eq. 8: each leaf center towards sg[mean of its points' embeddings]
