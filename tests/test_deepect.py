@@ -372,3 +372,14 @@ def test_augmented_training_runs_on_images():
     model = get_model("deepect", augment=True, max_leaves=3, grow_interval=2, epochs=2, pretrain_epochs=1, **TINY)
     model.fit(digits, progress=False)
     assert len(model.tree.leaves()) == 3 and np.isfinite(model.history_["loss"]).all()
+
+
+def test_pretrained_autoencoder_is_reused(tmp_path):
+    digits = pyro_hc.load_dataset("digits", n_samples=100)
+    pretrained = get_model("deepect", max_leaves=3, epochs=0, pretrain_epochs=2, **TINY).fit(digits, progress=False)
+    path = pretrained.save(tmp_path / "ae.pt")
+    model = get_model("deepect", max_leaves=3, epochs=0, pretrained=str(path), **TINY).fit(digits, progress=False)
+    assert torch.equal(model.transform(digits), pretrained.transform(digits))
+    assert "pretrain" not in model.history_["phase"]
+    with pytest.raises(ValueError, match="does not match"):
+        get_model("deepect", epochs=0, pretrained=str(path), **{**TINY, "latent_dim": 4}).fit(digits, progress=False)

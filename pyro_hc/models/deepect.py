@@ -32,7 +32,7 @@ from torch import nn
 
 from ..estimator import ClusterEstimator, as_tensor
 from ..heuristics.deepect import DeepECTHeuristics
-from ..infer import Callback
+from ..infer import Callback, load_checkpoint
 from ..nn import mlp
 from ..tree import ClusterTree
 from ._registry import register_model
@@ -539,6 +539,10 @@ class DeepECT(ClusterEstimator):
         Steps between the checks for dead nodes (each check reads the weights back to the host).
         The paper checks after every step; a node with no points halves its weight each step, so
         a check every few steps only delays its removal by as many steps.
+    pretrained:
+        Path of a saved DeepECT (``model.save``) whose autoencoder this one starts from, skipping
+        pretraining: the paper runs every method from the same pretrained autoencoders. Fit a
+        DeepECT with ``epochs=0`` and save it to make one.
     """
 
     def __init__(
@@ -560,6 +564,7 @@ class DeepECT(ClusterEstimator):
         corruption: float = 0.2,
         grow_sample: int | None = 10_000,
         prune_check_every: int = 10,
+        pretrained: str | None = None,
     ) -> None:
         self.max_leaves = max_leaves
         self.grow_interval = grow_interval
@@ -578,6 +583,7 @@ class DeepECT(ClusterEstimator):
         self.corruption = corruption
         self.grow_sample = grow_sample
         self.prune_check_every = prune_check_every
+        self.pretrained = pretrained
 
     # fitting --------------------------------------------------------------------------------
 
@@ -638,7 +644,9 @@ class DeepECT(ClusterEstimator):
         pretrain_epochs = self.pretrain_epochs
         if pretrain_epochs is None:
             pretrain_epochs = self._epochs_for(self.pretrain_steps, x.shape[0], batch_size)
-        if pretrain_epochs > 0:
+        if self.pretrained is not None:
+            self._load_autoencoder(self.pretrained)
+        elif pretrain_epochs > 0:
             autoencoder = AutoencoderPretraining(module.encoder, module.decoder, corruption=self.corruption)
             self._run(autoencoder, x, phase="pretrain", epochs=pretrain_epochs, batch_size=batch_size, seed=seed,
                       progress=progress, lr=self.pretrain_lr)
@@ -653,6 +661,21 @@ class DeepECT(ClusterEstimator):
                   callbacks=(self.heuristics(sample, seed), *callbacks), lr=self.lr)
         if len(module.tree.leaves()) < 2 and epochs > 0:
             warnings.warn("DeepECT ended with a single leaf (every split was pruned)", RuntimeWarning, stacklevel=2)
+
+    def _load_autoencoder(self, path: str) -> None:
+        """Copy the encoder and decoder of a saved DeepECT into this model's module."""
+        payload = load_checkpoint(path, map_location=self.device_)
+        if payload.get("model") != self.name:
+            raise ValueError(f"{path} holds a {payload.get('model')!r} model, not a DeepECT")
+        if int(payload["data_spec"]["n_features"]) != self.data_spec_.n_features:
+            raise ValueError(f"{path} was fitted on {payload['data_spec']['n_features']} features, "
+                             f"these data have {self.data_spec_.n_features}")
+        networks = {k: v for k, v in payload["module"].items() if k.startswith(("encoder.", "decoder."))}
+        own = {k for k in self.module_.state_dict() if k.startswith(("encoder.", "decoder."))}
+        if set(networks) != own or any(v.shape != self.module_.state_dict()[k].shape for k, v in networks.items()):
+            raise ValueError(f"the autoencoder in {path} does not match latent_dim={self.latent_dim}, "
+                             f"hidden_dims={self.hidden_dims}")
+        self.module_.load_state_dict(networks, strict=False)
 
     # fitted state ---------------------------------------------------------------------------
 
