@@ -64,7 +64,7 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_dataset(name: str, args, device: str, workdir: Path) -> list[dict]:
+def run_dataset(name: str, args, device: str, workdir: Path, report) -> list[dict]:
     data = pyro_hc.load_dataset(name, split="all")
     if args.n is not None and args.n < len(data):
         data = data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.n])
@@ -85,13 +85,14 @@ def run_dataset(name: str, args, device: str, workdir: Path) -> list[dict]:
     pretrain_steps = autoencoder.history_["step"][-1] if len(autoencoder.history_) else 0
     print(json.dumps({"dataset": name, "phase": "pretrain", "steps": pretrain_steps,
                       "seconds": round(pretrain_seconds, 1)}), flush=True)
+    base = {"dataset": name, "n": len(data), "pretrain_steps": pretrain_steps, "pretrain_seconds": pretrain_seconds}
 
     started = time.perf_counter()
     embedding = autoencoder.transform(data).numpy()
     tree, leaves = bisecting_kmeans_tree(embedding, args.max_leaves, seed=args.seed)
-    rows.append({"dataset": name, "model": "ae_bisecting", **scores(tree, leaves, labels, k), "steps": 0,
+    rows.append({**base, "model": "ae_bisecting", **scores(tree, leaves, labels, k), "steps": 0,
                  "fit_seconds": time.perf_counter() - started})
-    print(json.dumps(rows[-1]), flush=True)
+    report(rows[-1])
 
     for variant in args.variants.split(","):
         if variant not in ("deepect", "deepect_aug"):
@@ -102,16 +103,12 @@ def run_dataset(name: str, args, device: str, workdir: Path) -> list[dict]:
         synchronize(device)
         seconds = time.perf_counter() - started
         events = model.tree.events
-        row = {"dataset": name, "model": variant, **scores(model.tree, model.predict(data).numpy(), labels, k),
+        row = {**base, "model": variant, **scores(model.tree, model.predict(data).numpy(), labels, k),
                "steps": model.history_["step"][-1], "fit_seconds": seconds,
                "splits": sum(e["kind"] == "split" for e in events), "prunes": sum(e["kind"] == "prune" for e in events),
                "final_loss": model.history_["loss"][-1]}
         rows.append(row)
-        print(json.dumps(row), flush=True)
-    for row in rows:
-        row["pretrain_seconds"] = pretrain_seconds
-        row["pretrain_steps"] = pretrain_steps
-        row["n"] = len(data)
+        report(row)
     return rows
 
 
@@ -142,10 +139,21 @@ def main() -> None:
     device = str(pyro_hc.infer.resolve_device(args.device))
 
     started = time.perf_counter()
-    results = []
+    results: list[dict] = []
+
+    def report(row: dict) -> None:
+        """Print a result and rewrite the output files, so a run cut short keeps what it finished."""
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        write(args, device, results, time.perf_counter() - started)
+
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.datasets.split(","):
-            results += run_dataset(name.strip().lower(), args, device, Path(workdir))
+            run_dataset(name.strip().lower(), args, device, Path(workdir), report)
+    write(args, device, results, time.perf_counter() - started, final=True)
+
+
+def write(args, device: str, results: list[dict], wall_seconds: float, final: bool = False) -> None:
     record = {
         "benchmark": "deepect_mnist", "datasets": args.datasets, "device": device,
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.machine(),
@@ -153,7 +161,7 @@ def main() -> None:
         "budget": {k: getattr(args, k) for k in ("n", "pretrain_steps", "steps", "grow_interval", "max_leaves",
                                                   "batch_size", "lr", "pretrain_lr", "corruption", "hidden_dims",
                                                   "latent_dim", "grow_sample", "seed")},
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": wall_seconds, "complete": final,
         "paper": PAPER,
         "results": results,
     }
@@ -169,7 +177,8 @@ def main() -> None:
     out.with_suffix(".md").write_text(
         f"device {record['device_name']} ({device}), budget {record['budget']}, wall {record['wall_seconds']:.0f} s; "
         f"pretraining {pretraining}\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if final:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
