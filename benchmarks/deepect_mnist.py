@@ -38,6 +38,7 @@ import torch
 import pyro_hc
 import pyro_hc.models.deepect  # noqa: F401  (registers "deepect")
 from pyro_hc import metrics
+from pyro_hc.infer import Callback
 from pyro_hc.models.deepect import bisecting_kmeans_tree, flat_assignments
 
 PAPER = {
@@ -57,6 +58,20 @@ def scores(tree, leaves, labels, n_clusters: int) -> dict[str, float]:
     return {"dp": metrics.dendrogram_purity(tree, leaves, labels), "lp": metrics.leaf_purity(tree, leaves, labels),
             "nmi": metrics.nmi(labels, flat), "acc": metrics.cluster_acc(labels, flat), "k": k,
             "n_leaves": len(tree.leaves())}
+
+
+class StopAfter(Callback):
+    """End training at the first epoch end after ``seconds`` (a wall-clock guard for fixed budgets)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def on_fit_start(self, state) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, state) -> None:
+        if self.seconds is not None and time.perf_counter() - self.started > self.seconds:
+            state.stop = True
 
 
 def synchronize(device: str) -> None:
@@ -99,14 +114,16 @@ def run_dataset(name: str, args, device: str, workdir: Path, report) -> list[dic
             raise ValueError(f"unknown variant {variant!r}; choose deepect and/or deepect_aug")
         started = time.perf_counter()
         model = pyro_hc.get_model("deepect", augment=variant == "deepect_aug", steps=args.steps,
-                                  pretrained=str(path), **common).fit(data, **fit)
+                                  pretrained=str(path), **common)
+        model.fit(data, callbacks=[StopAfter(args.max_seconds)], **fit)
         synchronize(device)
         seconds = time.perf_counter() - started
         events = model.tree.events
         row = {**base, "model": variant, **scores(model.tree, model.predict(data).numpy(), labels, k),
                "steps": model.history_["step"][-1], "fit_seconds": seconds,
                "splits": sum(e["kind"] == "split" for e in events), "prunes": sum(e["kind"] == "prune" for e in events),
-               "final_loss": model.history_["loss"][-1]}
+               "final_loss": model.history_["loss"][-1],
+               "stopped_by_time": model.history_["step"][-1] < model.fit_info_["epochs"] * -(-len(data) // args.batch_size)}
         rows.append(row)
         report(row)
     return rows
@@ -128,6 +145,8 @@ def main() -> None:
     parser.add_argument("--hidden-dims", default="500,500,2000")
     parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--grow-sample", type=int, default=10_000, help="points used to choose and split a leaf")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="wall-clock guard per DeepECT fit: stop at the first epoch end after this")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -160,7 +179,7 @@ def write(args, device: str, results: list[dict], wall_seconds: float, final: bo
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
         "budget": {k: getattr(args, k) for k in ("n", "pretrain_steps", "steps", "grow_interval", "max_leaves",
                                                   "batch_size", "lr", "pretrain_lr", "corruption", "hidden_dims",
-                                                  "latent_dim", "grow_sample", "seed")},
+                                                  "latent_dim", "grow_sample", "max_seconds", "seed")},
         "wall_seconds": wall_seconds, "complete": final,
         "paper": PAPER,
         "results": results,
