@@ -339,7 +339,7 @@ class DeepECTModule(PyroModule):
 
         # Eq. 5 / Eq. 7: projected compression against the sibling, every non-root node at once
         non_root = index["non_root"]
-        n_compressed = int(self.tree_size()) - 1  # |N|
+        n_compressed = len(self.tree) - 1  # |N|
         if n_compressed > 0:
             mu = self.node_centers()  # sg[μ_n]
             direction = mu - mu[index["sibling"]]
@@ -350,9 +350,6 @@ class DeepECTModule(PyroModule):
         else:
             dc = torch.zeros_like(rec)
         return {"rec": rec, "dc": dc, "nc": nc, "leaf": leaf, "leaf_counts": counts}
-
-    def tree_size(self) -> int:
-        return len(self.tree)
 
     def model(self, x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None) -> None:
         terms = self.loss_terms(x)
