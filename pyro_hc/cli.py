@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from .data import list_datasets, load_dataset
 from .estimator import evaluate
@@ -74,6 +76,18 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", help="a folder written by 'pyro-hc fit'")
     ev.add_argument("--split", default=None, choices=("all", "train", "test"), help="default: the run's split")
     ev.add_argument("--data-root", default=None)
+
+    pl = commands.add_parser("plot", help="draw the pictures of a saved run (tree, embedding, distances, history)")
+    pl.add_argument("run_dir", help="a folder written by 'pyro-hc fit'")
+    pl.add_argument("--out", default=None, help="folder for the PNG files (default: RUN_DIR/plots)")
+    pl.add_argument("--split", default=None, choices=("all", "train", "test"), help="default: the run's split")
+    pl.add_argument("--data-root", default=None)
+    pl.add_argument("--embedding", default="auto", choices=("auto", "pca", "tsne"),
+                    help="2-D projection of the embedding (default: the embedding itself if 2-D, else PCA)")
+    pl.add_argument("--images", default="auto", choices=("auto", "decoded", "mean", "members", "none"),
+                    help="what each tree node shows (default: decoded node means when the model has them)")
+    pl.add_argument("--max-points", type=int, default=3000, metavar="N",
+                    help="data drawn per picture, a seeded random subset (default: 3000)")
     return parser
 
 
@@ -131,6 +145,50 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    record_path = run_dir / METRICS_FILE
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}; is it a folder written by 'pyro-hc fit'?")
+    if args.max_points < 1:
+        raise ValueError(f"--max-points must be >= 1, got {args.max_points}")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no window, whatever the environment says
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    record = json.loads(record_path.read_text())
+    model = load(run_dir / MODEL_FILE)
+    dataset = load_dataset(record["dataset"], root=args.data_root or record.get("data_root"),
+                           split=args.split or record["split"])
+    if len(dataset) > args.max_points:
+        rows = np.sort(np.random.default_rng(0).choice(len(dataset), args.max_points, replace=False))
+        dataset = dataset.subset(rows)
+    out = Path(args.out) if args.out else run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = {
+        "tree.png": lambda path: plot.plot_tree(model, dataset, images=args.images, path=path),
+        "embedding.png": lambda path: plot.plot_embedding(model, dataset, method=args.embedding, path=path),
+        "history.png": lambda path: plot.plot_history(model, path=path),
+        "node_samples.png": lambda path: plot.plot_node_samples(model, path=path),
+        "level_reconstructions.png": lambda path: plot.plot_level_reconstructions(model, dataset, path=path),
+    }
+    if dataset.y is not None:
+        pictures["class_distance.png"] = lambda path: plot.plot_class_distance(model, dataset, path=path)
+    print(f"{record['model']} on {record['dataset']} ({len(dataset)} points drawn)")
+    for name, draw in pictures.items():
+        try:
+            figure = draw(out / name)
+        except TypeError as err:  # a picture this model cannot make (no node means, nothing to sample)
+            print(f"skipped {name}: {err}")
+            continue
+        plt.close(figure)
+        print(f"wrote {out / name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -141,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "fit":
             return _fit(args)
+        if args.command == "plot":
+            return _plot(args)
         return _evaluate(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"pyro-hc: error: {err}", file=sys.stderr)
