@@ -145,6 +145,13 @@ def measure(name: str, config: dict, device: torch.device, batch_size: int, step
             optimizer.step()
 
         torch_step_s, torch_peak = time_steps(torch_step, device, steps, warmup)
+        if device.type == "cuda":  # the engine's step replayed from a CUDA graph
+            graph_engine = SVIEngine(module, loss=module.loss_name, progress=False, lr=1e-4, cuda_graphs=True)
+            graph_step, graph_peak = time_steps(lambda: graph_engine._step(x, index, NUM_DATA, batch_size), device,
+                                                steps, warmup)
+            row.update(graph_examples_per_s=batch_size / graph_step, graph_ms_per_step=1e3 * graph_step,
+                       graph_overhead_ratio=graph_step / torch_step_s, graph_peak_mib=graph_peak,
+                       graph_captured=graph_engine.graph_captures > 0 and graph_engine.cuda_graphs)
     row.update(
         pyro_examples_per_s=batch_size / pyro_step, torch_examples_per_s=batch_size / torch_step_s,
         pyro_ms_per_step=1e3 * pyro_step, torch_ms_per_step=1e3 * torch_step_s,
@@ -153,7 +160,8 @@ def measure(name: str, config: dict, device: torch.device, batch_size: int, step
     return row
 
 
-def time_hcrl2_epoch(device: torch.device, n_paths: int, batch_size: int, hidden_dims) -> dict:
+def time_hcrl2_epoch(device: torch.device, n_paths: int, batch_size: int, hidden_dims,
+                     cuda_graphs: bool = False) -> dict:
     """One full epoch of HCRL2 through ``SVIEngine.fit`` with the GROW / PRUNE / MERGE callback."""
     from pyro_hc.heuristics import NCRPHeuristics
 
@@ -162,7 +170,8 @@ def time_hcrl2_epoch(device: torch.device, n_paths: int, batch_size: int, hidden
     with local_params():
         module = build_module("hcrl2", {"depth": 3}, device, hidden_dims, n_paths)
         heuristics = NCRPHeuristics(grow_every=10**9, lock_epochs=10**9)  # statistics only: keep the tree
-        engine = SVIEngine(module, loss="trace_enum", progress=False, lr=2e-3, callbacks=[heuristics])
+        engine = SVIEngine(module, loss="trace_enum", progress=False, lr=2e-3, callbacks=[heuristics],
+                           cuda_graphs=cuda_graphs)
         engine.fit(x[:batch_size * 4], epochs=1, batch_size=batch_size, seed=0)  # warm-up
         _sync(device)
         start = time.perf_counter()
@@ -170,7 +179,7 @@ def time_hcrl2_epoch(device: torch.device, n_paths: int, batch_size: int, hidden
         _sync(device)
         seconds = time.perf_counter() - start
     return {"model": "hcrl2", "n_paths": n_paths, "num_data": NUM_DATA, "batch_size": batch_size,
-            "epoch_seconds": seconds}
+            "cuda_graphs": engine.cuda_graphs, "graph_captures": engine.graph_captures, "epoch_seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(name, MODEL_CONFIGS[name], device, args.batch_size, args.steps, args.warmup, hidden,
                       n_paths=8 if name in NCRP_MODELS else None)
         record["results"].append(row)
+        graph = (f"  graph {row['graph_examples_per_s']:9.0f} ex/s (x{row['graph_overhead_ratio']:.2f}, "
+                 f"captured {row['graph_captured']})" if "graph_examples_per_s" in row else "")
         print(f"{name:9s} pyro {row['pyro_examples_per_s']:9.0f} ex/s  torch {row['torch_examples_per_s']:9.0f} "
-              f"ex/s  overhead x{row['pyro_overhead_ratio']:.2f}", flush=True)
+              f"ex/s  overhead x{row['pyro_overhead_ratio']:.2f}{graph}", flush=True)
         write()
     if not args.no_scaling:
         for name in [m for m in args.models if m in NCRP_MODELS]:
@@ -232,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                                   args.steps, args.warmup, hidden, n_paths=n_paths)
                     row["depth"] = depth
                     record["scaling"].append(row)
+                    graph = f"  graph {row['graph_ms_per_step']:8.2f} ms/step" if "graph_ms_per_step" in row else ""
                     print(f"{name:9s} depth {depth} paths {n_paths:4d}: pyro {row['pyro_ms_per_step']:8.2f} ms/step"
-                          f"  torch {row['torch_ms_per_step']:8.2f} ms/step", flush=True)
+                          f"  torch {row['torch_ms_per_step']:8.2f} ms/step{graph}", flush=True)
                     write()
         if "kdvae" in args.models:
             for k in args.clusters:
@@ -245,11 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                 write()
     if args.epoch:
         for batch_size in args.epoch_batch_sizes:
-            row = time_hcrl2_epoch(device, 20, batch_size, hidden)
-            record["epoch"].append(row)
-            print(f"hcrl2 epoch (70,000 points, 20 paths, batch {batch_size}): {row['epoch_seconds']:.2f} s",
-                  flush=True)
-            write()
+            for cuda_graphs in ((False, True) if device.type == "cuda" else (False,)):
+                row = time_hcrl2_epoch(device, 20, batch_size, hidden, cuda_graphs)
+                record["epoch"].append(row)
+                print(f"hcrl2 epoch (70,000 points, 20 paths, batch {batch_size}, cuda graphs {row['cuda_graphs']}): "
+                      f"{row['epoch_seconds']:.2f} s", flush=True)
+                write()
     record["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write()
     return 0

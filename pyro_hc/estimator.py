@@ -93,8 +93,13 @@ class ClusterEstimator:
         seed: int | None = 0,
         progress: bool = True,
         callbacks: Sequence[Callback] = (),
+        cuda_graphs: bool = False,
     ) -> "ClusterEstimator":
-        """Train on ``data``; ``epochs``/``batch_size`` override the configured ones. Returns ``self``."""
+        """Train on ``data``; ``epochs``/``batch_size`` override the configured ones. Returns ``self``.
+
+        ``cuda_graphs=True`` replays each training step from a CUDA graph on a GPU (see
+        :class:`~pyro_hc.infer.SVIEngine`); it changes speed, not the computation.
+        """
         x = as_tensor(data)
         likelihood = self._likelihood_for(data)
         validate_data(x, likelihood)
@@ -111,13 +116,14 @@ class ClusterEstimator:
         self._check_config(x)
         self.module_ = self._new_module().to(self.device_)
         self.history_ = History()
+        self._cuda_graphs = bool(cuda_graphs)
         started = time.perf_counter()
         with local_params():  # every module built during the fit (pretraining ones too) stays local
             self._fit(x.to(self.device_), epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
                       callbacks=tuple(callbacks))
         self.fit_info_ = {
             "device": str(self.device_), "seed": seed, "epochs": epochs, "batch_size": batch_size,
-            "n_train": int(x.shape[0]), "seconds": time.perf_counter() - started,
+            "n_train": int(x.shape[0]), "seconds": time.perf_counter() - started, "cuda_graphs": bool(cuda_graphs),
         }
         return self
 
@@ -152,6 +158,7 @@ class ClusterEstimator:
         **optim: Any,
     ) -> SVIEngine:
         """Train ``module`` with the shared engine; its epochs land in ``self.history_``."""
+        optim.setdefault("cuda_graphs", getattr(self, "_cuda_graphs", False) and optim.get("optimizer", "adam") == "adam")
         engine = SVIEngine(module, loss=loss, callbacks=callbacks, history=self.history_, progress=progress,
                            phase=phase, checkpoint_extra=self._checkpoint_header(), **optim)
         engine.fit(x, epochs=epochs, batch_size=batch_size, seed=seed)

@@ -11,13 +11,14 @@ module's mode when it is built, so build modules inside :func:`~pyro_hc.infer.lo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 from tqdm import tqdm
 
@@ -26,6 +27,8 @@ from .callbacks import Callback, FitState, History
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import local_params
 from . import distributed
+from .elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
+from .graphs import CapturedStep
 
 __all__ = ["SVIEngine", "NonFiniteLossError", "make_elbo", "OPTIMIZERS", "ELBOS"]
 
@@ -50,13 +53,16 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def make_elbo(loss: str | ELBO, max_plate_nesting: int = 1, num_particles: int = 1) -> ELBO:
-    """``"trace"`` -> ``Trace_ELBO``; ``"trace_enum"`` -> ``TraceEnum_ELBO`` (discrete sites summed out)."""
+    """``"trace"`` -> ``Trace_ELBO``; ``"trace_enum"`` -> ``TraceEnum_ELBO`` (discrete sites summed out).
+
+    Both in their host-sync-free form (:mod:`pyro_hc.infer.elbo`): same value, same gradient.
+    """
     if isinstance(loss, ELBO):
         return loss
     if loss == "trace":
-        return Trace_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        return DeviceTrace_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
     if loss == "trace_enum":
-        return TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        return DeviceTraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
     raise ValueError(f"unknown loss {loss!r}; choose one of {ELBOS} or pass a pyro.infer.ELBO")
 
 
@@ -89,6 +95,12 @@ class SVIEngine:
     check_every:
         Steps between host syncs that read the loss, check it is finite and refresh the bar;
         the error still names the exact step at which the loss first went bad.
+    cuda_graphs:
+        On a GPU, record each full-size batch's step as a CUDA graph and replay it
+        (:mod:`pyro_hc.infer.graphs`): Pyro's tracing then runs only when the tree or the
+        learning rate changed. Needs ``optimizer="adam"``; ignored on the CPU, under
+        ``torch.distributed`` and for modules with ``cuda_graph_safe = False``. If a step cannot
+        be captured, training goes on eagerly with a warning.
     """
 
     def __init__(
@@ -111,12 +123,15 @@ class SVIEngine:
         check_every: int = 10,
         checkpoint_extra: dict[str, Any] | None = None,
         lr_multipliers: dict[str, float] | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         for method in ("model", "guide"):
             if not callable(getattr(module, method, None)):
                 raise TypeError(f"{type(module).__name__} has no {method}() method; the engine needs both")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+        if cuda_graphs and optimizer != "adam":
+            raise ValueError("cuda_graphs=True needs optimizer='adam' (its state can live on the device)")
         if lr <= 0 or not 0 < lr_decay <= 1 or lr_decay_every < 1 or check_every < 1:
             raise ValueError(
                 f"need lr > 0, 0 < lr_decay <= 1, lr_decay_every >= 1, check_every >= 1; got "
@@ -132,6 +147,7 @@ class SVIEngine:
             on_cuda = all(p.is_cuda for group in params for p in group["params"])
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
                 params, lr=lr, weight_decay=weight_decay, fused=True if on_cuda else None,
+                capturable=bool(cuda_graphs and on_cuda),
             )
         else:
             self.optimizer = ClippedAdam(params, lr=lr, weight_decay=weight_decay, clip_norm=clip_norm)
@@ -146,6 +162,9 @@ class SVIEngine:
         self.epoch = 0
         self.step_count = 0
         self._loss_fn: torch.nn.Module | None = None  # the ELBO, wrapped in DDP under torch.distributed
+        self.cuda_graphs = bool(cuda_graphs and getattr(module, "cuda_graph_safe", True))
+        self._captured: CapturedStep | None = None
+        self.graph_captures = 0  # how many times a step was recorded (each tree or lr change costs one)
 
     def _loss_module(self) -> torch.nn.Module:
         """The loss as a module; in a multi-process run, wrapped in ``DistributedDataParallel``.
@@ -190,6 +209,27 @@ class SVIEngine:
         loss.backward()
         self.optimizer.step()
         return loss.detach()
+
+    def _step(self, batch_x: torch.Tensor, index: torch.Tensor, num_data: int, batch_size: int) -> torch.Tensor:
+        """One optimisation step: replayed from a CUDA graph where possible, else eagerly."""
+        if not (self.cuda_graphs and batch_x.is_cuda and batch_x.shape[0] == batch_size
+                and not distributed.is_distributed()):
+            return self.loss_and_grad(batch_x, index, num_data)
+        tree = self.tree
+        key = (tree.version if tree is not None else None, tuple(g["lr"] for g in self.optimizer.param_groups),
+               tuple(batch_x.shape), num_data)
+        if self._captured is None or self._captured.key != key:
+            self._captured = None  # release the old graph's memory before recording the next
+            try:
+                self._captured = CapturedStep(self, batch_x, index, num_data, key)
+            except RuntimeError as err:
+                warnings.warn(f"{self.phase}: this step cannot be recorded as a CUDA graph ({err}); "
+                              f"training on eagerly", RuntimeWarning, stacklevel=3)
+                self.cuda_graphs = False
+                torch.cuda.synchronize(batch_x.device)
+                return self.loss_and_grad(batch_x, index, num_data)
+            self.graph_captures += 1
+        return self._captured.replay(batch_x, index)
 
     def fit(self, x: torch.Tensor, epochs: int, batch_size: int, seed: int | None = None) -> History:
         """Run ``epochs`` passes over ``x`` (already on the module's device) in shuffled batches.
@@ -237,7 +277,7 @@ class SVIEngine:
                         index = index[rank::world]
                     batch_x = x[index]
                     try:
-                        loss = self.loss_and_grad(batch_x, index, num_data)
+                        loss = self._step(batch_x, index, num_data, batch_size)
                     except ValueError as err:
                         # distribution validation rejects NaN parameters: report where training broke,
                         # first from the losses not yet read back (the earliest bad step), else here
@@ -263,6 +303,8 @@ class SVIEngine:
                     distributed.all_reduce_sum_(totals)
                     epoch_total, epoch_batches = float(totals[0]), int(totals[1])
                 state.epoch_loss = epoch_total / max(epoch_batches, 1)
+                if self.cuda_graphs:
+                    state.logs["graph_captures"] = float(self.graph_captures)
                 self.scheduler.step()
                 for cb in self.callbacks:
                     cb.on_epoch_end(state)

@@ -1,0 +1,73 @@
+"""Pyro's ELBOs without host synchronisation in ``differentiable_loss``.
+
+``Trace_ELBO.differentiable_loss`` reads every sample site's log-probability back to the host
+(``torch_item``) and both it and ``TraceEnum_ELBO`` check the loss for NaN on the host
+(``warn_if_nan``). On a GPU each read stalls the Python thread until the device has caught up, so
+the next step's tracing cannot overlap the current step's kernels, and a step cannot be captured
+as a CUDA graph at all. The classes here compute the same value and the same gradient with the
+bookkeeping kept on the device; the engine checks the loss for NaN itself, a run of steps at a
+time (``SVIEngine(check_every=...)``).
+
+They rely on two of Pyro 1.9's internals (``Trace_ELBO._get_traces`` and
+``pyro.infer.traceenum_elbo._compute_dice_elbo``); ``tests/test_engine.py`` compares them with
+Pyro's own classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.traceenum_elbo import _compute_dice_elbo
+from pyro.infer.util import is_identically_zero
+
+__all__ = ["DeviceTrace_ELBO", "DeviceTraceEnum_ELBO"]
+
+
+class DeviceTrace_ELBO(Trace_ELBO):
+    """``Trace_ELBO`` whose ``differentiable_loss`` never reads a tensor back to the host."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss = 0.0
+        surrogate_loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo = 0.0
+            surrogate_elbo = 0.0
+            log_r = None
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    elbo = elbo + site["log_prob_sum"].detach()
+                    surrogate_elbo = surrogate_elbo + site["log_prob_sum"]
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample":
+                    log_prob, score_function_term, entropy_term = site["score_parts"]
+                    elbo = elbo - site["log_prob_sum"].detach()
+                    if not is_identically_zero(entropy_term):
+                        surrogate_elbo = surrogate_elbo - entropy_term.sum()
+                    if not is_identically_zero(score_function_term):  # non-reparameterised guide sites
+                        if log_r is None:
+                            log_r = _compute_log_r(model_trace, guide_trace)
+                        term = log_r.sum_to(site["cond_indep_stack"])
+                        surrogate_elbo = surrogate_elbo + (term * score_function_term).sum()
+            loss = loss - elbo / self.num_particles
+            surrogate_loss = surrogate_loss - surrogate_elbo / self.num_particles
+        if not torch.is_tensor(surrogate_loss) or not surrogate_loss.requires_grad:
+            raise ValueError(f"the ELBO cannot be differentiated: {surrogate_loss}")
+        # the value of the ELBO, the gradient of the surrogate (as Pyro's class returns)
+        return loss + (surrogate_loss - surrogate_loss.detach())
+
+
+class DeviceTraceEnum_ELBO(TraceEnum_ELBO):
+    """``TraceEnum_ELBO`` whose ``differentiable_loss`` skips Pyro's host-side NaN check."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        elbo = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo_particle = _compute_dice_elbo(model_trace, guide_trace)
+            if is_identically_zero(elbo_particle):
+                continue
+            elbo = elbo + elbo_particle
+        elbo = elbo / self.num_particles
+        if not torch.is_tensor(elbo) or not elbo.requires_grad:
+            raise ValueError(f"the ELBO cannot be differentiated: {elbo}")
+        return -elbo
