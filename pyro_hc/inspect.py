@@ -356,13 +356,15 @@ def node_embeddings(model: ClusterEstimator) -> tuple[list[int], torch.Tensor] |
 
     HCRL1/2, VAE-nCRP: the node means (every node); VaDE: the cluster means (leaves) and the
     mixture's mean ``Σ_c π_c μ_c`` (root). A model may provide its own through a
-    ``node_embeddings()`` method returning the same pair. None when a model has no node means
-    in one shared embedding (k-DVAE: every cluster has its own latent space).
+    ``node_embeddings()`` (or, as DeepECT does, ``node_centers()``) method returning the same
+    pair. None when a model has no node means in one shared embedding (k-DVAE: every cluster
+    has its own latent space).
     """
     _check_model(model, "node_embeddings")
-    hook = getattr(model, "node_embeddings", None)
-    if callable(hook):
-        return hook()
+    for name in ("node_embeddings", "node_centers"):  # DeepECT calls its node means centers
+        hook = getattr(model, name, None)
+        if callable(hook):
+            return hook()
     module = model.module_
     tree = model.tree
     with torch.no_grad(), local_params():

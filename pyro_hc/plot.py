@@ -8,9 +8,10 @@ more (all optional):
 - ``decode_nodes()`` -> ``(node ids, images)``: each node's mean decoded to data space (HCRL1/2,
   VAE-nCRP); VaDE's decoded cluster means and k-DVAE's decoders at ``z = 0`` are found by
   :func:`pyro_hc.inspect.node_prototypes`;
-- ``node_embeddings()`` -> ``(node ids, M x latent_dim)``: node means in the embedding (HCRL's
-  node Gaussians and VaDE's cluster means are found by :func:`pyro_hc.inspect.node_embeddings`);
-  without them a node sits at the mean embedding of its data.
+- ``node_embeddings()`` or ``node_centers()`` -> ``(node ids, M x latent_dim)``: node means in
+  the embedding (DeepECT's centers; HCRL's node Gaussians and VaDE's cluster means are found by
+  :func:`pyro_hc.inspect.node_embeddings`); without them a node sits at the mean embedding of its
+  data. With node means and a ``decoder`` the decoded means are the node images.
 
 Each function returns the :class:`matplotlib.figure.Figure`; ``path=`` also writes it (PNG for a
 ``.png`` name). A model that is not fitted raises :class:`~pyro_hc.estimator.NotFittedError`.
@@ -54,16 +55,15 @@ from .tree import ClusterTree
 
 __all__ = [
     "tree_layout", "node_statistics", "plot_tree", "plot_embedding", "plot_class_distance", "plot_history",
-    "plot_node_samples", "plot_level_reconstructions", "IMAGE_MODES", "LEVEL_COLOURS",
+    "plot_node_samples", "plot_level_reconstructions", "IMAGE_MODES", "LEVEL_COLOURS", "KNOWN_METRICS",
 ]
 
 #: how :func:`plot_tree` draws a node
 IMAGE_MODES = ("auto", "decoded", "mean", "members", "none")
 #: node colour by level in the embedding plot (HCRL Fig. 6: red root, green internal, blue leaves)
 LEVEL_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
-#: history keys that are bookkeeping rather than something to plot as a metric
-_BOOKKEEPING = {"phase", "epoch", "step", "loss", "lr", "n_nodes", "n_leaves", "n_paths", "n_inner_paths",
-                "grew", "pruned", "merged", "lock_counter", "max_similarity"}
+#: history keys :func:`plot_history` draws as metrics unless told otherwise (``metrics=``)
+KNOWN_METRICS = ("acc", "nmi", "ari", "dendrogram_purity", "leaf_purity", "purity", "nll", "reconstruction_error")
 _EVENT_COLOURS = {"grow": "tab:green", "prune": "tab:red", "merge": "tab:purple", "split": "tab:blue"}
 _LEVEL_SPACING = 1.7  # vertical distance between levels, in units of the distance between leaves
 
@@ -518,8 +518,9 @@ def plot_history(
 ) -> Figure:
     """Training curves from ``model.history_``: the loss of every phase in its own panel, the tree
     size over the phase whose tree changed, with the structural events of ``model.tree.events``
-    marked (dashed lines, one colour per kind), and the logged ``metrics`` (default: every
-    numeric value in the history that is not the engine's or the heuristics' bookkeeping)."""
+    marked (dashed lines, one colour per kind), and the logged ``metrics`` (default: those of
+    :data:`KNOWN_METRICS` in the history, e.g. from an
+    :class:`~pyro_hc.infer.EpochMetrics` callback; name any other logged value to draw it)."""
     _check_model(model, "plot_history")
     records = list(model.history_.records)
     if not records:
@@ -527,8 +528,7 @@ def plot_history(
     phases = list(dict.fromkeys(r["phase"] for r in records))
     events = [dict(e, phase=_event_phase(e, records, phases)) for e in model.tree.events]
     if metrics is None:
-        metrics = sorted({k for r in records for k, v in r.items()
-                          if k not in _BOOKKEEPING and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        metrics = [name for name in KNOWN_METRICS if any(isinstance(r.get(name), (int, float)) for r in records)]
     else:
         missing = [m for m in metrics if not any(m in r for r in records)]
         if missing:
@@ -574,11 +574,14 @@ def plot_history(
             ax.yaxis.get_major_locator().set_params(integer=True)
             ax.legend(fontsize=7, loc="best")
         else:
+            logged = [r for r in records if any(isinstance(r.get(name), (int, float)) for name in metrics)]
+            one_phase = len({r["phase"] for r in logged}) == 1
             for name in metrics:
-                points = [(i, r[name]) for i, r in enumerate(records) if isinstance(r.get(name), (int, float))]
+                points = [(r["epoch"] if one_phase else i, r[name]) for i, r in enumerate(records)
+                          if isinstance(r.get(name), (int, float))]
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
-            ax.set_title("logged metrics", fontsize=10)
-            ax.set_xlabel("epoch record (all phases, in order)")
+            ax.set_title(f"{logged[0]['phase']}: metrics" if one_phase else "metrics", fontsize=10)
+            ax.set_xlabel("epoch" if one_phase else "epoch record (all phases, in order)")
             ax.legend(fontsize=7)
             continue
         ax.set_xlabel("epoch")

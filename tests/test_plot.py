@@ -185,3 +185,19 @@ def test_pyro_hc_plot_writes_the_pictures_of_a_saved_run(tmp_path, capsys):
         assert_png(run / "plots" / name)
     assert main(["plot", str(tmp_path / "nothing-here")]) == 2
     assert "metrics.json" in capsys.readouterr().err
+
+
+def test_plot_history_draws_logged_metrics(data, tmp_path):
+    from pyro_hc.infer import EpochMetrics
+
+    spread = EpochMetrics(lambda module: {"nmi": float(module.mixture_logits.detach().softmax(-1).max()), "other": 1.0})
+    model = pyro_hc.get_model("vade", n_clusters=3, latent_dim=2, hidden_dims=(8,), pretrain_epochs=1)
+    model.fit(data, epochs=3, callbacks=[spread], **FIT)
+    figure = plot.plot_history(model, path=tmp_path / "history.png")
+    assert_png(tmp_path / "history.png")
+    panel = next(ax for ax in figure.axes if ax.get_title() == "train: metrics")
+    assert [line.get_label() for line in panel.lines] == ["nmi"]  # known metrics only, by default
+    assert list(panel.lines[0].get_xdata()) == [0, 1, 2]
+    figure = plot.plot_history(model, metrics=["other"])
+    panel = next(ax for ax in figure.axes if ax.get_title() == "train: metrics")
+    assert [line.get_label() for line in panel.lines] == ["other"]
