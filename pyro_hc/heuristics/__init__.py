@@ -7,9 +7,13 @@ training loop.
   for models with a nested stick-breaking tree (:class:`NCRPTreeModel`).
 - :class:`DeepECTHeuristics`: DeepECT's split and prune (Mautz, Plant & Böhm, 2020) and its
   node-weight moving average, for models with a DeepECT cluster tree (:class:`DeepECTTreeModel`).
+- :class:`LeafPruning`: CoHiClust's pruning of the leaf with the lowest expected share of the data
+  (Znalezniak et al., 2023), one per epoch down to a requested number of leaves (:class:`LeafMassModel`).
 """
 
+from .cohiclust import LeafMassModel, LeafPruning, prune_leaf
 from .deepect import DeepECTHeuristics, DeepECTTreeModel
 from .ncrp import MOVES, NCRPHeuristics, NCRPTreeModel
 
-__all__ = ["NCRPHeuristics", "NCRPTreeModel", "MOVES", "DeepECTHeuristics", "DeepECTTreeModel"]
+__all__ = ["NCRPHeuristics", "NCRPTreeModel", "MOVES", "DeepECTHeuristics", "DeepECTTreeModel",
+           "LeafPruning", "LeafMassModel", "prune_leaf"]
