@@ -30,6 +30,7 @@ import json
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import pyro
@@ -39,7 +40,7 @@ import pyro_hc
 import pyro_hc.models.deepect  # noqa: F401  (registers "deepect")
 from pyro_hc import metrics
 from pyro_hc.infer import Callback
-from pyro_hc.models.deepect import bisecting_kmeans_tree, flat_assignments
+from pyro_hc.models.deepect import DeepECT, bisecting_kmeans_tree, flat_assignments
 
 PAPER = {
     "mnist": {"deepect": {"dp": 0.82, "lp": 0.93, "nmi": 0.83, "acc": 0.85},
@@ -93,7 +94,9 @@ def run_dataset(name: str, args, device: str, workdir: Path, report) -> list[dic
     rows = []
 
     started = time.perf_counter()
-    autoencoder = pyro_hc.get_model("deepect", epochs=0, pretrain_steps=args.pretrain_steps, **common).fit(data, **fit)
+    epochs_for = partial(DeepECT.epochs_for_steps, n=len(data), batch_size=args.batch_size)  # steps, rounded up
+    autoencoder = pyro_hc.get_model("deepect", epochs=0, pretrain_epochs=epochs_for(args.pretrain_steps), **common)
+    autoencoder.fit(data, **fit)
     synchronize(device)
     pretrain_seconds = time.perf_counter() - started
     path = autoencoder.save(workdir / f"{name}_autoencoder.pt")
@@ -113,7 +116,7 @@ def run_dataset(name: str, args, device: str, workdir: Path, report) -> list[dic
         if variant not in ("deepect", "deepect_aug"):
             raise ValueError(f"unknown variant {variant!r}; choose deepect and/or deepect_aug")
         started = time.perf_counter()
-        model = pyro_hc.get_model("deepect", augment=variant == "deepect_aug", steps=args.steps,
+        model = pyro_hc.get_model("deepect", augment=variant == "deepect_aug", epochs=epochs_for(args.steps),
                                   pretrained=str(path), **common)
         model.fit(data, callbacks=[StopAfter(args.max_seconds)], **fit)
         synchronize(device)

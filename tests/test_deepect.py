@@ -348,12 +348,14 @@ def test_estimator_contract_and_round_trip(tmp_path):
     assert model.transform(digits).shape == (200, 3)
 
 
-def test_steps_are_rounded_up_to_whole_epochs():
+def test_epochs_for_a_step_budget():
+    from pyro_hc.models.deepect import DeepECT
+
+    assert DeepECT.epochs_for_steps(50_000, 70_000, 256) == 183  # the paper's budget on MNIST
+    assert DeepECT.epochs_for_steps(5, 100, 32) == 2 and DeepECT.epochs_for_steps(0, 100, 32) == 0
     digits = pyro_hc.load_dataset("digits", n_samples=100)
-    model = get_model("deepect", max_leaves=2, steps=5, pretrain_steps=0, **TINY)  # 4 batches per epoch
-    model.fit(digits, progress=False)
-    assert model.fit_info_["epochs"] == 2 and model.history_["step"][-1] == 8
-    assert "pretrain" not in model.history_["phase"]
+    model = get_model("deepect", max_leaves=2, epochs=2, pretrain_epochs=0, **TINY).fit(digits, progress=False)
+    assert model.history_["step"][-1] == 8 and "pretrain" not in model.history_["phase"]
 
 
 def test_config_errors():

@@ -30,7 +30,7 @@ from pyro.nn import PyroModule
 from sklearn.cluster import BisectingKMeans
 from torch import nn
 
-from ..estimator import ClusterEstimator, as_tensor
+from ..estimator import ClusterEstimator
 from ..heuristics.deepect import DeepECTHeuristics
 from ..infer import Callback, load_checkpoint
 from ..nn import mlp
@@ -178,9 +178,9 @@ class DeepECTModule(PyroModule):
     The factors are per datum inside the data plate (``L_rec`` and ``L_DC``) plus ``num_data *
     L_NC`` outside it, so the engine's loss is ``num_data * L`` and its per-datum history is ``L``.
 
-    The node weights (Eq. 4) are not trained: ``model`` records the batch's leaf counts and
-    :meth:`update_weights` (called by the heuristics after each optimiser step) applies the
-    moving average.
+    The node weights (Eq. 4) are not trained: ``model`` keeps the batch's leaf counts (a tensor
+    on the device; a CUDA-graph replay refreshes it in place) and :meth:`update_weights`, called
+    by the heuristics once after each optimiser step, applies the moving average.
     """
 
     def __init__(
@@ -305,7 +305,6 @@ class DeepECTModule(PyroModule):
             raise RuntimeError("the tree changed between the batch and the weight update")
         node_counts = index["member"].to(counts.dtype) @ counts  # |B_n| of every node
         self.weights.copy_(torch.where(index["active"], 0.5 * self.weights + 0.5 * node_counts, self.weights))
-        self._batch_leaf_counts = None
 
     # the losses -------------------------------------------------------------------------------
 
@@ -521,14 +520,12 @@ class DeepECT(ClusterEstimator):
     latent_dim, hidden_dims, activation:
         Encoder ``D-hidden_dims-latent_dim`` with ``activation``, decoder mirrored
         (paper: D-500-500-2000-10, ReLU).
-    epochs, steps:
-        Main phase: ``epochs`` passes, or, when ``epochs`` is None, ``steps`` optimisation steps
-        rounded up to whole epochs (paper: 50,000 steps).
-    batch_size, lr:
-        Paper: 256 and Adam with lr 1e-4 (β = 0.9, 0.999) for every phase.
-    pretrain_epochs, pretrain_steps, pretrain_lr, corruption:
-        Pretraining budget (``pretrain_epochs`` or, when None, ``pretrain_steps`` rounded up to
-        whole epochs; 0 skips it), learning rate and input corruption.
+    epochs, batch_size, lr:
+        Main phase. The paper trains 50,000 steps of 256 (183 epochs of the 70,000 MNIST digits)
+        with Adam at lr 1e-4 (β = 0.9, 0.999) in every phase. ``grow_interval`` counts steps, so
+        ``max_leaves`` is reached after ``(max_leaves − 2) * grow_interval`` steps.
+    pretrain_epochs, pretrain_lr, corruption:
+        Pretraining budget (0 skips it), learning rate and input corruption.
     grow_sample:
         Points (a fixed random subset of the training data) embedded to choose and split a leaf;
         None uses all of them. The paper allows "the dataset (or a representative sub-sample)".
@@ -551,12 +548,10 @@ class DeepECT(ClusterEstimator):
         latent_dim: int = 10,
         hidden_dims: Sequence[int] = (500, 500, 2000),
         activation: str = "relu",
-        epochs: int | None = None,
-        steps: int = 50_000,
+        epochs: int = 183,
         batch_size: int = 256,
         lr: float = 1e-4,
-        pretrain_epochs: int | None = None,
-        pretrain_steps: int = 50_000,
+        pretrain_epochs: int = 183,
         pretrain_lr: float = 1e-4,
         corruption: float = 0.2,
         grow_sample: int | None = 10_000,
@@ -571,11 +566,9 @@ class DeepECT(ClusterEstimator):
         self.hidden_dims = tuple(hidden_dims)
         self.activation = activation
         self.epochs = epochs
-        self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
         self.pretrain_epochs = pretrain_epochs
-        self.pretrain_steps = pretrain_steps
         self.pretrain_lr = pretrain_lr
         self.corruption = corruption
         self.grow_sample = grow_sample
@@ -585,19 +578,9 @@ class DeepECT(ClusterEstimator):
     # fitting --------------------------------------------------------------------------------
 
     @staticmethod
-    def _epochs_for(steps: int, n: int, batch_size: int) -> int:
+    def epochs_for_steps(steps: int, n: int, batch_size: int) -> int:
+        """Epochs of ``n`` points in batches of ``batch_size`` that make at least ``steps`` steps."""
         return math.ceil(steps / math.ceil(n / batch_size)) if steps > 0 else 0
-
-    def fit(self, data, epochs: int | None = None, batch_size: int | None = None, device="auto",
-            seed: int | None = 0, progress: bool = True, callbacks: Sequence[Callback] = ()) -> "DeepECT":
-        """Train on ``data`` (see the class docstring); ``epochs``/``batch_size`` override the config."""
-        batch = self.batch_size if batch_size is None else int(batch_size)
-        if epochs is None and self.epochs is None:
-            if self.steps < 0:
-                raise ValueError(f"steps must be >= 0, got {self.steps}")
-            epochs = self._epochs_for(self.steps, int(as_tensor(data).shape[0]), max(batch, 1))
-        return super().fit(data, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
-                           progress=progress, callbacks=callbacks)
 
     def _likelihood_for(self, data) -> str:
         return "gaussian"  # MSE reconstruction (Eq. 1): any finite data
@@ -620,11 +603,8 @@ class DeepECT(ClusterEstimator):
                              f"got data of shape {tuple(x.shape)}")
         if self.grow_sample is not None and self.grow_sample < 2:
             raise ValueError(f"grow_sample must be >= 2 or None, got {self.grow_sample}")
-        for name in ("pretrain_epochs", "epochs"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.pretrain_steps < 0:
-            raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
+        if self.pretrain_epochs < 0:
+            raise ValueError(f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
 
     def _build_module(self) -> DeepECTModule:
         return DeepECTModule(self.data_spec_.n_features, self.latent_dim, self.hidden_dims, self.activation,
@@ -638,15 +618,12 @@ class DeepECT(ClusterEstimator):
 
     def _fit(self, x, *, epochs, batch_size, seed, progress, callbacks: Sequence[Callback]) -> None:
         module = self.module_
-        pretrain_epochs = self.pretrain_epochs
-        if pretrain_epochs is None:
-            pretrain_epochs = self._epochs_for(self.pretrain_steps, x.shape[0], batch_size)
         if self.pretrained is not None:
             self._load_autoencoder(self.pretrained)
-        elif pretrain_epochs > 0:
+        elif self.pretrain_epochs > 0:
             autoencoder = AutoencoderPretraining(module.encoder, module.decoder, corruption=self.corruption)
-            self._run(autoencoder, x, phase="pretrain", epochs=pretrain_epochs, batch_size=batch_size, seed=seed,
-                      progress=progress, lr=self.pretrain_lr)
+            self._run(autoencoder, x, phase="pretrain", epochs=self.pretrain_epochs, batch_size=batch_size,
+                      seed=seed, progress=progress, lr=self.pretrain_lr)
         with torch.no_grad():
             module.weights[module.tree.root] = float(min(batch_size, x.shape[0]))  # |B| reaches the root
         sample = x
