@@ -145,9 +145,10 @@ def affine_images(images: torch.Tensor, angle: torch.Tensor, shear_x: torch.Tens
                         dtype=images.dtype)
     base = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width),
                         torch.ones(height, width, device=images.device, dtype=images.dtype)], -1)
-    scale = torch.tensor([0.5 * width, 0.5 * height], device=images.device, dtype=images.dtype)
-    grid = (base.reshape(1, -1, 3) @ (theta.transpose(1, 2) / scale)).reshape(n, height, width, 2)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = base.reshape(1, -1, 3) @ theta.transpose(1, 2)  # N x HW x 2, in pixels from the center
+    grid = torch.stack([grid[..., 0] / (0.5 * width), grid[..., 1] / (0.5 * height)], -1)  # no host tensor
+    return F.grid_sample(images, grid.reshape(n, height, width, 2), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
 # the module ---------------------------------------------------------------------------------
