@@ -7,7 +7,6 @@ import warnings
 from types import SimpleNamespace
 
 import numpy as np
-import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
