@@ -385,3 +385,23 @@ def test_pretrained_autoencoder_is_reused(tmp_path):
     assert "pretrain" not in model.history_["phase"]
     with pytest.raises(ValueError, match="does not match"):
         get_model("deepect", epochs=0, pretrained=str(path), **{**TINY, "latent_dim": 4}).fit(digits, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("augment", [False, True])
+def test_a_training_step_never_waits_for_the_gpu(augment):
+    """Losses, backward and the Eq. 4 update of a grown tree run without one host synchronisation."""
+    module = tiny_tree_module(augment).cuda()
+    x = torch.rand(64, 1, 4, 4, device="cuda")
+    module.tree_index()  # built once per tree version (host work, outside the step)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            terms = module.loss_terms(x)
+            (terms["rec"].mean() + terms["dc"].mean() + terms["nc"]).backward()
+            module._batch_leaf_counts = terms["leaf_counts"].detach()
+            module.update_weights()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(module.weights).all()
