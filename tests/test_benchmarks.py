@@ -22,6 +22,8 @@ SCRIPTS = {
                        "--vade-pretrain-epochs", "1", "--hidden-dims", "16", "--vade-hidden-dims", "16"],
     "speed.py": ["--hidden-dims", "16", "--steps", "2", "--warmup", "1", "--paths", "8", "--depths", "3",
                  "--clusters", "2", "--epoch", "--epoch-batch-sizes", "5000"],
+    "deepect_mnist.py": ["--n", "300", "--pretrain-steps", "4", "--steps", "6", "--grow-interval", "2",
+                         "--max-leaves", "4", "--hidden-dims", "32", "--grow-sample", "200", "--no-progress"],
     "hcrl_mnist.py": ["--n-train", "300", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
                       "--hidden-dims", "32", "--nll-samples", "3", "--depths", "3"],
 }

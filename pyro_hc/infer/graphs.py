@@ -14,7 +14,8 @@ What a graph needs, and this module provides:
   is off while capturing;
 - optimiser state on the device: Adam with ``capturable=True``;
 - warm-up steps on a side stream before capturing (lazily built caches and optimiser state); their
-  parameter updates are undone, so capturing does not change training.
+  parameter, optimiser-state and buffer updates are undone, so capturing does not change
+  training.
 
 Random numbers drawn on the device (the reparameterised samples) are fresh at every replay;
 random numbers drawn on the host inside a step would be frozen into the graph, so modules that do
@@ -62,6 +63,8 @@ class CapturedStep:
         optimizer = engine.optimizer
         params = [p for group in optimizer.param_groups for p in group["params"]]
         saved_params = [p.detach().clone() for p in params]
+        buffers = list(engine.module.buffers())  # running statistics a step may update (DeepECT's node weights)
+        saved_buffers = [b.clone() for b in buffers]
         saved_state = {
             p: {k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
             for p in params if p in optimizer.state
@@ -75,6 +78,8 @@ class CapturedStep:
         with torch.no_grad():  # undo the warm-up updates
             for p, saved in zip(params, saved_params):
                 p.copy_(saved)
+            for b, saved in zip(buffers, saved_buffers):
+                b.copy_(saved)
             for p in params:
                 before = saved_state.get(p, {})
                 for name, value in optimizer.state.get(p, {}).items():
