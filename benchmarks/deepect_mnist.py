@@ -90,7 +90,7 @@ def run_dataset(name: str, args, device: str, workdir: Path, report) -> list[dic
     common = dict(max_leaves=args.max_leaves, grow_interval=args.grow_interval, latent_dim=args.latent_dim,
                   hidden_dims=hidden, batch_size=args.batch_size, lr=args.lr, pretrain_lr=args.pretrain_lr,
                   corruption=args.corruption, grow_sample=args.grow_sample)
-    fit = dict(device=args.device, seed=args.seed, progress=not args.no_progress)
+    fit = dict(device=args.device, seed=args.seed, progress=not args.no_progress, cuda_graphs=args.cuda_graphs)
     rows = []
 
     started = time.perf_counter()
@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="wall-clock guard per DeepECT fit: stop at the first epoch end after this")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each training step from a CUDA graph (GPU only; see SVIEngine)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -182,7 +184,7 @@ def write(args, device: str, results: list[dict], wall_seconds: float, final: bo
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
         "budget": {k: getattr(args, k) for k in ("n", "pretrain_steps", "steps", "grow_interval", "max_leaves",
                                                   "batch_size", "lr", "pretrain_lr", "corruption", "hidden_dims",
-                                                  "latent_dim", "grow_sample", "max_seconds", "seed")},
+                                                  "latent_dim", "grow_sample", "max_seconds", "seed", "cuda_graphs")},
         "wall_seconds": wall_seconds, "complete": final,
         "paper": PAPER,
         "results": results,
