@@ -73,6 +73,8 @@ def main() -> None:
                         help="bfloat16 autocast of the backbone (default: on for CUDA)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels-last images (default: on for CUDA)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each training step from a CUDA graph (fit(cuda_graphs=True))")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -102,7 +104,7 @@ def main() -> None:
     clock = PhaseClock()
     fit_started = time.perf_counter()
     model.fit(data, epochs=args.epochs, batch_size=args.batch_size, device=device, seed=args.seed,
-              progress=not args.no_progress, callbacks=[clock])
+              progress=not args.no_progress, callbacks=[clock], cuda_graphs=args.cuda_graphs)
     fit_ended = time.perf_counter()
     scores = pyro_hc.evaluate(model, data)
     leaves = model.predict(data).numpy()
@@ -133,7 +135,8 @@ def main() -> None:
                    "backbone": args.backbone, "depth": args.depth, "n_leaves": args.n_leaves,
                    "prune_start": args.prune_start, "prune_every": args.prune_every, "lr": args.lr,
                    "weight_decay": args.weight_decay, "temperature": args.temperature,
-                   "crop_scale": list(crop_scale), "amp_bf16": amp, "channels_last": channels_last},
+                   "crop_scale": list(crop_scale), "amp_bf16": amp, "channels_last": channels_last,
+                   "cuda_graphs": args.cuda_graphs},
         "metrics": scores,
         "paper": PAPER,
         "seconds": seconds,

@@ -352,3 +352,44 @@ def test_digits_small_cnn_beats_kmeans_on_raw_pixels(tmp_path):
     restored = pyro_hc.models.load(path)
     assert restored.tree.leaves() == tree.leaves()
     assert torch.equal(restored.predict(data), predicted)
+
+
+# on a GPU (skipped without one) ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("shape,augment", [((1, 8, 8), "digits"), ((3, 12, 12), "simclr")])
+def test_a_training_step_never_waits_for_the_gpu(shape, augment):
+    """Augmentations, Eq. 2 under bf16 autocast and backward run without one host synchronisation."""
+    torch.manual_seed(0)
+    with local_params():
+        module = CoHiClustModule(shape, depth=3, backbone="small_cnn", augment=augment, amp=True,
+                                 channels_last=True, tree_head="mlp", contrastive_head="mlp").cuda()
+    x = torch.rand(32, *shape, device="cuda")
+    module.routing(x.device)  # built once per tree version (host work, outside the step)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            terms = module.losses(x)
+            terms["loss"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(terms["loss"]) and module.node_mass.shape == (15,)
+    assert module.tree_head[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_on_cuda_with_graphs_and_prunes(tmp_path):
+    data = pyro_hc.load_dataset("digits").subset(torch.arange(256))
+    model = pyro_hc.get_model("cohiclust", depth=2, n_leaves=3, backbone="small_cnn", pretrain_epochs=1, epochs=3,
+                              prune_start=0, amp=True, channels_last=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a step that cannot be captured warns
+        model.fit(data, batch_size=64, device="cuda", progress=False, cuda_graphs=True)
+    assert len(model.tree.leaves()) == 3 and len(model.tree.events) == 1
+    on_gpu = model.predict_proba(data)
+    assert torch.allclose(on_gpu.sum(-1), torch.ones(len(data)), atol=1e-5)
+    restored = pyro_hc.load(model.save(tmp_path / "m.pt"), device="cpu")
+    assert restored.tree.leaves() == model.tree.leaves()
+    assert torch.allclose(restored.predict_proba(data), on_gpu, atol=5e-2)  # the GPU ran the backbone in bf16

@@ -288,6 +288,10 @@ class BatchAugment(nn.Module):
         self.crop_scale = (low, high)
         self.rotation = float(rotation)
         self.shear = float(shear)
+        # RGB <-> YIQ for the hue shift, kept on the module's device (no host copy inside a step)
+        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+        self.register_buffer("to_yiq", to_yiq, persistent=False)
+        self.register_buffer("from_yiq", torch.linalg.inv(to_yiq), persistent=False)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, crop_scale={self.crop_scale}, rotation={self.rotation}, shear={self.shear}"
@@ -345,16 +349,13 @@ class BatchAugment(nn.Module):
             x = torch.where(to_grey, grey(x).expand_as(x), x)
         return x
 
-    @staticmethod
-    def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    def _rotate_hue(self, x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
         """Rotate the chroma (I, Q) plane of YIQ by ``angle`` radians per image; luma is kept."""
-        to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-        from_yiq = torch.linalg.inv(to_yiq)
         cos, sin = angle.cos(), angle.sin()
         one, zero = torch.ones_like(cos), torch.zeros_like(cos)
         rotate = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1),
                               torch.stack([zero, sin, cos], -1)], -2)  # n x 3 x 3
-        matrix = from_yiq @ rotate @ to_yiq
+        matrix = self.from_yiq @ rotate @ self.to_yiq
         return torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
