@@ -630,12 +630,16 @@ def plot_node_samples(
     model: ClusterEstimator,
     nodes: Sequence[int] | None = None,
     n: int = 8,
+    data: Dataset | torch.Tensor | np.ndarray | None = None,
+    labels: Any = None,
+    class_names: Sequence[str] | None = None,
     seed: int | None = 0,
     title: str | None = None,
     path: str | Path | None = None,
 ) -> Figure:
     """``n`` data generated from each of ``nodes`` (default: every node the model can sample,
-    in depth-first order), one row per node (:func:`pyro_hc.inspect.sample_node`)."""
+    in depth-first order), one row per node (:func:`pyro_hc.inspect.sample_node`). With labelled
+    ``data`` each row also names the majority class of the node's data and its share."""
     _check_model(model, "plot_node_samples")
     tree = model.tree
     if nodes is None:
@@ -650,6 +654,11 @@ def plot_node_samples(
             raise TypeError(f"{type(model).__name__} has no node it can generate data from")
     rows = [sample_node(model, node, n, seed=None if seed is None else seed + i) for i, node in enumerate(nodes)]
     names = [f"node {node}\n(level {tree.level(node)})" for node in nodes]
+    if data is not None:
+        stats = node_statistics(model, data, labels)
+        names = [name + (f"\nmostly {_class_name(class_names, stats[node]['majority'])} "
+                         f"({100 * stats[node]['purity']:.0f}%)" if "majority" in stats[node] else "")
+                 for name, node in zip(names, nodes)]
     return _image_grid(rows, names, None, title or f"{type(model).__name__}: data generated from each node", path)
 
 
