@@ -285,7 +285,8 @@ def plot_tree(
             h = size * min(aspect, 1.0) if image.shape[0] > 1 else size * 0.3
             w = size / max(aspect, 1.0) if image.shape[0] > 1 else size
             ax.imshow(image, cmap=image_cmap, vmin=None if image_cmap == "viridis" else 0.0,
-                      vmax=None if image_cmap == "viridis" else 1.0, extent=(x - w / 2, x + w / 2, y - h / 2, y + h / 2),
+                      vmax=None if image_cmap == "viridis" else 1.0,
+                      extent=(x - w / 2, x + w / 2, y - h / 2, y + h / 2),
                       zorder=3, interpolation="nearest")
             ax.add_patch(Rectangle((x - w / 2, y - h / 2), w, h, fill=False, lw=3.0 if purity is not None else 1.0,
                                    edgecolor=edge, zorder=4))
@@ -323,7 +324,8 @@ def plot_tree(
 # the embedding -----------------------------------------------------------------------------
 
 
-def _project(points: np.ndarray, extra: np.ndarray, method: str, seed: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+def _project(points: np.ndarray, extra: np.ndarray, method: str, seed: int | None,
+             ) -> tuple[np.ndarray, np.ndarray, str]:
     """2-D coordinates of ``points`` and of ``extra`` (node means), and the axis label prefix."""
     d = points.shape[1]
     if method == "auto":
@@ -532,7 +534,8 @@ def plot_history(
     else:
         missing = [m for m in metrics if not any(m in r for r in records)]
         if missing:
-            raise ValueError(f"metric(s) {missing} are not in the history; it has {sorted({k for r in records for k in r})}")
+            known = sorted({k for r in records for k in r})
+            raise ValueError(f"metric(s) {missing} are not in the history; it has {known}")
     size_phases = [p for p in phases if len({(r.get("n_nodes"), r.get("n_leaves")) for r in records
                                              if r["phase"] == p and "n_nodes" in r}) > 1
                    or any(e["phase"] == p for e in events)]

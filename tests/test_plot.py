@@ -201,3 +201,17 @@ def test_plot_history_draws_logged_metrics(data, tmp_path):
     figure = plot.plot_history(model, metrics=["other"])
     panel = next(ax for ax in figure.axes if ax.get_title() == "train: metrics")
     assert [line.get_label() for line in panel.lines] == ["other"]
+
+
+def test_plot_node_samples_rows_name_nodes_and_their_majority_class(fitted, data):
+    model = fitted["vade"]
+    leaves = model.tree.leaves()
+    figure = plot.plot_node_samples(model, nodes=leaves[:3], n=4, data=data)
+    names = [tick.get_text() for tick in figure.axes[0].get_yticklabels()]
+    stats = plot.node_statistics(model, data)
+    for name, leaf in zip(names, leaves[:3]):
+        assert name.startswith(f"node {leaf}\n(level 1)")
+        if stats[leaf]["n"]:
+            assert f"mostly {stats[leaf]['majority']} ({100 * stats[leaf]['purity']:.0f}%)" in name
+    image = figure.axes[0].get_images()[0].get_array()
+    assert image.shape == (3 * 8 + 2 * 1, 4 * 8 + 3 * 1)  # 3 rows x 4 samples of 8x8, one-pixel gaps
