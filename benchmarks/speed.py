@@ -120,7 +120,7 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> tuple[flo
 
 
 def measure(name: str, config: dict, device: torch.device, batch_size: int, steps: int, warmup: int,
-            hidden_dims: tuple[int, ...] | None, n_paths: int | None = None) -> dict:
+            hidden_dims: tuple[int, ...] | None, n_paths: int | None = None, cuda_graphs: bool = False) -> dict:
     """Pyro engine step vs plain-PyTorch step of one model; returns a result row."""
     set_seed(0)
     x = torch.rand(batch_size, *IMAGE_SHAPE, device=device).bernoulli()
@@ -145,13 +145,13 @@ def measure(name: str, config: dict, device: torch.device, batch_size: int, step
             optimizer.step()
 
         torch_step_s, torch_peak = time_steps(torch_step, device, steps, warmup)
-        if device.type == "cuda":  # the engine's step replayed from a CUDA graph
+        if device.type == "cuda" and cuda_graphs:  # the engine's step replayed from a CUDA graph (experimental)
             graph_engine = SVIEngine(module, loss=module.loss_name, progress=False, lr=1e-4, cuda_graphs=True)
             graph_step, graph_peak = time_steps(lambda: graph_engine._step(x, index, NUM_DATA, batch_size), device,
                                                 steps, warmup)
             row.update(graph_examples_per_s=batch_size / graph_step, graph_ms_per_step=1e3 * graph_step,
                        graph_overhead_ratio=graph_step / torch_step_s, graph_peak_mib=graph_peak,
-                       graph_captured=graph_engine.graph_captures > 0 and graph_engine.cuda_graphs)
+                       graph_captured=graph_engine.graph_captures > 0)
     row.update(
         pyro_examples_per_s=batch_size / pyro_step, torch_examples_per_s=batch_size / torch_step_s,
         pyro_ms_per_step=1e3 * pyro_step, torch_ms_per_step=1e3 * torch_step_s,
@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch", action="store_true", help="also time one full HCRL2 epoch on 70,000 points")
     parser.add_argument("--epoch-batch-sizes", type=int, nargs="+", default=[100, 256])
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time the engine's experimental CUDA-graph step (a failed capture ends the run)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--no-progress", action="store_true", help="accepted for symmetry; nothing is shown")
     args = parser.parse_args(argv)
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in args.models:
         row = measure(name, MODEL_CONFIGS[name], device, args.batch_size, args.steps, args.warmup, hidden,
-                      n_paths=8 if name in NCRP_MODELS else None)
+                      n_paths=8 if name in NCRP_MODELS else None, cuda_graphs=args.cuda_graphs)
         record["results"].append(row)
         graph = (f"  graph {row['graph_examples_per_s']:9.0f} ex/s (x{row['graph_overhead_ratio']:.2f}, "
                  f"captured {row['graph_captured']})" if "graph_examples_per_s" in row else "")
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             for depth in args.depths:
                 for n_paths in args.paths:
                     row = measure(name, {**MODEL_CONFIGS[name], "depth": depth}, device, args.batch_size,
-                                  args.steps, args.warmup, hidden, n_paths=n_paths)
+                                  args.steps, args.warmup, hidden, n_paths=n_paths, cuda_graphs=args.cuda_graphs)
                     row["depth"] = depth
                     record["scaling"].append(row)
                     graph = f"  graph {row['graph_ms_per_step']:8.2f} ms/step" if "graph_ms_per_step" in row else ""
@@ -249,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     write()
         if "kdvae" in args.models:
             for k in args.clusters:
-                row = measure("kdvae", {"n_clusters": k}, device, args.batch_size, args.steps, args.warmup, hidden)
+                row = measure("kdvae", {"n_clusters": k}, device, args.batch_size, args.steps, args.warmup, hidden,
+                              cuda_graphs=args.cuda_graphs)
                 row["n_clusters"] = k
                 record["scaling"].append(row)
                 print(f"kdvae     k {k:3d}: pyro {row['pyro_ms_per_step']:8.2f} ms/step"
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 write()
     if args.epoch:
         for batch_size in args.epoch_batch_sizes:
-            for cuda_graphs in ((False, True) if device.type == "cuda" else (False,)):
+            for cuda_graphs in ((False, True) if device.type == "cuda" and args.cuda_graphs else (False,)):
                 row = time_hcrl2_epoch(device, 20, batch_size, hidden, cuda_graphs)
                 record["epoch"].append(row)
                 print(f"hcrl2 epoch (70,000 points, 20 paths, batch {batch_size}, cuda graphs {row['cuda_graphs']}): "

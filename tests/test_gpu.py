@@ -17,6 +17,8 @@ TINY = {
     "vae_ncrp": dict(depth=3, latent_dim=4, hidden_dims=(32,), pretrain_epochs=1, capacity=16),
     "kdvae": dict(latent_dim=3, hidden_dims=(16,), warmup_epochs=1, vade_epochs=1, vade_pretrain_epochs=1,
                   vade_hidden_dims=(16,)),
+    "cohiclust": dict(depth=2, n_leaves=3, backbone="small_cnn", pretrain_epochs=1, prune_start=0),
+    "deepect": dict(latent_dim=3, hidden_dims=(16,), pretrain_epochs=1, max_leaves=3, grow_interval=2),
     "kdae": dict(latent_dim=3, hidden_dims=(16,), warmup_epochs=1, vade_epochs=1, vade_pretrain_epochs=1,
                  vade_hidden_dims=(16,)),
 }

@@ -8,18 +8,22 @@ as a CUDA graph at all. The classes here compute the same value and the same gra
 bookkeeping kept on the device; the engine checks the loss for NaN itself, a run of steps at a
 time (``SVIEngine(check_every=...)``).
 
-They rely on two of Pyro 1.9's internals (``Trace_ELBO._get_traces`` and
-``pyro.infer.traceenum_elbo._compute_dice_elbo``); ``tests/test_engine.py`` compares them with
-Pyro's own classes.
+They rely on Pyro 1.9's internals (``Trace_ELBO._get_traces``,
+``pyro.infer.traceenum_elbo._compute_dice_elbo`` and ``_compute_model_factors``);
+``tests/test_engine.py`` compares them with Pyro's own classes.
 """
 
 from __future__ import annotations
 
 import torch
+from opt_einsum import shared_intermediates
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
-from pyro.infer.traceenum_elbo import _compute_dice_elbo
+from pyro.infer.traceenum_elbo import _compute_dice_elbo, _compute_model_factors
 from pyro.infer.util import is_identically_zero
+from pyro.ops import packed
+from pyro.ops.contract import contract_tensor_tree
+from pyro.ops.rings import SampleRing
 
 __all__ = ["DeviceTrace_ELBO", "DeviceTraceEnum_ELBO"]
 
@@ -57,13 +61,55 @@ class DeviceTrace_ELBO(Trace_ELBO):
         return loss + (surrogate_loss - surrogate_loss.detach())
 
 
+def _reparameterised(guide_trace) -> bool:
+    """Whether every guide site is reparameterised and none is enumerated (Dice's weights are all 1)."""
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample" and not site["is_observed"]:
+            if site["infer"].get("enumerate") or not is_identically_zero(site["score_parts"].score_function):
+                return False
+    return True
+
+
+def _compute_reparameterised_elbo(model_trace, guide_trace) -> torch.Tensor:
+    """``_compute_dice_elbo`` for a reparameterised guide: the model's marginal costs (enumerated
+    sites summed out exactly) plus the guide's, each summed.
+
+    Pyro's ``Dice.compute_expectation`` would weight every cost by a probability of 1 after a
+    ``mask.all()`` check that reads the mask back to the host; here the sum is taken directly.
+    """
+    marginal_costs, log_factors, ordering, sum_dims, scale = _compute_model_factors(model_trace, guide_trace)
+    elbo = 0.0
+    if log_factors:
+        dim_to_size = {}
+        for terms in log_factors.values():
+            for term in terms:
+                dim_to_size.update(zip(term._pyro_dims, term.shape))
+        with shared_intermediates() as cache:
+            ring = SampleRing(cache=cache, dim_to_size=dim_to_size)
+            log_factors = contract_tensor_tree(log_factors, sum_dims, ring=ring)
+        for terms in log_factors.values():
+            for term in terms:
+                elbo = elbo + packed.scale_and_mask(term, scale=scale).sum()
+    for terms in marginal_costs.values():
+        for term in terms:
+            elbo = elbo + term.sum()
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample":
+            elbo = elbo - site["packed"]["log_prob"].sum()
+    return elbo
+
+
 class DeviceTraceEnum_ELBO(TraceEnum_ELBO):
-    """``TraceEnum_ELBO`` whose ``differentiable_loss`` skips Pyro's host-side NaN check."""
+    """``TraceEnum_ELBO`` whose ``differentiable_loss`` skips Pyro's host-side NaN check (and, for a
+    reparameterised guide, Dice's host-side mask check)."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         elbo = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            elbo_particle = _compute_dice_elbo(model_trace, guide_trace)
+            if _reparameterised(guide_trace):
+                elbo_particle = _compute_reparameterised_elbo(model_trace, guide_trace)
+            else:
+                elbo_particle = _compute_dice_elbo(model_trace, guide_trace)
             if is_identically_zero(elbo_particle):
                 continue
             elbo = elbo + elbo_particle

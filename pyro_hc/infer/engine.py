@@ -11,7 +11,6 @@ module's mode when it is built, so build modules inside :func:`~pyro_hc.infer.lo
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -96,11 +95,11 @@ class SVIEngine:
         Steps between host syncs that read the loss, check it is finite and refresh the bar;
         the error still names the exact step at which the loss first went bad.
     cuda_graphs:
-        On a GPU, record each full-size batch's step as a CUDA graph and replay it
+        Experimental. On a GPU, record each full-size batch's step as a CUDA graph and replay it
         (:mod:`pyro_hc.infer.graphs`): Pyro's tracing then runs only when the tree or the
         learning rate changed. Needs ``optimizer="adam"``; ignored on the CPU, under
-        ``torch.distributed`` and for modules with ``cuda_graph_safe = False``. If a step cannot
-        be captured, training goes on eagerly with a warning.
+        ``torch.distributed`` and for modules with ``cuda_graph_safe = False``. A step that
+        cannot be captured raises ``RuntimeError``.
     """
 
     def __init__(
@@ -223,11 +222,13 @@ class SVIEngine:
             try:
                 self._captured = CapturedStep(self, batch_x, index, num_data, key)
             except RuntimeError as err:
-                warnings.warn(f"{self.phase}: this step cannot be recorded as a CUDA graph ({err}); "
-                              f"training on eagerly", RuntimeWarning, stacklevel=3)
-                self.cuda_graphs = False
-                torch.cuda.synchronize(batch_x.device)
-                return self.loss_and_grad(batch_x, index, num_data)
+                # a failed capture leaves the CUDA random generator mid-capture, so training cannot
+                # simply go on eagerly in this process
+                raise RuntimeError(
+                    f"{self.phase}: {type(self.module).__name__}'s step could not be recorded as a CUDA graph "
+                    f"(something in it copies between host and device or reads a tensor back: {err}); "
+                    "train with cuda_graphs=False"
+                ) from err
             self.graph_captures += 1
         return self._captured.replay(batch_x, index)
 

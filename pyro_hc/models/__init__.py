@@ -5,6 +5,7 @@ Importing this package registers every model: ``get_model(name, **config)``, ``l
 """
 
 from ._registry import get_model, get_model_class, list_models, load, register_model
+from .cohiclust import CoHiClust, CoHiClustModule
 from .deepect import DeepECT, DeepECTModule
 from .hcrl import HCRL1, HCRL2, HCRLModule
 from .kdvae import KDAE, KDVAE, KDVAEModule
@@ -16,4 +17,5 @@ __all__ = [
     "register_model", "get_model", "get_model_class", "list_models", "load",
     "VaDE", "VaDEModule", "VAE", "VAEModule", "HCRL1", "HCRL2", "HCRLModule", "VAENCRP", "VAENCRPModule",
     "KDVAE", "KDAE", "KDVAEModule", "DeepECT", "DeepECTModule",
+    "CoHiClust", "CoHiClustModule",
 ]

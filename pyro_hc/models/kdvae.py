@@ -223,7 +223,7 @@ class KDVAEModule(PyroModule):
         return torch.log_softmax(self.mixture_logits, -1)
 
     def _log_prior_z(self, z: torch.Tensor) -> torch.Tensor:
-        return dist.Normal(torch.zeros_like(z), 1.0).to_event(1).log_prob(z)
+        return dist.Normal(torch.zeros_like(z), torch.ones_like(z)).to_event(1).log_prob(z)
 
     def cluster_elbos(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Algorithm 1 for every cluster at once: draws and single-sample ELBOs.
@@ -265,7 +265,7 @@ class KDVAEModule(PyroModule):
             if self.objective == "hard":
                 prior_y = prior_y.mask(False)  # Eq. 6 neglects KL(q(y|x) ‖ p(y))
             y = pyro.sample("y", prior_y)  # step 1
-            prior_z = dist.Normal(x_flat.new_zeros(self.latent_dim), 1.0).to_event(1)
+            prior_z = dist.Normal(x_flat.new_zeros(self.latent_dim), x_flat.new_ones(self.latent_dim)).to_event(1)
             z = pyro.sample("z", prior_z)  # step 2: z ~ N(0, I), independent of y
             handoff, self._handoff = self._handoff, None
             if handoff is not None and handoff[0] is z:

@@ -35,7 +35,7 @@ class VAEModule(PyroModule):
 
     def model(self, x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None) -> None:
         with data_plate(x, index, num_data):
-            prior = dist.Normal(x.new_zeros(self.latent_dim), 1.0).expand([self.latent_dim]).to_event(1)
+            prior = dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim)).to_event(1)
             z = pyro.sample("z", prior)
             pyro.sample("x", self.decoder.distribution(z), obs=x.reshape(x.shape[0], -1))
 
@@ -48,7 +48,7 @@ class VAEModule(PyroModule):
         loc, scale = self.encoder(x)
         q_z = dist.Normal(loc, scale).to_event(1)
         z = q_z.rsample((num_samples,))
-        log_pz = dist.Normal(torch.zeros_like(z), 1.0).to_event(1).log_prob(z)
+        log_pz = dist.Normal(torch.zeros_like(z), torch.ones_like(z)).to_event(1).log_prob(z)
         return self.decoder.distribution(z).log_prob(x.reshape(x.shape[0], -1)) + log_pz - q_z.log_prob(z)
 
 
