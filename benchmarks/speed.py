@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     hidden = tuple(args.hidden_dims) if args.hidden_dims else None
     record = {
         "benchmark": "speed", "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
         "torch": torch.__version__, "pyro": pyro.__version__, "pyro_hc": pyro_hc.__version__,
         "python": sys.version.split()[0], "threads": torch.get_num_threads(), "tf32": bool(args.tf32),
         "budget": {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
