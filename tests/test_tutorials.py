@@ -1,4 +1,4 @@
-"""Every tutorial notebook runs top to bottom (tiny budgets) and is committed without outputs.
+"""Every tutorial notebook runs top to bottom (tiny budgets); the committed copy shows a full run.
 
 The notebooks read ``PYRO_HC_SMOKE=1`` and shrink every budget, so each runs in seconds. They are
 executed by nbclient in a real Jupyter kernel, started with *this* interpreter: the test writes a
@@ -31,13 +31,22 @@ def test_there_are_tutorials():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_committed_notebook_has_no_outputs(path):
+def test_committed_notebook_shows_a_clean_full_run(path):
+    """A committed notebook carries the output of one full run, in order and without errors (or,
+    before its first full run, no output at all) — never a smoke run's."""
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    dirty = [i for i, cell in enumerate(nb.cells)
-             if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)]
-    assert not dirty, f"{path.name}: clear the outputs of cells {dirty} before committing"
     assert any(cell.cell_type == "markdown" for cell in nb.cells), f"{path.name} has no markdown"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    counts = [cell.get("execution_count") for cell in code]
+    if all(c is None for c in counts) and not any(cell.get("outputs") for cell in code):
+        return
+    assert counts == list(range(1, len(code) + 1)), f"{path.name}: cells were not run once, top to bottom: {counts}"
+    outputs = [out for cell in code for out in cell.get("outputs", [])]
+    errors = [out.get("ename") for out in outputs if out.get("output_type") == "error"]
+    assert not errors, f"{path.name}: the committed run raised {errors}"
+    text = "".join(out.get("text", "") for out in outputs if out.get("output_type") == "stream")
+    assert "smoke run" not in text, f"{path.name}: the committed outputs come from a smoke run"
 
 
 def _kernel_spec_dir(root: Path) -> Path:
