@@ -226,6 +226,9 @@ class ClusterEstimator:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         x = self._prepare_input(data)
+        if not callable(getattr(self.module_, "log_importance_weights", None)):
+            raise TypeError(f"{type(self).__name__} is not a density model (its module has no "
+                            "log_importance_weights), so it has no likelihood to estimate")
 
         def log_marginal(batch: torch.Tensor) -> torch.Tensor:
             log_w = self.module_.log_importance_weights(batch, num_samples)

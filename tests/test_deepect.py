@@ -346,6 +346,8 @@ def test_estimator_contract_and_round_trip(tmp_path):
     assert torch.equal(restored.predict(digits, n_clusters=2), flat)
     assert restored.tree.events == model.tree.events
     assert model.transform(digits).shape == (200, 3)
+    with pytest.raises(TypeError, match="not a density model"):
+        model.negative_log_likelihood(digits)
 
 
 def test_epochs_for_a_step_budget():

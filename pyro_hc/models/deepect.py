@@ -682,7 +682,3 @@ class DeepECT(ClusterEstimator):
         self._check_fitted()
         nodes = self.tree.nodes()
         return nodes, self.module_.node_centers()[torch.as_tensor(nodes, device=self.device_)].cpu()
-
-    def negative_log_likelihood(self, data, num_samples: int = 100, batch_size: int = 256) -> float:
-        raise NotImplementedError("DeepECT is an autoencoder with a cluster tree, not a density model; "
-                                  "it has no likelihood")
