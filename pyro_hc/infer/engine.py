@@ -22,10 +22,10 @@ from pyro.optim.clipped_adam import ClippedAdam
 from tqdm import tqdm
 
 from ..data import DeviceBatcher
+from . import distributed
 from .callbacks import Callback, FitState, History
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import local_params
-from . import distributed
 from .elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 from .graphs import CapturedStep
 
