@@ -79,7 +79,8 @@ def grow_complete_tree(module: torch.nn.Module, branching: list[int]) -> None:
 
 
 def build_module(name: str, config: dict, device: torch.device, hidden_dims: tuple[int, ...] | None,
-                 n_paths: int | None = None) -> torch.nn.Module:
+                 n_paths: int | None = None) -> tuple[torch.nn.Module, str]:
+    """The module the estimator would train (grown to ``n_paths`` for the nCRP models) and its ELBO."""
     config = dict(config)
     if hidden_dims is not None:
         config["hidden_dims"] = hidden_dims
@@ -94,8 +95,7 @@ def build_module(name: str, config: dict, device: torch.device, hidden_dims: tup
         with local_params(), torch.no_grad():
             grow_complete_tree(module, branching)
         assert len(module.tree.leaves()) == n_paths, (len(module.tree.leaves()), n_paths)
-    module.loss_name = estimator.loss if isinstance(estimator.loss, str) else "trace"
-    return module
+    return module, estimator.loss
 
 
 def _sync(device: torch.device) -> None:
@@ -127,12 +127,12 @@ def measure(name: str, config: dict, device: torch.device, batch_size: int, step
     index = torch.arange(batch_size, device=device)
     row = {"model": name, "batch_size": batch_size}
     with local_params():
-        module = build_module(name, config, device, hidden_dims, n_paths)
+        module, loss = build_module(name, config, device, hidden_dims, n_paths)
         module.train()
         if getattr(module, "tree", None) is not None:
             row["n_paths"] = len(module.tree.leaves())
             row["n_nodes"] = len(module.tree)
-        engine = SVIEngine(module, loss=module.loss_name, progress=False, lr=1e-4)
+        engine = SVIEngine(module, loss=loss, progress=False, lr=1e-4)
         pyro_step, pyro_peak = time_steps(lambda: engine.loss_and_grad(x, index, NUM_DATA), device, steps, warmup)
 
         optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4,
@@ -146,7 +146,7 @@ def measure(name: str, config: dict, device: torch.device, batch_size: int, step
 
         torch_step_s, torch_peak = time_steps(torch_step, device, steps, warmup)
         if device.type == "cuda" and cuda_graphs:  # the engine's step replayed from a CUDA graph (experimental)
-            graph_engine = SVIEngine(module, loss=module.loss_name, progress=False, lr=1e-4, cuda_graphs=True)
+            graph_engine = SVIEngine(module, loss=loss, progress=False, lr=1e-4, cuda_graphs=True)
             graph_step, graph_peak = time_steps(lambda: graph_engine._step(x, index, NUM_DATA, batch_size), device,
                                                 steps, warmup)
             row.update(graph_examples_per_s=batch_size / graph_step, graph_ms_per_step=1e3 * graph_step,
@@ -168,7 +168,7 @@ def time_hcrl2_epoch(device: torch.device, n_paths: int, batch_size: int, hidden
     set_seed(0)
     x = torch.rand(NUM_DATA, *IMAGE_SHAPE, device=device).bernoulli()
     with local_params():
-        module = build_module("hcrl2", {"depth": 3}, device, hidden_dims, n_paths)
+        module, _ = build_module("hcrl2", {"depth": 3}, device, hidden_dims, n_paths)
         heuristics = NCRPHeuristics(grow_every=10**9, lock_epochs=10**9)  # statistics only: keep the tree
         engine = SVIEngine(module, loss="trace_enum", progress=False, lr=2e-3, callbacks=[heuristics],
                            cuda_graphs=cuda_graphs)
