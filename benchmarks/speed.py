@@ -8,11 +8,14 @@ MNIST-shaped data: 784 Bernoulli features), and times
 - ``torch``: one step of plain PyTorch on the same module and batch: the negative single-sample
   ELBO written with tensors only (``-mean(log p(x, z) - log q(z | x))``, discrete sites summed
   out by ``logsumexp``, the global sticks at their guide means — the module's
-  ``log_importance_weights`` with one reparameterised draw), backward, Adam;
+  ``log_importance_weights`` with one reparameterised draw; for DeepECT and CoHiClust, whose losses
+  enter through ``pyro.factor``, the loss itself), backward, Adam;
 
 and reports examples per second, their ratio (Pyro's overhead) and the peak device memory. A
 second table grows the nCRP trees (8 to 512 paths at depth 3 and 4) and k-DVAE's k to show how
-a step's cost grows with the tree. With ``--epoch`` it also times one full epoch of HCRL2 (depth
+a step's cost grows with the tree (and DeepECT's leaves, CoHiClust's tree height). ``--compare-pyro-elbo``
+also times the engine with Pyro's own ``Trace_ELBO`` / ``TraceEnum_ELBO``, the "before" of the engine's
+host-sync-free ELBOs (:mod:`pyro_hc.infer.elbo`). With ``--epoch`` it also times one full epoch of HCRL2 (depth
 3, 20 paths) on 70,000 MNIST-shaped points through ``SVIEngine.fit`` with the GROW / PRUNE /
 MERGE callback, as a user's run would do it.
 
@@ -50,8 +53,12 @@ MODEL_CONFIGS = {
     "hcrl2": {"depth": 3},
     "hcrl1": {"depth": 3},
     "vae_ncrp": {"depth": 3},
+    "deepect": {"max_leaves": 8},
+    "cohiclust": {"depth": 4},
 }
 NCRP_MODELS = ("hcrl2", "hcrl1", "vae_ncrp")
+#: models trained on a loss (``pyro.factor``) instead of an ELBO; their reference step calls the loss directly
+LOSS_MODELS = ("deepect", "cohiclust")
 
 
 def balanced_branching(n_paths: int, depth: int) -> list[int]:
@@ -78,12 +85,27 @@ def grow_complete_tree(module: torch.nn.Module, branching: list[int]) -> None:
         frontier = [c for node in frontier for c in module.tree.children(node)]
 
 
+def split_to_leaves(module: torch.nn.Module, n_leaves: int) -> None:
+    """Split DeepECT's leaves breadth-first until the tree has ``n_leaves`` leaves."""
+    generator = torch.Generator().manual_seed(0)
+    while len(module.tree.leaves()) < n_leaves:
+        leaf = min(module.tree.leaves(), key=module.tree.level)
+        center = module.centers[leaf].detach().cpu()
+        children = center + 0.1 * torch.randn(2, center.shape[0], generator=generator)
+        module.split(leaf, children, torch.ones(2))
+
+
 def build_module(name: str, config: dict, device: torch.device, hidden_dims: tuple[int, ...] | None,
-                 n_paths: int | None = None) -> tuple[torch.nn.Module, str]:
-    """The module the estimator would train (grown to ``n_paths`` for the nCRP models) and its ELBO."""
+                 n_paths: int | None = None, backbone: str = "resnet18") -> tuple[torch.nn.Module, str]:
+    """The module the estimator would train (grown to ``n_paths`` paths or leaves for the tree models) and its
+    loss (an ELBO's name; ``"trace"`` for the ``pyro.factor`` losses)."""
     config = dict(config)
-    if hidden_dims is not None:
+    if name == "cohiclust":
+        config["backbone"] = backbone  # a CNN: ``hidden_dims`` does not apply
+    elif hidden_dims is not None:
         config["hidden_dims"] = hidden_dims
+    if name == "deepect" and n_paths is not None:
+        config["max_leaves"] = max(n_paths, 2)
     if name in NCRP_MODELS and n_paths is not None:
         branching = balanced_branching(n_paths, config["depth"])
         config["capacity"] = 1 + sum(math.prod(branching[:i + 1]) for i in range(len(branching))) + 1
@@ -95,7 +117,22 @@ def build_module(name: str, config: dict, device: torch.device, hidden_dims: tup
         with local_params(), torch.no_grad():
             grow_complete_tree(module, branching)
         assert len(module.tree.leaves()) == n_paths, (len(module.tree.leaves()), n_paths)
-    return module, estimator.loss
+    if name == "deepect":
+        with torch.no_grad():
+            split_to_leaves(module, config["max_leaves"])
+    return module, getattr(estimator, "loss", "trace")
+
+
+def reference_loss(name: str, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The loss the engine optimises, computed with tensors only (no Pyro), scaled to ``NUM_DATA`` points
+    like the engine's subsampled data plate."""
+    scale = NUM_DATA / x.shape[0]
+    if name == "deepect":
+        terms = module.loss_terms(x)  # Eq. 6: the plate's per-datum terms, then L_NC scaled like the plate
+        return scale * (terms["rec"] + terms["dc"]).sum() + NUM_DATA * terms["nc"]
+    if name == "cohiclust":
+        return NUM_DATA * module.losses(x)["loss"]  # Eq. 2, one factor per datum of the plate
+    return -module.log_importance_weights(x, 1).mean() * NUM_DATA  # the single-sample ELBO
 
 
 def _sync(device: torch.device) -> None:
@@ -119,29 +156,44 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> tuple[flo
     return elapsed, peak
 
 
+def pyro_builtin_elbo(loss: str):
+    """Pyro's own ELBO class for ``loss`` (what the engine used before its host-sync-free ELBOs)."""
+    from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+
+    return (TraceEnum_ELBO if loss == "trace_enum" else Trace_ELBO)(max_plate_nesting=1)
+
+
 def measure(name: str, config: dict, device: torch.device, batch_size: int, steps: int, warmup: int,
-            hidden_dims: tuple[int, ...] | None, n_paths: int | None = None, cuda_graphs: bool = False) -> dict:
-    """Pyro engine step vs plain-PyTorch step of one model; returns a result row."""
+            hidden_dims: tuple[int, ...] | None, n_paths: int | None = None, cuda_graphs: bool = False,
+            compare_pyro_elbo: bool = False, backbone: str = "resnet18") -> dict:
+    """Pyro engine step vs plain-PyTorch step of one model; returns a result row.
+
+    With ``compare_pyro_elbo`` the row also times the engine with Pyro's own ``Trace_ELBO`` /
+    ``TraceEnum_ELBO`` (``builtin_*``), the "before" of the engine's host-sync-free ELBOs.
+    """
     set_seed(0)
     x = torch.rand(batch_size, *IMAGE_SHAPE, device=device).bernoulli()
     index = torch.arange(batch_size, device=device)
     row = {"model": name, "batch_size": batch_size}
     with local_params():
-        module, loss = build_module(name, config, device, hidden_dims, n_paths)
+        module, loss = build_module(name, config, device, hidden_dims, n_paths, backbone)
         module.train()
         if getattr(module, "tree", None) is not None:
             row["n_paths"] = len(module.tree.leaves())
             row["n_nodes"] = len(module.tree)
         engine = SVIEngine(module, loss=loss, progress=False, lr=1e-4)
         pyro_step, pyro_peak = time_steps(lambda: engine.loss_and_grad(x, index, NUM_DATA), device, steps, warmup)
+        if compare_pyro_elbo:
+            builtin = SVIEngine(module, loss=pyro_builtin_elbo(loss), progress=False, lr=1e-4)
+            builtin_step, _ = time_steps(lambda: builtin.loss_and_grad(x, index, NUM_DATA), device, steps, warmup)
+            row.update(builtin_ms_per_step=1e3 * builtin_step, builtin_examples_per_s=batch_size / builtin_step)
 
         optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4,
                                      fused=True if device.type == "cuda" else None)  # as the engine does
 
         def torch_step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss = -module.log_importance_weights(x, 1).mean() * NUM_DATA
-            loss.backward()
+            reference_loss(name, module, x).backward()
             optimizer.step()
 
         torch_step_s, torch_peak = time_steps(torch_step, device, steps, warmup)
@@ -196,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="tree sizes of the scaling table (nCRP models)")
     parser.add_argument("--depths", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--clusters", type=int, nargs="+", default=[5, 10, 20, 40], help="k of the k-DVAE scaling")
+    parser.add_argument("--leaves", type=int, nargs="+", default=[2, 8, 32, 128], help="leaves of the DeepECT scaling")
+    parser.add_argument("--cohiclust-depths", type=int, nargs="+", default=[2, 4, 6, 8],
+                        help="tree heights of the CoHiClust scaling (2^depth leaves)")
+    parser.add_argument("--cohiclust-backbone", default="resnet18", help="CoHiClust's backbone (paper: resnet18)")
+    parser.add_argument("--compare-pyro-elbo", action="store_true",
+                        help="also time the engine with Pyro's own Trace_ELBO / TraceEnum_ELBO (the 'before')")
     parser.add_argument("--no-scaling", action="store_true", help="skip the tree-size table")
     parser.add_argument("--epoch", action="store_true", help="also time one full HCRL2 epoch on 70,000 points")
     parser.add_argument("--epoch-batch-sizes", type=int, nargs="+", default=[100, 256])
@@ -220,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "pyro": pyro.__version__, "pyro_hc": pyro_hc.__version__,
         "python": sys.version.split()[0], "threads": torch.get_num_threads(), "tf32": bool(args.tf32),
         "budget": {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
-                   "hidden_dims": hidden or "paper (500, 500, 2000)"},
+                   "hidden_dims": hidden or "paper (500, 500, 2000)", "cohiclust_backbone": args.cohiclust_backbone},
         "results": [], "scaling": [], "epoch": [],
     }
 
@@ -231,12 +289,15 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in args.models:
         row = measure(name, MODEL_CONFIGS[name], device, args.batch_size, args.steps, args.warmup, hidden,
-                      n_paths=8 if name in NCRP_MODELS else None, cuda_graphs=args.cuda_graphs)
+                      n_paths=8 if name in NCRP_MODELS else None, cuda_graphs=args.cuda_graphs,
+                      compare_pyro_elbo=args.compare_pyro_elbo, backbone=args.cohiclust_backbone)
         record["results"].append(row)
         graph = (f"  graph {row['graph_examples_per_s']:9.0f} ex/s (x{row['graph_overhead_ratio']:.2f}, "
                  f"captured {row['graph_captured']})" if "graph_examples_per_s" in row else "")
+        builtin = (f"  pyro's own ELBO {row['builtin_examples_per_s']:9.0f} ex/s"
+                   if "builtin_examples_per_s" in row else "")
         print(f"{name:9s} pyro {row['pyro_examples_per_s']:9.0f} ex/s  torch {row['torch_examples_per_s']:9.0f} "
-              f"ex/s  overhead x{row['pyro_overhead_ratio']:.2f}{graph}", flush=True)
+              f"ex/s  overhead x{row['pyro_overhead_ratio']:.2f}{builtin}{graph}", flush=True)
         write()
     if not args.no_scaling:
         for name in [m for m in args.models if m in NCRP_MODELS]:
@@ -258,6 +319,18 @@ def main(argv: list[str] | None = None) -> int:
                 record["scaling"].append(row)
                 print(f"kdvae     k {k:3d}: pyro {row['pyro_ms_per_step']:8.2f} ms/step"
                       f"  torch {row['torch_ms_per_step']:8.2f} ms/step", flush=True)
+                write()
+        tree_sizes = {"deepect": [("n_leaves", n, {"max_leaves": n}) for n in args.leaves],
+                      "cohiclust": [("depth", d, {"depth": d}) for d in args.cohiclust_depths]}
+        for name in [m for m in args.models if m in LOSS_MODELS]:
+            for key, value, override in tree_sizes[name]:
+                row = measure(name, {**MODEL_CONFIGS[name], **override}, device, args.batch_size, args.steps,
+                              args.warmup, hidden, cuda_graphs=args.cuda_graphs, backbone=args.cohiclust_backbone)
+                row[key] = value
+                record["scaling"].append(row)
+                print(f"{name:9s} leaves {row.get('n_paths', 2 ** value if key == 'depth' else value):4d}: pyro "
+                      f"{row['pyro_ms_per_step']:8.2f} ms/step  torch {row['torch_ms_per_step']:8.2f} ms/step",
+                      flush=True)
                 write()
     if args.epoch:
         for batch_size in args.epoch_batch_sizes:
