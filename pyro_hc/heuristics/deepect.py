@@ -12,6 +12,12 @@ PRUNE (when a node's weight falls below ``prune_threshold``)
 After every optimisation step the callback also applies the node-weight moving average of Eq. 4
 (``module.update_weights()``), from the leaf counts the model recorded for that batch.
 
+Under ``torch.distributed`` (:mod:`pyro_hc.infer.distributed`) every rank makes the same moves at
+the same steps: the Eq. 4 leaf counts are summed over the ranks' shares of the batch (in the model's
+``update_weights``), so the weights PRUNE reads agree; GROW embeds each rank's share of ``data``,
+sums the per-leaf squared errors and counts over the ranks, gathers the chosen leaf's points from
+all ranks, and rank 0's 2-means result goes to all of them.
+
 The callback decides and the model edits (:class:`DeepECTTreeModel`), because only the model
 knows how its preallocated node rows follow a structural change. Every change is logged with
 :meth:`~pyro_hc.tree.ClusterTree.log_event` (kinds ``"split"`` and ``"prune"``).
@@ -26,6 +32,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch import Tensor
 
+from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
@@ -59,7 +66,7 @@ class DeepECTTreeModel(Protocol):
         ...
 
     def update_weights(self) -> None:
-        """Apply Eq. 4 with the leaf counts of the last batch."""
+        """Apply Eq. 4 with the leaf counts of the last batch, summed over ``torch.distributed`` ranks."""
         ...
 
     def dead_nodes(self, threshold: float) -> list[int]:
@@ -103,7 +110,7 @@ class DeepECTHeuristics(Callback):
     embed_batch_size : int, default 4096
         Points embedded at once when choosing a split.
     seed : int, optional
-        Seed of the 2-means restarts.
+        Seed of the 2-means restarts (under ``torch.distributed`` only rank 0 runs the 2-means).
 
     The epoch's record in the history gets ``n_leaves``, ``splits`` and ``prunes`` (the moves of
     that epoch).
@@ -170,10 +177,12 @@ class DeepECTHeuristics(Callback):
 
     @torch.no_grad()
     def _embed(self, module) -> Tensor:
+        """The embedding of this rank's share ``data[rank::world_size]`` (all of it in one process)."""
+        data = self.data[distributed.rank()::distributed.world_size()]
         was_training = module.training
         module.eval()
-        z = torch.cat([module.embed(self.data[i:i + self.embed_batch_size])
-                       for i in range(0, self.data.shape[0], self.embed_batch_size)])
+        z = torch.cat([module.embed(data[i:i + self.embed_batch_size])
+                       for i in range(0, data.shape[0], self.embed_batch_size)])
         module.train(was_training)
         return z
 
@@ -185,23 +194,42 @@ class DeepECTHeuristics(Callback):
         leaves = tree.leaves()
         if len(leaves) >= self.max_leaves:
             return []
-        z = self._embed(module)
+        z = self._embed(module)  # this rank's share of the points
         position = module.assign(z)
+        n_leaves, world, rank = len(leaves), distributed.world_size(), distributed.rank()
         leaf_ids = torch.as_tensor(leaves, device=z.device)
-        squared = (z - module.centers[leaf_ids][position]).square().sum(-1)
-        sse = torch.zeros(len(leaves), dtype=z.dtype, device=z.device).index_add_(0, position, squared)
-        counts = torch.bincount(position, minlength=len(leaves))
+        squared = (z - module.centers[leaf_ids][position]).double().square().sum(-1)
+        # row r: rank r's points per leaf; the last row: the squared distances. Summed over ranks,
+        # every rank holds the same table and picks the same leaf.
+        stats = torch.zeros(world + 1, n_leaves, dtype=torch.float64, device=z.device)
+        stats[rank].index_add_(0, position, torch.ones_like(squared))
+        stats[world].index_add_(0, position, squared)
+        distributed.all_reduce_sum_(stats)
+        rank_counts, sse = stats[:world], stats[world]
+        counts = rank_counts.sum(0)
         sse = torch.where(counts > 1, sse, torch.full_like(sse, -1.0))  # 2-means needs two points
         pick = int(sse.argmax())
         if float(sse[pick]) < 0:
             return []
         leaf = leaves[pick]
-        points = z[position == pick].double().cpu().numpy()
-        kmeans = KMeans(2, n_init=self.n_init, random_state=self.seed).fit(points)
-        shares = np.bincount(kmeans.labels_, minlength=2) / points.shape[0]
+        # gather the leaf's points from all ranks (each fills its own rows, the others add zeros), in rank order
+        per_rank = [int(n) for n in rank_counts[:, pick].tolist()]
+        start = sum(per_rank[:rank])
+        points = torch.zeros(sum(per_rank), z.shape[-1], dtype=torch.float64, device=z.device)
+        points[start:start + per_rank[rank]] = z[position == pick].double()
+        distributed.all_reduce_sum_(points)
+        # 2-means on rank 0; its two centers and shares reach the other ranks as a sum with their zeros
+        dim = z.shape[-1]
+        result = torch.zeros(2 * dim + 2, dtype=torch.float64, device=z.device)
+        if distributed.is_main_process():
+            kmeans = KMeans(2, n_init=self.n_init, random_state=self.seed).fit(points.cpu().numpy())
+            result[:2 * dim] = torch.as_tensor(kmeans.cluster_centers_.reshape(-1), device=z.device)
+            result[2 * dim:] = torch.as_tensor(np.bincount(kmeans.labels_, minlength=2) / points.shape[0],
+                                               device=z.device)
+        distributed.all_reduce_sum_(result)
+        child_centers, shares = result[:2 * dim].view(2, dim).to(z.dtype), result[2 * dim:]
         # the children split the parent's weight by their share of its points, so Eq. 3 holds from the start
-        child_weights = module.weights[leaf] * torch.as_tensor(shares, device=z.device, dtype=z.dtype)
-        child_centers = torch.as_tensor(kmeans.cluster_centers_, device=z.device, dtype=z.dtype)
+        child_weights = module.weights[leaf] * shares.to(z.dtype)
         children = list(module.split(leaf, child_centers, child_weights))
         self._reset_optimizer_rows(state, module, children)
         tree.log_event("split", [leaf, *children], step=state.step, epoch=state.epoch,

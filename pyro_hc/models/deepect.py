@@ -32,7 +32,7 @@ from torch import nn
 
 from ..estimator import ClusterEstimator
 from ..heuristics.deepect import DeepECTHeuristics
-from ..infer import Callback, load_checkpoint
+from ..infer import Callback, distributed, load_checkpoint
 from ..nn import mlp
 from ..tree import ClusterTree
 from ._registry import register_model
@@ -297,10 +297,18 @@ class DeepECTModule(PyroModule):
 
     @torch.no_grad()
     def update_weights(self) -> None:
-        """Eq. 4, ``w_n <- 0.5 w_n + 0.5 |B_n|``, for every node, from the last batch ``model`` saw."""
+        """Eq. 4, ``w_n <- 0.5 w_n + 0.5 |B_n|``, for every node, from the last batch ``model`` saw.
+
+        Under ``torch.distributed`` each rank saw its share of the batch: the leaf counts are summed
+        over the ranks (one small all-reduce), so ``|B_n|`` counts the whole batch and every rank
+        holds the same weights, from which PRUNE decides.
+        """
         counts = self._batch_leaf_counts
         if counts is None:
             return
+        if distributed.is_distributed():
+            counts = counts.clone()
+            distributed.all_reduce_sum_(counts)
         index = self.tree_index()
         if counts.shape[0] != index["member"].shape[1]:
             raise RuntimeError("the tree changed between the batch and the weight update")
