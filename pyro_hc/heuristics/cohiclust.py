@@ -14,6 +14,8 @@ sibling (the parent's decision no longer matters). Each prune is logged as a ``"
 
 The callback only reads what the model memoised during its training step (``node_mass``) and edits
 the tree; it runs no forward pass of its own and never syncs with the device before the epoch ends.
+Under ``torch.distributed`` the epoch's masses are summed over the ranks (each saw its share of
+every batch) before a leaf is chosen, so every rank prunes the same leaf.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
@@ -106,7 +109,10 @@ class LeafPruning(Callback):
 
     @property
     def mass(self) -> Tensor | None:
-        """``Σ_x P(node | x)`` accumulated this epoch, indexed by node id (None before the first step)."""
+        """``Σ_x P(node | x)`` accumulated this epoch, indexed by node id (None before the first step).
+
+        Under ``torch.distributed``: this rank's share, until an epoch end that prunes sums it over the ranks.
+        """
         return self._mass
 
     def on_epoch_start(self, state: FitState) -> None:
@@ -137,6 +143,7 @@ class LeafPruning(Callback):
         epoch = int(state.epoch)
         due = epoch >= self.start_epoch and (epoch - self.start_epoch) % self.every == 0
         if due and self._mass is not None and len(tree.leaves()) > self.n_leaves:
+            distributed.all_reduce_sum_(self._mass)  # every rank's share of the epoch (no-op in one process)
             leaves = tree.leaves()
             leaf_mass = self._mass[torch.as_tensor(leaves, device=self._mass.device)].double().cpu()  # one sync
             total = float(leaf_mass.sum())

@@ -38,13 +38,13 @@ from torch import nn
 
 from ..estimator import ClusterEstimator
 from ..heuristics.cohiclust import LeafPruning
-from ..infer import Callback
+from ..infer import Callback, FitState, distributed
 from ..tree import ClusterTree
 from ._registry import register_model
 from .networks import data_plate
 
 __all__ = [
-    "CoHiClust", "CoHiClustModule", "SimCLRPretraining", "BatchAugment", "SmallCNN",
+    "CoHiClust", "CoHiClustModule", "SimCLRPretraining", "BatchAugment", "SmallCNN", "BatchNormStatsSync",
     "BACKBONES", "AUGMENTATIONS", "complete_binary_tree", "heap_ancestors", "routing_masks",
     "node_log_probs", "level_probs", "cohi_loss", "balance_loss", "nt_xent",
 ]
@@ -538,6 +538,34 @@ class SimCLRPretraining(nn.Module):
         """Empty: SimCLR is a module loss."""
 
 
+class BatchNormStatsSync(Callback):
+    """Average the batch-norm running statistics over ``torch.distributed`` ranks after every step.
+
+    In training mode a batch-norm layer normalises with the statistics of its rank's share of the
+    batch and moves its running mean and variance towards them, so within an epoch the ranks'
+    buffers drift apart (``DistributedDataParallel`` copies rank 0's at the next forward, the engine
+    at the end of the epoch). Averaging them after each step (one all-reduce of the buffers) keeps
+    every rank's module identical at every step; with equal shares the mean of the ranks' running
+    means moves exactly as it would with the whole batch's mean. A no-op in a single process.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[torch.Tensor] = []
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._buffers = [
+            buffer for layer in state.module.modules()
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats
+            for buffer in (layer.running_mean, layer.running_var) if buffer is not None
+        ]
+
+    def on_step_end(self, state: FitState) -> None:
+        if self._buffers and distributed.is_distributed():
+            with torch.no_grad():
+                distributed.all_reduce_sum_(*self._buffers)
+                torch._foreach_div_(self._buffers, float(distributed.world_size()))
+
+
 # the estimator --------------------------------------------------------------------------------------
 
 
@@ -687,13 +715,13 @@ class CoHiClust(ClusterEstimator):
         optim = dict(lr=self.lr, weight_decay=self.weight_decay)
         if self.pretrain_epochs > 0:
             self._run(SimCLRPretraining(module), x, phase="pretrain", epochs=self.pretrain_epochs,
-                      batch_size=batch_size, seed=seed, progress=progress, **optim)
+                      batch_size=batch_size, seed=seed, progress=progress, callbacks=[BatchNormStatsSync()], **optim)
         target = self._target_leaves()
         pruning: list[Callback] = []
         if target < 2**self.depth:
             pruning.append(LeafPruning(target, start_epoch=self.prune_start, every=self.prune_every))
         self._run(module, x, phase="train", epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                  callbacks=[*pruning, *callbacks], **optim)
+                  callbacks=[BatchNormStatsSync(), *pruning, *callbacks], **optim)
         left = len(module.tree.leaves())
         if left > target:
             warnings.warn(
