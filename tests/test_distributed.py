@@ -48,3 +48,45 @@ def test_two_gloo_ranks_end_with_identical_trees_and_parameters(tmp_path):
     # only rank 0 writes checkpoints
     assert (tmp_path / "checkpoint-rank0.pt").exists()
     assert not (tmp_path / "checkpoint-rank1.pt").exists()
+
+
+def _fit_two_ranks(script: str, *args: str, timeout: float = 300) -> None:
+    """``torchrun --nproc_per_node 2 tests/scripts/SCRIPT ARGS`` on gloo; the ranks' stderr shows on failure."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "tests" / "scripts" / script), *args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if result.returncode != 0:
+        start = result.stderr.find("Traceback")  # the first rank's traceback, not torchrun's summary
+        pytest.fail(f"torchrun failed ({result.returncode}):\n{result.stderr[max(start, 0):][:6000]}")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+@pytest.mark.parametrize("name", ["deepect", "cohiclust"])
+def test_two_gloo_ranks_grow_and_prune_deepect_and_cohiclust_trees_alike_at_every_step(tmp_path, name):
+    """Both ranks see different halves of every batch, yet decide the same splits and prunes, from the
+    same all-reduced statistics, and hold the same tree, parameters and buffers after every step."""
+    _fit_two_ranks("ddp_fit_trees.py", name, str(tmp_path))
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    tree0, tree1 = rank0["tree"], rank1["tree"]
+    assert tree0 == tree1  # the same nodes and the same event log (steps, SSEs, shares, weights)
+    kinds = [e["kind"] for e in tree0["events"]]
+    if name == "deepect":
+        splits = [e for e in tree0["events"] if e["kind"] == "split"]
+        assert any(e["step"] > 0 for e in splits), "no split during training: the ranks never had to agree on one"
+        assert "prune" in kinds, "no prune happened, so the test would not show the ranks agree on node weights"
+        # the root's 2-means ran on every point, gathered from both ranks' shares of the embedding
+        assert splits[0]["step"] == 0 and splits[0]["n_points"] == rank0["n_data"]
+    else:
+        assert kinds == ["prune", "prune"], kinds  # depth 2 (4 leaves) down to 2 leaves
+    assert rank0["state"].keys() == rank1["state"].keys()
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][key]), key
+    assert rank0["losses"] == rank1["losses"]
+    prints0, prints1 = rank0["fingerprints"], rank1["fingerprints"]
+    assert len(prints0) == len(prints1) > 0
+    differing = [a[:4] for a, b in zip(prints0, prints1) if a != b]
+    assert not differing, f"the ranks' modules or trees differ after (phase, where, epoch, step) {differing[:5]}"
