@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,18 +51,29 @@ def test_two_gloo_ranks_end_with_identical_trees_and_parameters(tmp_path):
     assert not (tmp_path / "checkpoint-rank1.pt").exists()
 
 
-def _fit_two_ranks(script: str, *args: str, timeout: float = 300) -> None:
-    """``torchrun --nproc_per_node 2 tests/scripts/SCRIPT ARGS`` on gloo; the ranks' stderr shows on failure."""
+def _fit_two_ranks(script: str, *args: str, timeout: float = 180) -> None:
+    """``torchrun --nproc_per_node 2 tests/scripts/SCRIPT ARGS`` on gloo; the ranks' stderr shows on failure.
+
+    Ranks that disagree on a structural move wait on each other's collectives; the script's process
+    group times out after 60 s and, failing that, the whole process group is killed at ``timeout``.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    result = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "tests" / "scripts" / script), *args],
-        env=env, capture_output=True, text=True, timeout=timeout,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    if result.returncode != 0:
-        start = result.stderr.find("Traceback")  # the first rank's traceback, not torchrun's summary
-        pytest.fail(f"torchrun failed ({result.returncode}):\n{result.stderr[max(start, 0):][:6000]}")
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks
+        _, stderr = process.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s (the ranks wait on each other?):\n{stderr[-6000:]}")
+    if process.returncode != 0:
+        start = stderr.find("Traceback")  # the first rank's traceback, not torchrun's summary
+        shown = stderr[start:][:6000] if start >= 0 else stderr[-6000:]
+        pytest.fail(f"torchrun failed ({process.returncode}):\n{shown}")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")

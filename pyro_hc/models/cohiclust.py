@@ -585,6 +585,11 @@ class CoHiClust(ClusterEstimator):
     distribution ``P_T(x)``, ``transform`` the backbone embedding ``g(x)``. Distances in the tree are
     in :mod:`pyro_hc.hierarchy`.
 
+    Under ``torch.distributed`` (``torchrun``) every rank trains on its share of each batch: the
+    pruning sums the leaf masses over the ranks and :class:`BatchNormStatsSync` averages the
+    batch-norm running statistics after every step, so every rank holds the same tree and module.
+    CoHiLoss and NT-Xent take their negative pairs from the rank's own share of the batch.
+
     Parameters
     ----------
     depth:

@@ -47,7 +47,8 @@ class Fingerprints(Callback):
 
 
 name, out = sys.argv[1], Path(sys.argv[2])
-assert distributed.init_from_env(backend="gloo"), "expected to run under torchrun with 2 ranks"
+# ranks that disagree on a move wait on each other's collectives: fail after a minute rather than half an hour
+assert distributed.init_from_env(backend="gloo", timeout_s=60), "expected to run under torchrun with 2 ranks"
 rank = distributed.rank()
 fingerprints = Fingerprints()
 if name == "deepect":
