@@ -28,13 +28,7 @@ def test_single_process_helpers_are_no_ops():
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 def test_two_gloo_ranks_end_with_identical_trees_and_parameters(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "scripts" / "ddp_fit.py"), str(tmp_path)],
-        check=True, env=env, capture_output=True, timeout=300,
-    )
+    _fit_two_ranks("ddp_fit.py", str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     tree0 = json.loads(rank0["tree"]) if isinstance(rank0["tree"], str) else rank0["tree"]
     tree1 = json.loads(rank1["tree"]) if isinstance(rank1["tree"], str) else rank1["tree"]

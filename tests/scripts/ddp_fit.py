@@ -14,7 +14,7 @@ from pyro_hc.infer import distributed
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
-assert distributed.init_from_env(backend="gloo"), "expected to run under torchrun with 2 ranks"
+assert distributed.init_from_env(backend="gloo", timeout_s=60), "expected to run under torchrun with 2 ranks"
 rank = distributed.rank()
 data = pyro_hc.synthetic_tree(depth=2, branching=2, n_per_leaf=50, n_features=20, latent_dim=4, seed=0)
 model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=1, capacity=16,
