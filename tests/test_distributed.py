@@ -40,6 +40,8 @@ def test_two_gloo_ranks_end_with_identical_trees_and_parameters(tmp_path):
         assert torch.equal(value, rank1["state"][name]), name
     # the two ranks saw different halves of each batch but report the same (all-reduced) epoch loss
     assert rank0["losses"] == rank1["losses"]
+    # ...with their own random streams: the same draws for both halves of a batch would correlate them
+    assert not torch.equal(rank0["noise"], rank1["noise"])
     # only rank 0 writes checkpoints
     assert (tmp_path / "checkpoint-rank0.pt").exists()
     assert not (tmp_path / "checkpoint-rank1.pt").exists()

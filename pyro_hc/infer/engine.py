@@ -255,6 +255,10 @@ class SVIEngine:
                 shared_seed.fill_(int(torch.randint(0, 2**62, ())))
             torch.distributed.broadcast(shared_seed, src=0)
             seed = int(shared_seed.item())
+            # ...but draw their own noise (reparameterised samples, augmentations) for their own data:
+            # identical streams on every rank would correlate the halves of each batch. Parameters stay
+            # identical (DDP averages the gradients; rank 0's structural initialisations are broadcast).
+            torch.manual_seed((seed * 1_000_003 + self.epoch * 7919 + rank + 1) % 2**63)
         batcher = DeviceBatcher(num_data, batch_size, device=x.device, shuffle=True, seed=seed)
         state = FitState(engine=self, epoch=self.epoch, step=self.step_count, num_data=num_data)
         bar = tqdm(

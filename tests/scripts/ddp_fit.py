@@ -23,5 +23,5 @@ model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=2, hidden_dims=(16,), pre
 model.fit(data, epochs=6, batch_size=32, seed=0, progress=False, device="cpu",
           callbacks=[CheckpointEvery(out / f"checkpoint-rank{rank}.pt", every=1)])
 torch.save({"tree": model.tree.to_json(), "state": model.module_.state_dict(),
-            "losses": model.history_["loss"]}, out / f"rank{rank}.pt")
+            "losses": model.history_["loss"], "noise": torch.rand(4)}, out / f"rank{rank}.pt")
 torch.distributed.destroy_process_group()
