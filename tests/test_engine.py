@@ -47,6 +47,17 @@ def test_engine_recovers_the_sample_mean():
     assert engine.step_count == 30 * 10
 
 
+def test_history_answers_membership_and_refuses_to_be_iterated_by_position():
+    from pyro_hc.infer.callbacks import History
+
+    history = History([{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.0, "grew": 1.0}])
+    assert "loss" in history and "grew" in history and "missing" not in history  # used to loop forever
+    assert history.keys() == ["epoch", "loss", "grew"]
+    assert history["grew"] == [None, 1.0] and len(history) == 2
+    with pytest.raises(TypeError, match="strings"):
+        list(history)
+
+
 def test_learning_rate_schedule_steps_per_epoch():
     engine = SVIEngine(make_module(), lr=0.1, lr_decay=0.5, lr_decay_every=2, progress=False)
     engine.fit(torch.randn(20, 2), epochs=4, batch_size=10)

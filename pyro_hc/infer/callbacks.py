@@ -102,10 +102,20 @@ class History(Callback):
         self.records.append(record)
 
     def __getitem__(self, key: str) -> list[Any]:
-        """Column access: ``history["loss"]`` lists the loss of every epoch."""
+        """Column access: ``history["loss"]`` lists the loss of every epoch (None where not logged)."""
+        if not isinstance(key, str):  # without this, ``iter`` would probe 0, 1, 2, ... forever
+            raise TypeError(f"History columns are named by strings, got {key!r}; use .records for the rows")
         return [r.get(key) for r in self.records]
 
+    def keys(self) -> list[str]:
+        """The column names, in the order they first appear."""
+        return list(dict.fromkeys(k for r in self.records for k in r))
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in r for r in self.records)
+
     def __len__(self) -> int:
+        """The number of epochs recorded."""
         return len(self.records)
 
 
