@@ -195,9 +195,25 @@ def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
         assert eta.shape == (len(synthetic), 3) and torch.allclose(eta.sum(-1), torch.ones(len(synthetic)), atol=1e-5)
 
 
+def test_stick_lr_factor_sets_how_far_the_sticks_move(synthetic):
+    """The sticks' learning rate is their own: a tiny factor leaves q(v) at its prior Beta(1, γ)."""
+    def fitted_stick_parameters(stick_lr_factor):
+        model = pyro_hc.get_model("hcrl2", depth=3, **TINY, grow_every=100, stick_lr_factor=stick_lr_factor)
+        model.fit(synthetic, epochs=3, batch_size=32, progress=False)
+        nodes = model.module_.active_sticks()
+        return model.module_.stick_a.detach()[nodes], model.module_.stick_b.detach()[nodes]
+
+    a, b = fitted_stick_parameters(1e-6)
+    assert torch.allclose(a, torch.ones_like(a), atol=1e-3) and torch.allclose(b, torch.ones_like(b), atol=1e-3)
+    a, b = fitted_stick_parameters(None)  # as the nodes: 10x the base rate, the sticks follow the data
+    assert (a - 1).abs().max() > 0.1
+
+
 def test_bad_configuration_is_rejected(synthetic):
     with pytest.raises(ValueError, match="depth"):
         pyro_hc.get_model("hcrl2", depth=1).fit(synthetic, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="stick_lr_factor"):
+        pyro_hc.get_model("hcrl2", stick_lr_factor=0.0).fit(synthetic, epochs=0, progress=False)
     with pytest.raises(ValueError, match="capacity"):
         pyro_hc.get_model("hcrl2", depth=4, capacity=3).fit(synthetic, epochs=0, progress=False)
 

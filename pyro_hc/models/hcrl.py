@@ -233,9 +233,16 @@ class _HCRL(ClusterEstimator):
     grow_every, lock_epochs, prune_threshold, merge_threshold, max_leaves:
         The heuristics' t_grow, t_lock, δ, cosine threshold and an optional cap on leaves.
     node_lr_factor:
-        The node Gaussians and stick parameters train at ``node_lr_factor * lr``: they start
-        from one path at the embedding's mean and must travel much further than the networks'
-        weights between structural moves.
+        The node Gaussians train at ``node_lr_factor * lr``: they start from one path at the
+        embedding's mean and must travel much further than the networks' weights between
+        structural moves.
+    stick_lr_factor:
+        The sticks' ``Beta(a_i, b_i)`` parameters train at ``stick_lr_factor * lr`` (default: as
+        the nodes). This sets how fast GROW dies down: once ``q(v)`` has converged, an inner
+        path's prior share is about ``γ / (N_i + γ)`` for a node holding ``N_i`` data, so on a
+        large data set GROW almost never samples one. A small factor keeps the sticks near their
+        prior longer and the tree growing (on 5,000 MNIST digits, 10 epochs: 6 leaves at 0.1 against
+        3 at the default). The paper does not say how it parameterises or schedules them.
     epochs, batch_size, lr, lr_decay, lr_decay_every, pretrain_epochs, pretrain_lr:
         As for VaDE.
     """
@@ -258,6 +265,7 @@ class _HCRL(ClusterEstimator):
         merge_threshold: float = 0.95,
         max_leaves: int | None = None,
         node_lr_factor: float = 10.0,
+        stick_lr_factor: float | None = None,
         epochs: int = 100,
         batch_size: int = 100,
         lr: float = 2e-3,
@@ -279,6 +287,7 @@ class _HCRL(ClusterEstimator):
         self.merge_threshold = merge_threshold
         self.max_leaves = max_leaves
         self.node_lr_factor = node_lr_factor
+        self.stick_lr_factor = stick_lr_factor
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -298,6 +307,8 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
         if self.node_lr_factor <= 0:
             raise ValueError(f"node_lr_factor must be positive, got {self.node_lr_factor}")
+        if self.stick_lr_factor is not None and not self.stick_lr_factor > 0:
+            raise ValueError(f"stick_lr_factor must be positive (or None: as node_lr_factor), got {self.stick_lr_factor}")
 
     def _build_module(self) -> HCRLModule:
         spec = self.data_spec_
@@ -321,7 +332,12 @@ class _HCRL(ClusterEstimator):
         self._run(module, x, phase="train", loss=self.loss, epochs=epochs, batch_size=batch_size, seed=seed,
                   progress=progress, callbacks=(self.heuristics(seed), *callbacks), lr=self.lr,
                   lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every,
-                  lr_multipliers={"node_": self.node_lr_factor, "stick_": self.node_lr_factor})
+                  lr_multipliers=self._lr_multipliers())
+
+    def _lr_multipliers(self) -> dict[str, float]:
+        """Learning-rate factors of the node Gaussians and the sticks (parameter-name prefixes)."""
+        sticks = self.node_lr_factor if self.stick_lr_factor is None else self.stick_lr_factor
+        return {"node_": self.node_lr_factor, "stick_": sticks}
 
     @torch.no_grad()
     def _init_path(self, x: torch.Tensor) -> None:

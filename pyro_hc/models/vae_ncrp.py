@@ -187,6 +187,7 @@ class VAENCRP(_HCRL):
         merge_threshold: float = 0.95,
         max_leaves: int | None = None,
         node_lr_factor: float = 10.0,
+        stick_lr_factor: float | None = None,
         epochs: int = 100,
         batch_size: int = 100,
         lr: float = 2e-3,
@@ -199,7 +200,7 @@ class VAENCRP(_HCRL):
                          capacity=capacity, stick_concentration=stick_concentration, level_concentration=1.0,
                          grow_every=grow_every, lock_epochs=lock_epochs, prune_threshold=prune_threshold,
                          merge_threshold=merge_threshold, max_leaves=max_leaves,
-                         node_lr_factor=node_lr_factor, epochs=epochs,
+                         node_lr_factor=node_lr_factor, stick_lr_factor=stick_lr_factor, epochs=epochs,
                          batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_decay_every=lr_decay_every,
                          pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr)
         self.leaf_scale = leaf_scale
