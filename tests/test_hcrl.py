@@ -150,19 +150,40 @@ def test_posterior_responsibilities_are_distributions():
         assert torch.allclose(p.sum(-1), torch.ones(7), atol=1e-5)
 
 
-def test_grow_starts_the_new_branch_where_its_inner_path_data_sit():
+def test_grow_starts_the_new_branch_on_a_datum_of_its_inner_path():
     module = tiny_hcrl(True)
     x = torch.rand(10, 5)
     resp = torch.zeros(10, 5)
-    resp[:, 2] = 1.0  # every datum on the inner path of the root
+    resp[:5, 2] = 1.0  # the first five data on the inner path of the root, the rest on full path 0
+    resp[5:, 0] = 1.0
     with local_params(), torch.no_grad():
         module.reset_path_observations()
         module.observe_path_responsibilities(x, resp)
-        target = module.encoder.embed(x).mean(0)
+        z = module.encoder.embed(x)
         new = module.grow(0)
         assert len(new) == 2 and module.tree.parent(new[0]) == 0
         spread = module.node_scales[0]
-        assert torch.all((module.node_locs[new[0]] - target).abs() <= 0.5 * spread + 1e-6)
+        distance = (module.node_locs[new[0]] - z).abs()  # 10 x d
+        near = torch.all(distance <= 0.5 * spread + 1e-6, dim=-1)
+        assert near[:5].any(), "the new branch does not start on a datum of its inner path"
+
+
+def test_grow_anchor_is_drawn_in_proportion_to_the_responsibilities():
+    """The Gumbel-max over an epoch picks datum n for path k with probability q(ζ_n = k) / Σ_m q(ζ_m = k)."""
+    module = tiny_hcrl(True)
+    x = torch.rand(3, 5)
+    resp = torch.tensor([[0.0, 0.0, 0.6, 0.2, 0.2], [0.0, 0.0, 0.3, 0.5, 0.2], [0.0, 0.0, 0.1, 0.1, 0.8]])
+    torch.manual_seed(0)
+    with local_params(), torch.no_grad():
+        z = module.encoder.embed(x)
+        picks = []
+        for _ in range(3000):
+            module.reset_path_observations()
+            module.observe_path_responsibilities(x[:2], resp[:2])  # two batches of one epoch
+            module.observe_path_responsibilities(x[2:], resp[2:])
+            picks.append(torch.cdist(module._anchors[1][2:3], z).argmin())
+    frequency = torch.bincount(torch.stack(picks), minlength=3) / 3000.0
+    assert torch.allclose(frequency, torch.tensor([0.6, 0.3, 0.1]), atol=0.03), frequency
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +197,10 @@ def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
                                                                          progress=False)
     tree = model.tree
     tree.check()
-    assert len(tree.leaves()) >= 2, "GROW never fired"
-    assert all(tree.level(leaf) == 2 for leaf in tree.leaves())
-    assert any(event["kind"] == "grow" for event in tree.events)
+    # GROW fired (PRUNE or MERGE may have taken a path back since: on this tiny embedding a new
+    # branch can take all the data of the old one); every move left full paths of the same depth
+    assert any(event["kind"] == "grow" for event in tree.events), "GROW never fired"
+    assert len(tree.events) >= 2 and all(tree.level(leaf) == 2 for leaf in tree.leaves())
     proba = model.predict_proba(synthetic)
     assert proba.shape == (len(synthetic), len(tree.leaves()))
     restored = load(model.save(tmp_path / "m.pt"))
@@ -207,6 +229,24 @@ def test_stick_lr_factor_sets_how_far_the_sticks_move(synthetic):
     assert torch.allclose(a, torch.ones_like(a), atol=1e-3) and torch.allclose(b, torch.ones_like(b), atol=1e-3)
     a, b = fitted_stick_parameters(None)  # as the nodes: 10x the base rate, the sticks follow the data
     assert (a - 1).abs().max() > 0.1
+
+
+def test_level_concentration_per_level_sets_the_laplace_prior_and_round_trips(synthetic, tmp_path):
+    from pyro_hc.distributions import dirichlet_laplace_approximation
+
+    model = pyro_hc.get_model("hcrl2", depth=3, **TINY, level_concentration=(0.25, 0.5, 4.0))
+    model.fit(synthetic, epochs=1, batch_size=32, progress=False)
+    loc, scale = dirichlet_laplace_approximation(torch.tensor([0.25, 0.5, 4.0]))
+    assert torch.allclose(model.module_.level_prior_loc, loc) and torch.allclose(model.module_.level_prior_scale, scale)
+    assert model.module_.level_prior_loc[2] > model.module_.level_prior_loc[0]  # the leaves favoured
+    restored = load(model.save(tmp_path / "m.pt"))
+    assert torch.allclose(restored.module_.level_prior_loc, loc)
+
+
+@pytest.mark.parametrize("bad", [(1.0, 1.0), (1.0, -1.0, 1.0), 0.0, float("nan")])
+def test_bad_level_concentration_is_rejected(synthetic, bad):
+    with pytest.raises(ValueError, match="level_concentration"):
+        pyro_hc.get_model("hcrl2", depth=3, level_concentration=bad).fit(synthetic, epochs=0, progress=False)
 
 
 def test_bad_configuration_is_rejected(synthetic):
@@ -251,11 +291,13 @@ def kmeans_agglomerative_tree(x, n_clusters):
 def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     """Three coarse clusters of three leaves each; HCRL2 (depth 3) grows its tree from one path.
 
-    Measured on this machine (CPU, 60 epochs): HCRL2 dendrogram purity 0.58, NMI 0.78 against
-    k-means + Ward 0.96 — the paper-faithful GROW from a single path does not reach the baseline
-    on this budget (see the closing note of the nCRP issue). What is asserted is what a broken
-    model, heuristic or metric would lose: a tree whose purity is far above a random assignment
-    to the same leaves, and leaves that carry most of the label information.
+    The data are emitted by the leaves only, so the level prior is leaf-heavy, Dirichlet(0.1, 0.2, 8):
+    with the symmetric Dirichlet(1) the internal nodes act as extra fine clusters and GROW
+    fragments the coarse groups (dendrogram purity 0.47 over seeds 0-2, against 0.73 here).
+    Measured on this machine (CPU, 60 epochs, seed 0): dendrogram purity 0.79, NMI 0.87, against
+    k-means + Ward 0.96 — the paper's GROW / PRUNE / MERGE do not reach the baseline (a leaf that
+    covers two fine clusters is never split; see the closing note of the nCRP issue). What is
+    asserted is what a broken model, heuristic, level prior or metric would lose.
     """
     from pyro_hc.metrics import dendrogram_purity, nmi
 
@@ -265,7 +307,7 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.5, separation=4.0, n_per_leaf=60, seed=0)
     labels = data.y.numpy()
     model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=4, hidden_dims=(64,), pretrain_epochs=30,
-                              lock_epochs=5, stick_concentration=3.0)
+                              lock_epochs=5, stick_concentration=3.0, level_concentration=(0.1, 0.2, 8.0))
     model.fit(data, epochs=60, batch_size=32, seed=0, progress=False)
     assigned = model.predict(data).numpy()
     purity = dendrogram_purity(model.tree, assigned, labels)
@@ -275,6 +317,8 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     baseline = dendrogram_purity(baseline_graph, baseline_leaves, labels)
     print(f"HCRL2 DP {purity:.3f} (random {random_purity:.3f}), k-means+Ward DP {baseline:.3f}, "
           f"NMI {nmi(labels, assigned):.3f}, {model.tree}")
-    assert len(model.tree.leaves()) >= 3
-    assert purity > 3 * random_purity
-    assert nmi(labels, assigned) > 0.6
+    assert len(model.tree.leaves()) >= 6
+    assert purity > 0.65 and purity > 4 * random_purity
+    assert nmi(labels, assigned) > 0.75
+    # the leaves carry the data, not the internal nodes: the leaf-heavy prior took effect
+    assert model.level_responsibilities(data).mean(0)[-1] > 0.9

@@ -65,6 +65,12 @@ def all_reduce_sum_(*tensors: torch.Tensor) -> None:
             offset += tensor.numel()
 
 
+def all_reduce_max_(tensor: torch.Tensor) -> None:
+    """Element-wise maximum of ``tensor`` over all ranks, in place (no-op in a single process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+
+
 def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s parameters and buffers to every rank, in place (no-op in a single process)."""
     if not is_distributed():

@@ -34,6 +34,26 @@ __all__ = ["HCRL1", "HCRL2", "HCRLModule"]
 STICK_EPS = 1e-6
 
 
+def level_alpha(level_concentration: float | Sequence[float], depth: int) -> torch.Tensor:
+    """The level proportions' Dirichlet ``α`` (length ``depth``) from a number (symmetric) or one per level.
+
+    Raises
+    ------
+    ValueError
+        If a value is not positive and finite, or a sequence does not have one value per level.
+    """
+    alpha = torch.as_tensor(level_concentration, dtype=torch.float32)
+    if alpha.dim() == 0:
+        alpha = alpha.expand(depth).clone()
+    if alpha.shape != (depth,):
+        raise ValueError(f"level_concentration needs one value per level ({depth}), got {tuple(alpha.shape)[0]}"
+                         if alpha.dim() == 1 else f"level_concentration must be a number or a sequence, "
+                         f"got shape {tuple(alpha.shape)}")
+    if not bool(torch.isfinite(alpha).all() & (alpha > 0).all()):
+        raise ValueError(f"level_concentration must be positive and finite, got {alpha.tolist()}")
+    return alpha
+
+
 class HCRLModule(NCRPTreeModule):
     """HCRL's generative model and guide over a tree of ``depth`` levels.
 
@@ -67,7 +87,7 @@ class HCRLModule(NCRPTreeModule):
         depth: int,
         capacity: int,
         stick_concentration: float,
-        level_concentration: float,
+        level_concentration: float | Sequence[float],
         per_datum_levels: bool,
     ) -> None:
         super().__init__(depth, capacity)
@@ -84,7 +104,7 @@ class HCRLModule(NCRPTreeModule):
         self.node_scales = PyroParam(torch.ones(capacity, latent_dim), constraints.positive)
         self.stick_a = PyroParam(torch.ones(capacity), constraints.positive)
         self.stick_b = PyroParam(torch.full((capacity,), self.stick_concentration), constraints.positive)
-        prior_loc, prior_scale = dirichlet_laplace_approximation(torch.full((depth,), float(level_concentration)))
+        prior_loc, prior_scale = dirichlet_laplace_approximation(level_alpha(level_concentration, depth))
         self.register_buffer("level_prior_loc", prior_loc)
         self.register_buffer("level_prior_scale", prior_scale)
 
@@ -197,11 +217,11 @@ class HCRLModule(NCRPTreeModule):
 
     @torch.no_grad()
     def _init_node(self, node: int, parent: int, target: torch.Tensor | None) -> None:
-        """A new node starts at the mean and spread of the data its inner path collected (else at
+        """A new node starts on a datum its inner path collected, with that data's spread (else at
         its parent's Gaussian plus a small perturbation), with the prior sticks (Algorithm 1, GROW)."""
         if target is None:
             centre, spread = self.node_locs[parent], self.node_scales[parent]
-        else:  # moment-matched to the data its inner path collected, never wider than the parent
+        else:  # see NCRPTreeModule._grow_target; never wider than the parent
             centre, spread = target[0], torch.minimum(target[1], self.node_scales[parent])
         self.node_locs_unconstrained[node] = centre + 0.1 * spread * torch.randn_like(spread)
         self.node_scales_unconstrained[node] = spread.log()
@@ -229,7 +249,9 @@ class _HCRL(ClusterEstimator):
     stick_concentration:
         γ of the sticks' ``Beta(1, γ)`` prior.
     level_concentration:
-        Symmetric α of the level proportions' Dirichlet prior.
+        α of the level proportions' Dirichlet prior: one number (symmetric) or one per level,
+        root first. On data emitted by the leaves only, a leaf-heavy α (e.g. ``(0.25, 0.5, 4)``)
+        keeps the internal nodes from acting as extra fine clusters.
     grow_every, lock_epochs, prune_threshold, merge_threshold, max_leaves:
         The heuristics' t_grow, t_lock, δ, cosine threshold and an optional cap on leaves.
     node_lr_factor:
@@ -258,7 +280,7 @@ class _HCRL(ClusterEstimator):
         likelihood: str | None = None,
         capacity: int = 128,
         stick_concentration: float = 1.0,
-        level_concentration: float = 1.0,
+        level_concentration: float | Sequence[float] = 1.0,
         grow_every: int = 1,
         lock_epochs: int = 5,
         prune_threshold: float = 0.01,
@@ -301,8 +323,9 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"depth must be >= 2 levels (root and leaves), got {self.depth}")
         if self.capacity < self.depth:
             raise ValueError(f"capacity={self.capacity} cannot hold one path of depth {self.depth}")
-        if self.stick_concentration <= 0 or self.level_concentration <= 0:
-            raise ValueError("stick_concentration and level_concentration must be positive")
+        if self.stick_concentration <= 0:
+            raise ValueError(f"stick_concentration must be positive, got {self.stick_concentration}")
+        level_alpha(self.level_concentration, self.depth)  # raises for a bad value or length
         if self.pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
         if self.node_lr_factor <= 0:
