@@ -45,6 +45,11 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--hidden-dims", default="500,500,2000")
     parser.add_argument("--nll-samples", type=int, default=100)
+    parser.add_argument("--level-concentration", type=float, nargs="+", default=[1.0],
+                        help="HCRL's Dirichlet α on the levels: one number (symmetric) or two (every internal "
+                             "level, then the leaf level)")
+    parser.add_argument("--stick-lr-factor", type=float, default=None,
+                        help="the sticks' learning-rate factor of the nCRP models (default: as the nodes)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay each training step from a CUDA graph (GPU only; see SVIEngine)")
@@ -62,8 +67,16 @@ def main() -> None:
     runs: list[tuple[str, dict]] = []
     for name in args.models.split(","):
         if name in ("vae_ncrp", "hcrl1", "hcrl2"):
-            runs += [(f"{name}-L{d}", dict(name=name, depth=d, pretrain_epochs=args.pretrain_epochs, **shared))
-                     for d in (int(d) for d in args.depths.split(","))]
+            for depth in (int(d) for d in args.depths.split(",")):
+                config = dict(name=name, depth=depth, pretrain_epochs=args.pretrain_epochs,
+                              stick_lr_factor=args.stick_lr_factor, **shared)
+                if name != "vae_ncrp":  # VAE-nCRP has no levels
+                    alpha = args.level_concentration
+                    if len(alpha) not in (1, 2):
+                        parser.error("--level-concentration takes one number or two (internal levels, leaves)")
+                    config["level_concentration"] = (alpha[0] if len(alpha) == 1
+                                                     else (alpha[0],) * (depth - 1) + (alpha[1],))
+                runs.append((f"{name}-L{depth}", config))
         elif name == "vade":
             runs.append((name, dict(name=name, n_clusters=10, pretrain_epochs=args.pretrain_epochs, **shared)))
         else:
@@ -96,7 +109,8 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.machine(),
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
         "budget": {k: getattr(args, k) for k in ("n_train", "n_test", "epochs", "pretrain_epochs", "batch_size",
-                                                  "nll_samples", "latent_dim", "hidden_dims", "cuda_graphs")},
+                                                  "nll_samples", "latent_dim", "hidden_dims", "cuda_graphs",
+                                                  "level_concentration", "stick_lr_factor")},
         "paper_test_nll": {"vae": 230.71, "vade": 217.20, "vae_ncrp-L3": 718.78, "vae_ncrp-L4": 721.00,
                            "hcrl1-L3": 209.59, "hcrl1-L4": 212.31, "hcrl2-L3": 203.24, "hcrl2-L4": 203.91},
         "results": results,
