@@ -142,14 +142,14 @@ class NCRPTreeModule(PyroModule):
         uniform = torch.rand_like(resp).clamp_min(torch.finfo(resp.dtype).tiny)
         scores = resp.clamp_min(torch.finfo(resp.dtype).tiny).log() - torch.log(-torch.log(uniform))
         best, row = scores.max(0)  # K: this batch's draw for every path
-        anchors = (best, z[row])
+        drawn = z[row]
         if self._observed is None or self._observed[-1].shape != stats[-1].shape:
-            self._observed, self._anchors = stats, anchors
+            self._observed, self._anchors = stats, (best, drawn)
         else:
             self._observed = tuple(old + new for old, new in zip(self._observed, stats))
-            old_best, old_z = self._anchors
+            old_best, old_drawn = self._anchors
             take = best > old_best
-            self._anchors = (torch.where(take, best, old_best), torch.where(take[:, None], z[row], old_z))
+            self._anchors = (torch.where(take, best, old_best), torch.where(take[:, None], drawn, old_drawn))
 
     def all_reduce_path_observations(self) -> None:
         """Sum the epoch's per-path embedding statistics over ``torch.distributed`` ranks, and keep
@@ -160,8 +160,8 @@ class NCRPTreeModule(PyroModule):
             best, z = self._anchors
             global_best = best.clone()
             distributed.all_reduce_max_(global_best)
-            z = torch.where((best == global_best)[:, None], z, torch.zeros_like(z))
             winners = (best == global_best).to(z.dtype)
+            z = z * winners[:, None]
             distributed.all_reduce_sum_(z, winners)  # a tie (probability 0) averages the tied draws
             self._anchors = (global_best, z / winners.clamp_min(1)[:, None])
 

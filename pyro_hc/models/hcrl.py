@@ -46,8 +46,7 @@ def level_alpha(level_concentration: float | Sequence[float], depth: int) -> tor
     if alpha.dim() == 0:
         alpha = alpha.expand(depth).clone()
     if alpha.shape != (depth,):
-        raise ValueError(f"level_concentration needs one value per level ({depth}), got {tuple(alpha.shape)[0]}"
-                         if alpha.dim() == 1 else f"level_concentration must be a number or a sequence, "
+        raise ValueError(f"level_concentration must be a number or {depth} values (one per level), "
                          f"got shape {tuple(alpha.shape)}")
     if not bool(torch.isfinite(alpha).all() & (alpha > 0).all()):
         raise ValueError(f"level_concentration must be positive and finite, got {alpha.tolist()}")
@@ -250,7 +249,7 @@ class _HCRL(ClusterEstimator):
         γ of the sticks' ``Beta(1, γ)`` prior.
     level_concentration:
         α of the level proportions' Dirichlet prior: one number (symmetric) or one per level,
-        root first. On data emitted by the leaves only, a leaf-heavy α (e.g. ``(0.25, 0.5, 4)``)
+        root first. On data emitted by the leaves only, a leaf-heavy α (e.g. ``(0.1, 0.2, 8)``)
         keeps the internal nodes from acting as extra fine clusters.
     grow_every, lock_epochs, prune_threshold, merge_threshold, max_leaves:
         The heuristics' t_grow, t_lock, δ, cosine threshold and an optional cap on leaves.
