@@ -201,6 +201,9 @@ class Dataset:
         ``[0, n_classes)``.
     tree : networkx.DiGraph or None
         The ground-truth hierarchy when known (:func:`synthetic_tree`).
+    latent : torch.Tensor or None
+        The true latent point behind each sample when known (:func:`synthetic_tree`), ``N x d``:
+        what a perfect encoder would recover, for oracle baselines.
     """
 
     x: Tensor
@@ -210,6 +213,7 @@ class Dataset:
     image_shape: tuple[int, int, int] | None = None
     n_classes: int | None = None
     tree: nx.DiGraph | None = None
+    latent: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.likelihood = _check_choice(self.likelihood, LIKELIHOODS, "likelihood")
@@ -244,6 +248,14 @@ class Dataset:
                     raise ValueError(
                         f"labels must lie in [0, {self.n_classes}), found range [{y_min}, {y_max}]"
                     )
+        if self.latent is not None:
+            latent = torch.as_tensor(self.latent)
+            if not latent.is_floating_point() or latent.ndim != 2 or latent.shape[0] != n:
+                raise ValueError(
+                    f"latent must be a floating-point ({n}, d) tensor to match x, got dtype {latent.dtype} "
+                    f"and shape {tuple(latent.shape)}"
+                )
+            self.latent = latent
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -272,7 +284,7 @@ class Dataset:
     def subset(self, index: Tensor | np.ndarray | Sequence[int] | slice) -> Dataset:
         """Return the samples selected by ``index`` (integer indices, a boolean mask or a slice).
 
-        Every other field (name, likelihood, n_classes, tree) is kept.
+        Every other field (name, likelihood, n_classes, tree) is kept; ``latent`` is indexed with ``x``.
         """
         if not isinstance(index, slice):
             index = torch.as_tensor(np.asarray(index) if not isinstance(index, Tensor) else index)
@@ -280,16 +292,20 @@ class Dataset:
             if index.dtype != torch.bool:
                 index = index.long()
         y = None if self.y is None else self.y[index]
-        return dataclasses.replace(self, x=self.x[index], y=y)
+        latent = None
+        if self.latent is not None:
+            latent = self.latent[index.to(self.latent.device) if isinstance(index, Tensor) else index]
+        return dataclasses.replace(self, x=self.x[index], y=y, latent=latent)
 
     def to(self, device: str | torch.device) -> Dataset:
-        """Return a copy whose ``x`` and ``y`` live on ``device``.
+        """Return a copy whose ``x``, ``y`` (and ``latent``) live on ``device``.
 
         Move the whole data set once, then index it with :class:`DeviceBatcher` batches, so
         that training never copies data between host and device.
         """
         y = None if self.y is None else self.y.to(device)
-        return dataclasses.replace(self, x=self.x.to(device), y=y)
+        latent = None if self.latent is None else self.latent.to(device)
+        return dataclasses.replace(self, x=self.x.to(device), y=y, latent=latent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -899,7 +915,8 @@ def synthetic_tree(
         ``(branching**depth * n_per_leaf, n_features)`` in shuffled order, ``y`` the leaf label
         ``0 .. n_leaves - 1`` of each point, and ``tree`` a ``networkx.DiGraph`` with root 0,
         node ids in breadth-first order, node attributes ``"mean"`` (list of floats) and
-        ``"level"``, and ``"label"`` on the leaves (numbered left to right).
+        ``"level"``, and ``"label"`` on the leaves (numbered left to right); ``latent`` the
+        ``latent_dim``-dimensional points ``z`` before the decoder (for oracle baselines).
     """
     depth = _check_int(depth, "depth", 1)
     branching = _check_int(branching, "branching", 2)
@@ -962,6 +979,7 @@ def synthetic_tree(
         likelihood="gaussian",
         n_classes=len(leaves),
         tree=tree,
+        latent=torch.as_tensor(z, dtype=torch.float32),
     )
 
 

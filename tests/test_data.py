@@ -556,6 +556,26 @@ def test_synthetic_tree_means_drift_less_with_depth():
             np.testing.assert_allclose(centroid, tree.nodes[node]["mean"], atol=1e-9)
 
 
+def test_synthetic_tree_latent_points_sit_around_their_leaf_means():
+    data = synthetic_tree(depth=2, branching=3, latent_dim=5, noise=0.3, n_per_leaf=40, seed=2)
+    assert data.latent.shape == (9 * 40, 5) and data.latent.dtype == torch.float32
+    tree = data.tree
+    leaf_mean = {tree.nodes[n]["label"]: tree.nodes[n]["mean"] for n in tree if "label" in tree.nodes[n]}
+    offsets = data.latent.numpy() - np.array([leaf_mean[label] for label in data.y.tolist()])
+    # the noise around each point's own leaf mean, not around another's: the rows follow the shuffle
+    assert abs(offsets.std() - 0.3) < 0.02 and np.abs(offsets.mean(0)).max() < 0.05
+    picked = data.subset(torch.tensor([5, 0, 7]))
+    assert torch.equal(picked.latent, data.latent[[5, 0, 7]]) and picked.to("cpu").latent is not None
+    assert torch.equal(data.subset(data.y == 4).latent, data.latent[data.y == 4])
+
+
+def test_dataset_rejects_a_latent_that_does_not_match_x():
+    with pytest.raises(ValueError, match=r"latent must be a floating-point \(3, d\)"):
+        Dataset(x=torch.rand(3, 2), y=None, name="t", likelihood="gaussian", latent=torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="latent must be"):
+        Dataset(x=torch.rand(3, 2), y=None, name="t", likelihood="gaussian", latent=torch.zeros(3, dtype=torch.long))
+
+
 def test_synthetic_tree_is_reproducible():
     a, b = synthetic_tree(seed=5), synthetic_tree(seed=5)
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)

@@ -274,17 +274,24 @@ def test_closed_form_responsibilities_equal_pyro_enumeration_marginals(per_datum
         assert torch.allclose(marginals["level"].probs, module.level_responsibilities(x), atol=1e-5)
 
 
-def kmeans_agglomerative_tree(x, n_clusters):
-    """The baseline: k-means leaves joined bottom-up by Ward linkage of their centres."""
-    import networkx as nx
-    from sklearn.cluster import AgglomerativeClustering, KMeans
+def test_kmeans_ward_tree_recovers_a_clear_hierarchy_from_the_true_latents():
+    from pyro_hc.hierarchy import kmeans_ward_tree
+    from pyro_hc.metrics import dendrogram_purity
 
-    kmeans = KMeans(n_clusters, n_init=10, random_state=0).fit(x)
-    ward = AgglomerativeClustering(n_clusters=1, linkage="ward", compute_full_tree=True).fit(kmeans.cluster_centers_)
-    graph = nx.DiGraph()
-    for i, (a, b) in enumerate(ward.children_):
-        graph.add_edges_from([(n_clusters + i, a), (n_clusters + i, b)])
-    return graph, kmeans.labels_
+    data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.3, separation=6.0, n_per_leaf=30, seed=1)
+    tree, leaves = kmeans_ward_tree(data.latent, 9)
+    assert sorted(tree.leaves()) == list(range(9)) and tree.root == 16
+    assert all(len(tree.children(node)) == 2 for node in tree.internal_nodes())
+    assert dendrogram_purity(tree, leaves, data.y.numpy()) == pytest.approx(1.0)
+    # each coarse group's three fine clusters are exactly the leaves of one subtree
+    label_of_leaf = {leaf: int(np.bincount(data.y.numpy()[leaves == leaf]).argmax()) for leaf in range(9)}
+    subtrees = {frozenset(label_of_leaf[leaf] for leaf in tree.subtree_leaves(node)) for node in tree.internal_nodes()}
+    for group in range(3):  # labels are numbered left to right, three per coarse group
+        assert frozenset(range(3 * group, 3 * group + 3)) in subtrees
+    with pytest.raises(ValueError, match="n_clusters"):
+        kmeans_ward_tree(data.latent, 1)
+    with pytest.raises(ValueError, match="finite"):
+        kmeans_ward_tree(torch.full((4, 2), float("nan")), 2)
 
 
 @pytest.mark.slow
@@ -299,6 +306,7 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     covers two fine clusters is never split; see the closing note of the nCRP issue). What is
     asserted is what a broken model, heuristic, level prior or metric would lose.
     """
+    from pyro_hc.hierarchy import kmeans_ward_tree
     from pyro_hc.metrics import dendrogram_purity, nmi
 
     # tiny networks: a second intra-op thread only adds synchronisation (and stalls badly when
@@ -313,8 +321,8 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     purity = dendrogram_purity(model.tree, assigned, labels)
     random_assignment = np.random.RandomState(0).choice(model.tree.leaves(), size=len(labels))
     random_purity = dendrogram_purity(model.tree, random_assignment, labels)
-    baseline_graph, baseline_leaves = kmeans_agglomerative_tree(data.flat().numpy(), data.n_classes)
-    baseline = dendrogram_purity(baseline_graph, baseline_leaves, labels)
+    baseline_tree, baseline_leaves = kmeans_ward_tree(data.flat(), data.n_classes)
+    baseline = dendrogram_purity(baseline_tree, baseline_leaves, labels)
     print(f"HCRL2 DP {purity:.3f} (random {random_purity:.3f}), k-means+Ward DP {baseline:.3f}, "
           f"NMI {nmi(labels, assigned):.3f}, {model.tree}")
     assert len(model.tree.leaves()) >= 6
