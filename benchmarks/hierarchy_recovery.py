@@ -2,7 +2,7 @@
 
 Three coarse clusters of three fine clusters each (``synthetic_tree(depth=2, branching=3)``),
 drawn at several noise levels and mapped to 50 features by the data set's fixed random decoder.
-Each model grows or fits its own tree on the raw features; the table reports the dendrogram
+Each tree model (HCRL2, HCRL1, VAE-nCRP, DeepECT) grows its own tree on the raw features; the table reports the dendrogram
 purity of its tree against the true leaf labels (and NMI, number of leaves), averaged over
 seeds. The baselines are the pipeline the HCRL paper argues against (its Table 2 compares
 HKM, and VaDE + HKM): k-means into the true number of leaves, then Ward linkage of the
@@ -37,12 +37,18 @@ import pyro_hc
 from pyro_hc.hierarchy import kmeans_ward_tree
 from pyro_hc.metrics import dendrogram_purity, nmi
 
+#: the true tree: 3 coarse clusters of 3 fine clusters
+DATA_DEPTH, BRANCHING = 2, 3
 #: the leaf-heavy level prior of the recovery test: synthetic_tree emits from its leaves only
 LEAF_HEAVY = (0.1, 0.2, 8.0)
 
 
-def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int) -> dict[str, dict]:
-    """The tree models, one configuration each (depth 3: root, coarse, fine)."""
+def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int, n_leaves: int) -> dict[str, dict]:
+    """The tree models, one configuration each (nCRP depth 3: root, coarse, fine).
+
+    DeepECT may grow to twice the true number of leaves (its paper allows 20 for 10 classes), one
+    split every 40 steps, with the learning rate of a small network.
+    """
     shared = dict(latent_dim=latent_dim, hidden_dims=hidden, pretrain_epochs=pretrain_epochs)
     ncrp = dict(depth=3, lock_epochs=5, stick_concentration=3.0, **shared)
     return {
@@ -50,6 +56,8 @@ def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int
         "hcrl2 (symmetric α=1)": dict(name="hcrl2", level_concentration=1.0, **ncrp),
         "hcrl1": dict(name="hcrl1", level_concentration=LEAF_HEAVY, **ncrp),
         "vae_ncrp": dict(name="vae_ncrp", depth=3, **shared),
+        "deepect": dict(name="deepect", max_leaves=2 * n_leaves, grow_interval=40, lr=1e-3, pretrain_lr=1e-3,
+                        **shared),
     }
 
 
@@ -60,7 +68,7 @@ def main() -> None:
     parser.add_argument("--separation", type=float, default=4.0, help="root-to-coarse distance; halves below")
     parser.add_argument("--n-per-leaf", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=3, help="model seeds 0 .. seeds-1 (the data seed is 0)")
-    parser.add_argument("--models", default="hcrl2,hcrl2 (symmetric α=1),hcrl1,vae_ncrp,vade+ward",
+    parser.add_argument("--models", default="hcrl2,hcrl2 (symmetric α=1),hcrl1,vae_ncrp,deepect,vade+ward",
                         help="comma-separated subset of the default")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--pretrain-epochs", type=int, default=30)
@@ -73,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     hidden = tuple(int(h) for h in args.hidden_dims.split(","))
-    configs = model_configs(hidden, args.latent_dim, args.pretrain_epochs)
+    configs = model_configs(hidden, args.latent_dim, args.pretrain_epochs, n_leaves=BRANCHING**DATA_DEPTH)
     names = [name.strip() for name in args.models.split(",")]
     unknown = sorted(set(names) - set(configs) - {"vade+ward"})
     if unknown:
@@ -81,7 +89,7 @@ def main() -> None:
 
     rows = []
     for noise in args.noise:
-        data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=noise, separation=args.separation,
+        data = pyro_hc.synthetic_tree(depth=DATA_DEPTH, branching=BRANCHING, noise=noise, separation=args.separation,
                                       n_per_leaf=args.n_per_leaf, seed=0)
         labels = data.y.numpy()
 
