@@ -284,15 +284,25 @@ class ClusterEstimator:
 
 
 def evaluate(model: ClusterEstimator, dataset: Dataset) -> dict[str, float]:
-    """ACC, NMI, ARI, dendrogram purity and leaf purity of a fitted model's leaf assignments."""
+    """ACC, NMI, ARI, dendrogram purity, leaf purity and F-score of a fitted model's leaf assignments.
+
+    ``f_score`` matches the classes with the tree's nodes (:func:`~pyro_hc.metrics.hierarchical_f_score`);
+    for a data set with a known hierarchy (``dataset.tree``, e.g. :func:`~pyro_hc.data.synthetic_tree`)
+    ``hierarchical_f_score`` matches every node of that hierarchy too.
+    """
     if dataset.y is None:
         raise ValueError(f"data set {dataset.name!r} has no labels; evaluate needs ground-truth classes")
     assigned = model.predict(dataset).numpy()
     labels = dataset.y.cpu().numpy()
-    return {
+    scores = {
         "acc": metrics.cluster_acc(labels, assigned),
         "nmi": metrics.nmi(labels, assigned),
         "ari": metrics.ari(labels, assigned),
         "dendrogram_purity": metrics.dendrogram_purity(model.tree, assigned, labels),
         "leaf_purity": metrics.leaf_purity(model.tree, assigned, labels),
+        "f_score": metrics.hierarchical_f_score(model.tree, assigned, labels),
     }
+    if dataset.tree is not None:
+        scores["hierarchical_f_score"] = metrics.hierarchical_f_score(model.tree, assigned, labels,
+                                                                      label_tree=dataset.tree)
+    return scores

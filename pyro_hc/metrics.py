@@ -1,4 +1,4 @@
-"""Clustering metrics: flat (accuracy, NMI, ARI) and hierarchical (dendrogram and leaf purity).
+"""Clustering metrics: flat (accuracy, NMI, ARI) and hierarchical (dendrogram and leaf purity, F-score).
 
 Every function is pure and depends only on numpy, scipy, scikit-learn and networkx, so the
 module can be used on its own. Hierarchical metrics take the tree either as a
@@ -27,6 +27,7 @@ __all__ = [
     "ari",
     "dendrogram_purity",
     "leaf_purity",
+    "hierarchical_f_score",
 ]
 
 
@@ -173,6 +174,18 @@ def _node_class_counts(tree: Any, assignments: Any, labels: Any) -> tuple[np.nda
     return parent_index, node_counts.astype(np.int64)
 
 
+def _subtree_counts(parent_index: np.ndarray, node_counts: np.ndarray) -> np.ndarray:
+    """Class counts of every node's whole subtree, ``[n_nodes, n_classes]``.
+
+    One pass over the nodes children-first (reverse topological order); index 0 is the root,
+    which has no parent to pass its counts to.
+    """
+    subtree_counts = node_counts.copy()
+    for node in range(node_counts.shape[0] - 1, 0, -1):
+        subtree_counts[parent_index[node]] += subtree_counts[node]
+    return subtree_counts
+
+
 # ---------------------------------------------------------------------------------------------
 # flat metrics
 # ---------------------------------------------------------------------------------------------
@@ -309,13 +322,7 @@ def dendrogram_purity(tree: Any, assignments: Any, labels: Any) -> float:
         share a class, where it is undefined.
     """
     parent_index, node_counts = _node_class_counts(tree, assignments, labels)
-    n_nodes = node_counts.shape[0]
-
-    # Subtree class counts: one pass over the nodes children-first (reverse topological order);
-    # index 0 is the root, which has no parent to pass its counts to.
-    subtree_counts = node_counts.copy()
-    for node in range(n_nodes - 1, 0, -1):
-        subtree_counts[parent_index[node]] += subtree_counts[node]
+    subtree_counts = _subtree_counts(parent_index, node_counts)
 
     same_class_pairs = subtree_counts * (subtree_counts - 1) // 2  # [n_nodes, n_classes]
     child_pairs = np.zeros_like(same_class_pairs)
@@ -366,3 +373,86 @@ def leaf_purity(tree: Any, assignments: Any, labels: Any) -> float:
     """
     _, node_counts = _node_class_counts(tree, assignments, labels)
     return float(node_counts.max(axis=1).sum() / node_counts.sum())
+
+
+def _true_clusters(label_tree: Any, classes: np.ndarray) -> np.ndarray:
+    """``[n_clusters, n_classes]`` 0/1 membership of the classes in every non-root node of ``label_tree``.
+
+    Its leaves carry the class in their ``"label"`` attribute (as :func:`pyro_hc.data.synthetic_tree`'s
+    tree does); a node's cluster is the set of classes on the leaves below it.
+    """
+    graph = _as_digraph(label_tree)
+    label_of = {node: graph.nodes[node].get("label") for node in graph if graph.out_degree(node) == 0}
+    missing = sorted(node for node, label in label_of.items() if label is None)
+    if missing:
+        raise ValueError(f"label_tree's leaves must carry a 'label' attribute; missing on {missing[:10]}")
+    column = {int(label): index for index, label in enumerate(classes)}
+    on_tree = {int(label) for label in label_of.values()}
+    absent = sorted(set(column) - on_tree)
+    if absent:
+        raise ValueError(f"labels {absent[:10]} are not on any leaf of label_tree")
+    (root,) = [node for node, degree in graph.in_degree() if degree == 0]
+    clusters = [node for node in nx.topological_sort(graph) if node != root]
+    membership = np.zeros((len(clusters), len(classes)), dtype=np.int64)
+    for row, node in enumerate(clusters):
+        below = [node] if graph.out_degree(node) == 0 else nx.descendants(graph, node)
+        for leaf in below:
+            if leaf in label_of and int(label_of[leaf]) in column:
+                membership[row, column[int(label_of[leaf])]] = 1
+    return membership
+
+
+def hierarchical_f_score(tree: Any, assignments: Any, labels: Any, label_tree: Any | None = None) -> float:
+    r"""Micro-averaged F-score of a cluster tree against ground-truth clusters (Larsen & Aone 1999).
+
+    Each ground-truth cluster :math:`c` is matched with the node :math:`v` of ``tree`` whose
+    subtree fits it best,
+
+    .. math::
+
+        F(c) = \max_v \frac{2\, n_c(v)}{n_c + n(v)},
+        \qquad
+        F = \frac{\sum_c n_c\, F(c)}{\sum_c n_c},
+
+    the harmonic mean of precision :math:`n_c(v) / n(v)` and recall :math:`n_c(v) / n_c`, where
+    :math:`n(v)` counts the points in :math:`v`'s subtree (points on :math:`v` itself included)
+    and :math:`n_c(v)` those of cluster :math:`c`; clusters are weighted by their size. This is
+    the hierarchical clustering accuracy of HCRL's Table 2, which follows Xie, Girshick & Farhadi.
+
+    The ground-truth clusters are the classes of ``labels``, or, with ``label_tree``, every
+    non-root node of the true hierarchy (the classes on the leaves below it): a tree then scores
+    1 only if it also recovers the coarse groups. The true root (all the data) is left out; it
+    would match any tree's root perfectly.
+
+    Parameters
+    ----------
+    tree : networkx.DiGraph or object with a ``.graph`` DiGraph
+        Rooted tree with edges parent -> child.
+    assignments : array-like of int, shape (N,)
+        Node id each point is assigned to.
+    labels : array-like of int, shape (N,)
+        Ground-truth class of each point.
+    label_tree : networkx.DiGraph or object with a ``.graph`` DiGraph, optional
+        The true hierarchy over the classes; its leaves carry the class in a ``"label"``
+        attribute (``synthetic_tree(...).tree``).
+
+    Returns
+    -------
+    float
+        In (0, 1]; 1 for a tree that has a node holding exactly each true cluster.
+
+    Raises
+    ------
+    ValueError
+        Besides the inputs' checks: a label on no leaf of ``label_tree``, or a leaf without one.
+    """
+    parent_index, node_counts = _node_class_counts(tree, assignments, labels)
+    subtree_counts = _subtree_counts(parent_index, node_counts).astype(np.float64)  # [V, K]
+    classes = np.unique(_as_int_array(labels, "labels"))
+    membership = (np.eye(len(classes), dtype=np.int64) if label_tree is None
+                  else _true_clusters(label_tree, classes)).astype(np.float64)  # [C, K]
+    in_both = subtree_counts @ membership.T  # n_c(v), [V, C]
+    node_sizes = subtree_counts.sum(1, keepdims=True)  # n(v)
+    cluster_sizes = node_counts.sum(0) @ membership.T  # n_c
+    best = (2 * in_both / (cluster_sizes[None, :] + node_sizes)).max(0)
+    return float((cluster_sizes * best).sum() / cluster_sizes.sum())

@@ -63,7 +63,8 @@ IMAGE_MODES = ("auto", "decoded", "mean", "members", "none")
 #: node colour by level in the embedding plot (HCRL Fig. 6: red root, green internal, blue leaves)
 LEVEL_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
 #: history keys :func:`plot_history` draws as metrics unless told otherwise (``metrics=``)
-KNOWN_METRICS = ("acc", "nmi", "ari", "dendrogram_purity", "leaf_purity", "purity", "nll", "reconstruction_error")
+KNOWN_METRICS = ("acc", "nmi", "ari", "dendrogram_purity", "leaf_purity", "f_score", "hierarchical_f_score", "purity",
+                 "nll", "reconstruction_error")
 _EVENT_COLOURS = {"grow": "tab:green", "prune": "tab:red", "merge": "tab:purple", "split": "tab:blue"}
 _LEVEL_SPACING = 1.7  # vertical distance between levels, in units of the distance between leaves
 

@@ -203,6 +203,9 @@ def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
     assert len(tree.events) >= 2 and all(tree.level(leaf) == 2 for leaf in tree.leaves())
     proba = model.predict_proba(synthetic)
     assert proba.shape == (len(synthetic), len(tree.leaves()))
+    scores = pyro_hc.evaluate(model, synthetic)  # synthetic_tree knows its hierarchy: the F-score reads it
+    assert set(scores) == {"acc", "nmi", "ari", "dendrogram_purity", "leaf_purity", "f_score", "hierarchical_f_score"}
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
     restored = load(model.save(tmp_path / "m.pt"))
     assert restored.tree.to_json() == tree.to_json()
     assert torch.allclose(restored.predict_proba(synthetic), proba, atol=1e-6)

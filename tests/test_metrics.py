@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_hc.metrics import ari, cluster_acc, dendrogram_purity, leaf_purity, nmi
+from pyro_hc.metrics import ari, cluster_acc, dendrogram_purity, hierarchical_f_score, leaf_purity, nmi
 
 # ---------------------------------------------------------------------------------------------
 # helpers: random trees and brute-force reference implementations
@@ -286,7 +286,7 @@ def test_flat_metric_errors(metric):
         metric(["a", "b"], [0, 1])
 
 
-@pytest.mark.parametrize("metric", [dendrogram_purity, leaf_purity])
+@pytest.mark.parametrize("metric", [dendrogram_purity, leaf_purity, hierarchical_f_score])
 def test_hierarchical_metric_errors(metric):
     with pytest.raises(ValueError, match="differ in length"):
         metric(HAND_TREE, [3, 4], [0])
@@ -316,3 +316,70 @@ def test_hierarchical_metric_errors(metric):
         metric(nx.Graph([(0, 1)]), [0, 1], [0, 0])
     with pytest.raises(TypeError, match="DiGraph"):
         metric(object(), [0, 1], [0, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# hierarchical F-score
+# ---------------------------------------------------------------------------------------------
+
+
+def brute_force_f_score(tree: nx.DiGraph, assignments, labels, clusters: dict) -> float:
+    """Reference: explicit subtree point sets; ``clusters`` maps a cluster name to its set of classes."""
+    assignments, labels = np.asarray(assignments), np.asarray(labels)
+    total = weighted = 0.0
+    for classes in clusters.values():
+        members = np.isin(labels, list(classes))
+        size = members.sum()
+        best = 0.0
+        for node in tree:
+            inside = np.isin(assignments, list(nx.descendants(tree, node) | {node}))
+            best = max(best, 2 * (inside & members).sum() / (size + inside.sum()))
+        total, weighted = total + size, weighted + size * best
+    return weighted / total
+
+
+def test_hierarchical_f_score_hand_example():
+    # Subtree counts (a, b): node 3 (2, 0), node 4 (1, 1), node 1 (3, 2), node 2 (0, 2), root (3, 4).
+    # a (3 points): best node 3, 2*2/(3+2) = 0.8.  b (4 points): best the root, 2*4/(4+7) = 8/11.
+    # F = (3 * 0.8 + 4 * 8/11) / 7 = 58.4 / 77
+    assert hierarchical_f_score(HAND_TREE, HAND_ASSIGNMENTS, HAND_LABELS) == pytest.approx(58.4 / 77)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_hierarchical_f_score_matches_brute_force_on_random_trees(seed):
+    rng = np.random.default_rng(seed)
+    tree = random_rooted_tree(rng, int(rng.integers(1, 12)))
+    assignments = rng.choice(np.array(list(tree.nodes)), size=int(rng.integers(1, 30)))
+    labels = rng.integers(0, 4, size=assignments.size) * 5 + 2  # arbitrary class values
+    classes = {int(c): {int(c)} for c in np.unique(labels)}
+    expected = brute_force_f_score(tree, assignments, labels, classes)
+    assert hierarchical_f_score(tree, assignments, labels) == pytest.approx(expected)
+    # a two-level truth over the same classes: each class, and classes grouped by value mod 2
+    label_tree = nx.DiGraph()
+    for c in sorted(classes):
+        label_tree.add_edge("root", f"group{c % 2}")
+        label_tree.add_edge(f"group{c % 2}", f"class{c}")
+        label_tree.nodes[f"class{c}"]["label"] = c
+    groups = {f"group{g}": {c for c in classes if c % 2 == g} for g in (0, 1) if any(c % 2 == g for c in classes)}
+    expected = brute_force_f_score(tree, assignments, labels, {**classes, **groups})
+    assert hierarchical_f_score(tree, assignments, labels, label_tree=label_tree) == pytest.approx(expected)
+
+
+def test_hierarchical_f_score_needs_the_coarse_groups_too():
+    import pyro_hc
+
+    data = pyro_hc.synthetic_tree(depth=2, branching=3, n_per_leaf=10, seed=0)
+    labels, truth = data.y.numpy(), data.tree
+    leaf_of_label = {truth.nodes[n]["label"]: n for n in truth if "label" in truth.nodes[n]}
+    on_true_leaves = np.array([leaf_of_label[label] for label in labels])
+    assert hierarchical_f_score(truth, on_true_leaves, labels, label_tree=truth) == pytest.approx(1.0)
+    # a flat tree with perfect leaves: every class matched, every coarse group only at F = 1/2
+    # (its root: precision 1/3, recall 1; a leaf: precision 1, recall 1/3) -> (9 * 1 + 9 * 0.5) / 18
+    star = nx.DiGraph([(100, label) for label in range(9)])
+    assert hierarchical_f_score(star, labels, labels) == pytest.approx(1.0)
+    assert hierarchical_f_score(star, labels, labels, label_tree=truth) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match=r"labels \[9\] are not on any leaf"):
+        hierarchical_f_score(star, np.r_[labels, 0], np.r_[labels, 9], label_tree=truth)
+    unlabelled = nx.DiGraph([(0, 1), (0, 2)])
+    with pytest.raises(ValueError, match="'label' attribute"):
+        hierarchical_f_score(star, labels[:2], [0, 0], label_tree=unlabelled)
