@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--n", type=int, default=None, help="a seeded subset of this many images (default: all)")
-    parser.add_argument("--backbone", default="resnet18", choices=pyro_hc.models.cohiclust.BACKBONES)
+    parser.add_argument("--backbone", default="resnet18", choices=pyro_hc.nn.BACKBONES)
     parser.add_argument("--depth", type=int, default=4, help="T: the tree starts with 2^T leaves")
     parser.add_argument("--n-leaves", type=int, default=10, help="leaves left after pruning")
     parser.add_argument("--pretrain-epochs", type=int, default=200, help="SimCLR epochs (R2 alone)")

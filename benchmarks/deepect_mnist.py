@@ -40,7 +40,8 @@ import pyro_hc
 import pyro_hc.models.deepect  # noqa: F401  (registers "deepect")
 from pyro_hc import metrics
 from pyro_hc.infer import Callback
-from pyro_hc.models.deepect import DeepECT, bisecting_kmeans_tree, flat_assignments
+from pyro_hc.baselines import bisecting_kmeans_tree
+from pyro_hc.models.deepect import DeepECT, flat_assignments
 
 PAPER = {
     "mnist": {"deepect": {"dp": 0.82, "lp": 0.93, "nmi": 0.83, "acc": 0.85},

@@ -34,7 +34,7 @@ import pyro
 import torch
 
 import pyro_hc
-from pyro_hc.hierarchy import kmeans_ward_tree
+from pyro_hc.baselines import kmeans_ward_tree
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
 
 #: the true tree: 3 coarse clusters of 3 fine clusters

@@ -7,8 +7,7 @@ pairs, ``d(A, B) = (1 / Z) Σ_{a ∈ A} Σ_{b ∈ B} d(a, b)`` (the matrices of 
 for any model's tree: they need the tree and the node each point is assigned to (what
 ``model.predict`` returns), nothing else.
 
-It also builds the two-stage baseline hierarchy that tree models are measured against
-(:func:`kmeans_ward_tree`): flat k-means, then Ward linkage over the centroids.
+The two-stage baseline trees that tree models are measured against live in :mod:`pyro_hc.baselines`.
 
 Like :mod:`pyro_hc.metrics`, this module imports no model and no engine.
 """
@@ -17,12 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from .tree import ClusterTree
 
-__all__ = ["hierarchy_distance", "class_distance_matrix", "node_distance_matrix", "kmeans_ward_tree"]
+__all__ = ["hierarchy_distance", "class_distance_matrix", "node_distance_matrix"]
 
 
 def _as_nodes(values: Any, name: str) -> np.ndarray:
@@ -126,45 +124,3 @@ def class_distance_matrix(tree: ClusterTree, leaves: Any, labels: Any) -> np.nda
     pairs = np.outer(sizes, sizes) - np.diag(sizes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(pairs > 0, totals / np.where(pairs > 0, pairs, 1.0), np.nan)
-
-
-def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTree, np.ndarray]:
-    """The two-stage baseline hierarchy: k-means into ``n_clusters`` leaves, then Ward linkage of the centroids.
-
-    The pipeline the HCRL paper argues against (clustering first, hierarchy after, no
-    representation learning), used by the hierarchy-recovery test and benchmark. Given the true
-    number of leaves it is an oracle on ``k``.
-
-    Parameters
-    ----------
-    x : array-like
-        ``[N, D]`` points (raw data, an embedding, or a data set's true ``latent``).
-    n_clusters : int
-        Number of k-means clusters, the leaves of the tree (>= 2, at most ``N``).
-    seed : int
-        k-means' ``random_state`` (10 restarts).
-
-    Returns
-    -------
-    tree : ClusterTree
-        A binary tree: leaves ``0 .. n_clusters - 1`` are the k-means clusters, the merge ``i`` of
-        the linkage is node ``n_clusters + i``, and the root is ``2 n_clusters - 2``.
-    leaves : numpy.ndarray
-        ``[N]`` the leaf of each point.
-    """
-    from sklearn.cluster import AgglomerativeClustering, KMeans
-
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or not np.all(np.isfinite(x)):
-        raise ValueError(f"x must be a finite [N, D] array, got shape {x.shape}")
-    if not isinstance(n_clusters, (int, np.integer)) or not 2 <= n_clusters <= x.shape[0]:
-        raise ValueError(f"n_clusters must be an integer in [2, {x.shape[0]}], got {n_clusters!r}")
-    kmeans = KMeans(int(n_clusters), n_init=10, random_state=seed).fit(x)
-    ward = AgglomerativeClustering(n_clusters=1, linkage="ward", compute_full_tree=True).fit(kmeans.cluster_centers_)
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range(n_clusters))
-    for merge, (a, b) in enumerate(ward.children_):
-        graph.add_edges_from([(n_clusters + merge, int(a)), (n_clusters + merge, int(b))])
-    return ClusterTree.from_graph(graph), kmeans.labels_.astype(np.int64)

@@ -20,9 +20,10 @@ from pyro_hc.hierarchy import class_distance_matrix, hierarchy_distance, node_di
 from pyro_hc.infer import FitState, local_params
 from pyro_hc.metrics import cluster_acc, nmi
 from pyro_hc.models.cohiclust import (
-    BatchAugment, CoHiClust, CoHiClustModule, SimCLRPretraining, balance_loss, cohi_loss, complete_binary_tree,
-    heap_ancestors, level_probs, make_backbone, node_log_probs, nt_xent, routing_masks,
+    CoHiClust, CoHiClustModule, SimCLRPretraining, balance_loss, cohi_loss, complete_binary_tree, heap_ancestors,
+    level_probs, node_log_probs, nt_xent, routing_masks,
 )
+from pyro_hc.nn import BatchAugment, make_backbone
 
 sigmoid = torch.sigmoid
 

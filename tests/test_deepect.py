@@ -20,9 +20,9 @@ from pyro_hc.estimator import NotFittedError
 from pyro_hc.heuristics import DeepECTHeuristics
 from pyro_hc.infer import Callback, FitState, SVIEngine, local_params
 from pyro_hc.models import get_model, load
-from pyro_hc.models.deepect import (
-    DeepECTModule, affine_images, bisecting_kmeans_tree, flat_assignments, flat_nodes, random_affine,
-)
+from pyro_hc.baselines import bisecting_kmeans_tree
+from pyro_hc.models.deepect import DeepECTModule, flat_assignments, flat_nodes
+from pyro_hc.nn import affine_images, random_affine
 
 TINY = dict(hidden_dims=(16,), latent_dim=3, batch_size=32, lr=1e-3, pretrain_lr=1e-3)
 

@@ -11,7 +11,7 @@ from pyro.nn import PyroModule, PyroParam
 from pyro_hc.infer import (
     Callback, CheckpointEvery, NonFiniteLossError, SVIEngine, load_checkpoint, local_params, resolve_device,
 )
-from pyro_hc.models.networks import data_plate
+from pyro_hc.models._plate import data_plate
 from pyro_hc.tree import ClusterTree
 
 

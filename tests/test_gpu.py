@@ -39,9 +39,8 @@ def test_cuda_graph_step_matches_the_eager_step():
     """A deterministic module (an autoencoder without corruption) trains to the same parameters
     whether each step is replayed from a CUDA graph or run eagerly; a last, smaller batch runs eagerly."""
     from pyro_hc.infer import SVIEngine, local_params
-    from pyro_hc.models.networks import Decoder
+    from pyro_hc.nn import Decoder, NormalEncoder
     from pyro_hc.models.pretrain import AutoencoderPretraining
-    from pyro_hc.guides.encoders import NormalEncoder
 
     torch.manual_seed(0)
     x = torch.rand(300, 20, device="cuda").bernoulli()

@@ -278,7 +278,7 @@ def test_closed_form_responsibilities_equal_pyro_enumeration_marginals(per_datum
 
 
 def test_kmeans_ward_tree_recovers_a_clear_hierarchy_from_the_true_latents():
-    from pyro_hc.hierarchy import kmeans_ward_tree
+    from pyro_hc.baselines import kmeans_ward_tree
     from pyro_hc.metrics import dendrogram_purity
 
     data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.3, separation=6.0, n_per_leaf=30, seed=1)
@@ -310,7 +310,7 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     at three noise levels, with an oracle that clusters the true latents). What is asserted is
     what a broken model, heuristic, level prior or metric would lose.
     """
-    from pyro_hc.hierarchy import kmeans_ward_tree
+    from pyro_hc.baselines import kmeans_ward_tree
     from pyro_hc.metrics import dendrogram_purity, nmi
 
     # tiny networks: a second intra-op thread only adds synchronisation (and stalls badly when

@@ -16,7 +16,7 @@ from pyro.nn import PyroModule, PyroParam
 
 from pyro_hc.heuristics import NCRPHeuristics, NCRPTreeModel
 from pyro_hc.infer import FitState, SVIEngine, local_params
-from pyro_hc.models.networks import data_plate
+from pyro_hc.models._plate import data_plate
 from pyro_hc.tree import ClusterTree
 
 

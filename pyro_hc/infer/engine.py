@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pyro
 import torch
 from pyro.infer import ELBO
 from pyro.optim.clipped_adam import ClippedAdam

@@ -41,17 +41,13 @@ from ..heuristics.cohiclust import LeafPruning
 from ..infer import Callback, FitState, distributed
 from ..tree import ClusterTree
 from ._registry import register_model
-from .networks import data_plate
+from ..nn import AUGMENTATIONS, BACKBONES, BatchAugment, make_backbone, make_head
+from ._plate import data_plate
 
 __all__ = [
-    "CoHiClust", "CoHiClustModule", "SimCLRPretraining", "BatchAugment", "SmallCNN", "BatchNormStatsSync",
-    "BACKBONES", "AUGMENTATIONS", "complete_binary_tree", "heap_ancestors", "routing_masks",
+    "CoHiClust", "CoHiClustModule", "SimCLRPretraining", "BatchNormStatsSync", "complete_binary_tree", "heap_ancestors", "routing_masks",
     "node_log_probs", "level_probs", "cohi_loss", "balance_loss", "nt_xent",
 ]
-
-BACKBONES = ("resnet18", "resnet34", "resnet50", "small_cnn")
-AUGMENTATIONS = ("digits", "simclr", "none")
-HEADS = ("linear", "mlp", "identity")
 
 
 # the tree: heap ids, ancestors, routing ----------------------------------------------------------
@@ -191,180 +187,6 @@ def nt_xent(z: torch.Tensor, z_tilde: torch.Tensor, temperature: float) -> torch
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -math.inf)
     twin = torch.arange(2 * n, device=z.device).add(n).remainder(2 * n)  # j <-> j + n
     return F.cross_entropy(logits, twin)
-
-
-# networks ------------------------------------------------------------------------------------------
-
-
-class SmallCNN(nn.Module):
-    """A three-layer convolutional backbone for fast tests: 32-64-128 channels, global average pooling."""
-
-    def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128)) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for i, width in enumerate(widths):
-            layers += [nn.Conv2d(channels, width, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-            channels = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.net = nn.Sequential(*layers)
-        self.out_features = channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def make_backbone(name: str, image_shape: Sequence[int]) -> tuple[nn.Module, int]:
-    """``g``: a torchvision ResNet without its classifier, or :class:`SmallCNN`; returns it and ``N``.
-
-    For inputs of at most 32 × 32 pixels the ResNet stem is a 3 × 3 convolution with stride 1 and no
-    max-pool (the usual CIFAR variant); grayscale images get a one-channel stem.
-    """
-    channels, height, width = image_shape
-    if name == "small_cnn":
-        net = SmallCNN(channels)
-        return net, net.out_features
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
-    import torchvision
-
-    net = getattr(torchvision.models, name)(weights=None)
-    if min(height, width) <= 32:
-        net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    elif channels != 3:
-        net.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    out_features = net.fc.in_features
-    net.fc = nn.Identity()
-    return net, out_features
-
-
-def make_head(kind: str, in_features: int, out_features: int, hidden: int) -> nn.Module:
-    """``"linear"``: one layer; ``"mlp"``: ``in → hidden → out`` with a ReLU; ``"identity"``: nothing."""
-    if kind == "linear":
-        return nn.Linear(in_features, out_features)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
-    if kind == "identity":
-        return nn.Identity()
-    raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
-
-
-# augmentations -------------------------------------------------------------------------------------
-
-
-class BatchAugment(nn.Module):
-    """Random views of a whole batch on its own device, every image with its own random parameters.
-
-    ``torchvision.transforms.v2`` draws one set of parameters per call, so a batch tensor would get
-    the same crop and colour change for every image; contrastive learning needs each view to differ.
-    Here the geometric part is one per-image affine map applied by ``F.affine_grid`` /
-    ``F.grid_sample`` (bilinear, zero padding), the photometric part per-image factors broadcast over
-    the batch, and the grey conversion is torchvision's ``v2.functional.rgb_to_grayscale``.
-
-    ``kind="simclr"`` (SimCLR's set, Chen et al. 2020, as used by CC and CoHiClust for colour
-    images): random resized crop (area ``crop_scale``, aspect ratio 3/4–4/3), horizontal flip
-    (p = ½), colour jitter (brightness, contrast, saturation 0.4, hue 0.1; p = 0.8, applied in that
-    fixed order; the hue shift is a rotation of the chroma plane in YIQ space) and grey scale
-    (p = 0.2). One-channel images get the crop, flip, brightness and contrast only.
-
-    ``kind="digits"``: random resized crop (area ``crop_scale``) composed with a rotation of up to
-    ``rotation`` degrees and a shear of up to ``shear``; no flip (digits are not mirror-symmetric)
-    and no colour change.
-
-    ``kind="none"``: the identity (two "views" are the same image).
-    """
-
-    def __init__(self, kind: str, crop_scale: tuple[float, float] = (0.08, 1.0), rotation: float = 15.0,
-                 shear: float = 0.15) -> None:
-        super().__init__()
-        if kind not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTATIONS}")
-        low, high = (float(s) for s in crop_scale)
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
-        self.kind = kind
-        self.crop_scale = (low, high)
-        self.rotation = float(rotation)
-        self.shear = float(shear)
-        # RGB <-> YIQ for the hue shift, kept on the module's device (no host copy inside a step)
-        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-        self.register_buffer("to_yiq", to_yiq, persistent=False)
-        self.register_buffer("from_yiq", torch.linalg.inv(to_yiq), persistent=False)
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, crop_scale={self.crop_scale}, rotation={self.rotation}, shear={self.shear}"
-
-    @staticmethod
-    def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
-        return torch.empty(n, device=like.device, dtype=like.dtype).uniform_(low, high)
-
-    def _geometry(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        scale = self._uniform(n, *self.crop_scale, x)
-        log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3), x)
-        width = torch.sqrt(scale * log_ratio.exp()).clamp(max=1.0)  # crop size as a fraction of the side
-        height = torch.sqrt(scale / log_ratio.exp()).clamp(max=1.0)
-        shift_x = self._uniform(n, -1.0, 1.0, x) * (1 - width)  # the crop stays inside the image
-        shift_y = self._uniform(n, -1.0, 1.0, x) * (1 - height)
-        linear = torch.diag_embed(torch.stack([width, height], -1))  # output -> input coordinates
-        if self.kind == "simclr":
-            flip = torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0).to(x.dtype)
-            linear = linear * torch.stack([flip, torch.ones_like(flip)], -1).unsqueeze(-2)
-        else:  # digits: rotation and shear inside the crop
-            angle = self._uniform(n, -self.rotation, self.rotation, x) * (math.pi / 180)
-            cos, sin = angle.cos(), angle.sin()
-            rotate = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-            shear = torch.zeros_like(rotate)
-            shear[:, 0, 0] = shear[:, 1, 1] = 1.0
-            shear[:, 0, 1] = self._uniform(n, -self.shear, self.shear, x)
-            linear = linear @ rotate @ shear
-        theta = torch.cat([linear, torch.stack([shift_x, shift_y], -1).unsqueeze(-1)], -1)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    def _colour(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2.functional import rgb_to_grayscale
-
-        n, channels = x.shape[0], x.shape[1]
-        jitter = torch.rand(n, device=x.device) < 0.8
-
-        def factor(low: float, high: float) -> torch.Tensor:
-            value = self._uniform(n, low, high, x)
-            return torch.where(jitter, value, torch.ones_like(value)).view(n, 1, 1, 1)
-
-        def grey(images: torch.Tensor) -> torch.Tensor:
-            return rgb_to_grayscale(images) if channels == 3 else images
-
-        x = (x * factor(0.6, 1.4)).clamp(0, 1)  # brightness
-        mean = grey(x).mean((1, 2, 3), keepdim=True)
-        x = ((x - mean) * factor(0.6, 1.4) + mean).clamp(0, 1)  # contrast
-        if channels == 3:
-            g = grey(x)
-            x = ((x - g) * factor(0.6, 1.4) + g).clamp(0, 1)  # saturation
-            hue = factor(-0.1, 0.1).view(n) * (2 * math.pi)
-            x = self._rotate_hue(x, torch.where(jitter, hue, torch.zeros_like(hue)))
-            to_grey = (torch.rand(n, device=x.device) < 0.2).view(n, 1, 1, 1)
-            x = torch.where(to_grey, grey(x).expand_as(x), x)
-        return x
-
-    def _rotate_hue(self, x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-        """Rotate the chroma (I, Q) plane of YIQ by ``angle`` radians per image; luma is kept."""
-        cos, sin = angle.cos(), angle.sin()
-        one, zero = torch.ones_like(cos), torch.zeros_like(cos)
-        rotate = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1),
-                              torch.stack([zero, sin, cos], -1)], -2)  # n x 3 x 3
-        matrix = self.from_yiq @ rotate @ self.to_yiq
-        return torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "none":
-            return x
-        x = self._geometry(x)
-        if self.kind == "simclr":
-            x = self._colour(x)
-        return x
 
 
 # the module ----------------------------------------------------------------------------------------

@@ -25,131 +25,26 @@ from collections.abc import Sequence
 import numpy as np
 import pyro
 import torch
-import torch.nn.functional as F
 from pyro.nn import PyroModule
-from sklearn.cluster import BisectingKMeans
 from torch import nn
 
 from ..estimator import ClusterEstimator
 from ..heuristics.deepect import DeepECTHeuristics
 from ..infer import Callback, distributed, load_checkpoint
-from ..nn import mlp
+from ..baselines import SPLIT_ATTR
+from ..nn import MLPEncoder, MSEDecoder, random_affine
 from ..tree import ClusterTree
+from ._plate import data_plate
 from ._registry import register_model
-from .networks import data_plate
 from .pretrain import AutoencoderPretraining
 
 __all__ = [
-    "DeepECT", "DeepECTModule", "MLPEncoder", "MSEDecoder", "random_affine", "flat_nodes", "flat_assignments",
-    "bisecting_kmeans_tree", "ACTIVATIONS",
+    "DeepECT", "DeepECTModule", "flat_nodes", "flat_assignments", "ACTIVATIONS",
 ]
 
 #: activations the autoencoder can use (the paper: ReLU)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU,
                                            "tanh": nn.Tanh}
-
-#: the node attribute holding the 1-based order in which a node was split
-SPLIT_ATTR = "split"
-
-
-# networks -----------------------------------------------------------------------------------
-
-
-class MLPEncoder(nn.Module):
-    """The feed-forward encoder ``enc``: ``D -> hidden_dims -> latent_dim`` (paper: D-500-500-2000-10)."""
-
-    def __init__(self, n_features: int, hidden_dims: Sequence[int], latent_dim: int,
-                 activation: type[nn.Module] = nn.ReLU) -> None:
-        super().__init__()
-        self.net = mlp([n_features, *hidden_dims, latent_dim], activation=activation)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``enc(x)``, ``N x latent_dim`` (images are flattened)."""
-        return self.net(x.reshape(x.shape[0], -1))
-
-    forward = embed
-
-
-class MSEDecoder(nn.Module):
-    """The mirrored decoder ``dec``: ``latent_dim -> reversed(hidden_dims) -> D``, linear output."""
-
-    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], n_features: int,
-                 activation: type[nn.Module] = nn.ReLU) -> None:
-        super().__init__()
-        self.net = mlp([latent_dim, *hidden_dims, n_features], activation=activation)
-
-    def mean(self, z: torch.Tensor) -> torch.Tensor:
-        """``dec(z)``, ``N x D``."""
-        return self.net(z)
-
-    forward = mean
-
-    def reconstruction_loss(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``‖x − dec(z)‖²₂`` per datum; its batch mean is Eq. 1."""
-        return (self.net(z) - x.reshape(x.shape[0], -1)).square().sum(-1)
-
-
-# augmentation (Sec. 2.8 and 3.1) ----------------------------------------------------------------
-
-
-def random_affine(
-    images: torch.Tensor,
-    degrees: float = 15.0,
-    shear: float = 15.0,
-    translate: float = 2.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """A random affine transform per image, batched on the images' device (no host round trip).
-
-    Each image ``N x C x H x W`` gets its own parameters, drawn as
-    ``torchvision.transforms.v2.RandomAffine(degrees, translate=(translate/W, translate/H),
-    shear=shear)`` draws them: a rotation angle and an x-shear uniform in ``[-degrees, degrees]``
-    and ``[-shear, shear]``, and a shift of ``round(U(-translate, translate))`` whole pixels along
-    each axis. The warp is torchvision's ``affine`` (the same inverse matrix and sampling grid) with
-    bilinear interpolation and zero fill, for all images in one ``grid_sample`` call; torchvision's
-    own transform draws one parameter set per call, so it would give every image of a batch the
-    same transform.
-    """
-    if images.dim() != 4:
-        raise ValueError(f"random_affine needs images N x C x H x W, got shape {tuple(images.shape)}")
-    n, dtype, device = images.shape[0], images.dtype, images.device
-
-    def uniform(bound: float) -> torch.Tensor:
-        return (torch.rand(n, generator=generator, device=device, dtype=dtype) * 2 - 1) * bound
-
-    angle = torch.deg2rad(uniform(degrees))
-    shear_x = torch.deg2rad(uniform(shear))
-    tx, ty = torch.round(uniform(translate)), torch.round(uniform(translate))
-    return affine_images(images, angle, shear_x, tx, ty)
-
-
-def affine_images(images: torch.Tensor, angle: torch.Tensor, shear_x: torch.Tensor, tx: torch.Tensor,
-                  ty: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``affine(image, angle, [tx, ty], scale=1, shear=[shear_x, 0])`` per image.
-
-    Angles in radians, one value per image. The inverse matrix is torchvision's
-    ``_get_inverse_affine_matrix`` about the image center, vectorised over the batch.
-    """
-    n, _, height, width = images.shape
-    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear_x)
-    a, c = cos, sin  # rotation-shear matrix [[a, b], [c, d]] (shear_y = 0)
-    b = -(a * tan + sin)
-    d = cos - c * tan
-    m0, m1, m3, m4 = d, -b, -c, a  # its inverse (det = 1)
-    theta = torch.stack([
-        torch.stack([m0, m1, -(m0 * tx + m1 * ty)], -1),
-        torch.stack([m3, m4, -(m3 * tx + m4 * ty)], -1),
-    ], 1)  # N x 2 x 3
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=images.device, dtype=images.dtype)
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=images.device,
-                        dtype=images.dtype)
-    base = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width),
-                        torch.ones(height, width, device=images.device, dtype=images.dtype)], -1)
-    grid = base.reshape(1, -1, 3) @ theta.transpose(1, 2)  # N x HW x 2, in pixels from the center
-    grid = torch.stack([grid[..., 0] / (0.5 * width), grid[..., 1] / (0.5 * height)], -1)  # no host tensor
-    return F.grid_sample(images, grid.reshape(n, height, width, 2), mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
-
 
 # the module ---------------------------------------------------------------------------------
 
@@ -421,7 +316,7 @@ class DeepECTModule(PyroModule):
         return sorted(dead, key=self.tree.level)
 
 
-# flat clusterings and the bisecting k-means baseline -------------------------------------------
+# flat clusterings (the bisecting k-means baseline is in pyro_hc.baselines) -------------------------------------------
 
 
 def flat_nodes(tree: ClusterTree, n_clusters: int) -> list[int]:
@@ -457,43 +352,6 @@ def flat_assignments(tree: ClusterTree, leaf_assignments, n_clusters: int) -> np
     leaf_assignments = np.asarray(leaf_assignments)
     ids, inverse = np.unique(leaf_assignments, return_inverse=True)
     return np.array([lookup[int(i)] for i in ids], dtype=np.int64)[inverse.reshape(-1)]
-
-
-def bisecting_kmeans_tree(embedding, n_leaves: int, seed: int | None = 0,
-                          n_init: int = 1) -> tuple[ClusterTree, np.ndarray]:
-    """Bisecting k-means (scikit-learn, splitting the cluster with the largest SSE) as a ClusterTree.
-
-    Returns the tree, whose split nodes carry their split order (``"split"``, so
-    :func:`flat_nodes` applies), and each point's leaf node id. scikit-learn keeps its bisection
-    history in the private ``_bisecting_tree``; with ``bisecting_strategy="biggest_inertia"`` it
-    always splits the current leaf with the largest score, so replaying "split the frontier node
-    with the largest score" recovers the split order.
-    """
-    embedding = np.asarray(embedding, dtype=np.float64)
-    model = BisectingKMeans(n_clusters=n_leaves, bisecting_strategy="biggest_inertia", random_state=seed,
-                            n_init=n_init).fit(embedding)
-    root = getattr(model, "_bisecting_tree", None)
-    if root is None or not hasattr(root, "left"):
-        raise RuntimeError("this scikit-learn version does not expose BisectingKMeans._bisecting_tree")
-    tree = ClusterTree()
-    label_to_node: dict[int, int] = {}
-    frontier = {tree.root: root}
-    split = 0
-    while True:
-        splittable = [(node, item) for node, item in frontier.items() if item.left is not None]
-        if not splittable:
-            break
-        node, item = max(splittable, key=lambda pair: pair[1].score)
-        split += 1
-        tree.graph.nodes[node][SPLIT_ATTR] = split
-        del frontier[node]
-        for child_item in (item.left, item.right):
-            frontier[tree.add_child(node)] = child_item
-    tree.graph.graph["n_splits"] = split
-    for node, item in frontier.items():
-        label_to_node[int(item.label)] = node
-    assignments = np.array([label_to_node[int(label)] for label in model.labels_], dtype=np.int64)
-    return tree, assignments
 
 
 # the estimator ------------------------------------------------------------------------------

@@ -20,12 +20,12 @@ from torch.distributions import constraints
 
 from ..distributions import NestedStickBreaking, dirichlet_laplace_approximation
 from ..estimator import ClusterEstimator
-from ..guides import NormalEncoder
+from ..nn import Decoder, NormalEncoder
 from ..heuristics import NCRPHeuristics
 from ..infer import Callback, local_params
 from ._ncrp import NCRPTreeModule
+from ._plate import data_plate
 from ._registry import register_model
-from .networks import Decoder, data_plate
 from .pretrain import AutoencoderPretraining
 
 __all__ = ["HCRL1", "HCRL2", "HCRLModule"]

@@ -12,7 +12,7 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
-from .networks import data_plate
+from ._plate import data_plate
 
 __all__ = ["AutoencoderPretraining"]
 
@@ -25,7 +25,7 @@ class AutoencoderPretraining(PyroModule):
     encoder:
         Any module with ``embed(x) -> z``.
     decoder:
-        A :class:`~pyro_hc.models.networks.Decoder` (``reconstruction_loss(z, x)``).
+        A :class:`~pyro_hc.nn.Decoder` (``reconstruction_loss(z, x)``).
     corruption:
         Fraction of input features zeroed at random (a denoising autoencoder); 0 turns it off.
     """

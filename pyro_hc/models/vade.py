@@ -17,11 +17,11 @@ from sklearn.mixture import GaussianMixture
 from torch.distributions import constraints
 
 from ..estimator import ClusterEstimator
-from ..guides import NormalEncoder
+from ..nn import Decoder, NormalEncoder
 from ..infer import Callback
 from ..tree import ClusterTree
+from ._plate import data_plate
 from ._registry import register_model
-from .networks import Decoder, data_plate
 from .pretrain import AutoencoderPretraining
 
 __all__ = ["VaDE", "VaDEModule"]

@@ -10,11 +10,11 @@ import torch
 from pyro.nn import PyroModule
 
 from ..estimator import ClusterEstimator
-from ..guides import NormalEncoder
+from ..nn import Decoder, NormalEncoder
 from ..infer import Callback
 from ..tree import ClusterTree
+from ._plate import data_plate
 from ._registry import register_model
-from .networks import Decoder, data_plate
 
 __all__ = ["VAE", "VAEModule"]
 

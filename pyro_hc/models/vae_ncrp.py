@@ -19,11 +19,11 @@ from pyro.nn import PyroParam
 from torch.distributions import constraints
 
 from ..distributions import GaussianTreeDrift, NestedStickBreaking
-from ..guides import NormalEncoder
+from ..nn import Decoder, NormalEncoder
 from ._ncrp import NCRPTreeModule
 from ._registry import register_model
 from .hcrl import STICK_EPS, _HCRL
-from .networks import Decoder, data_plate
+from ._plate import data_plate
 
 __all__ = ["VAENCRP", "VAENCRPModule"]
 

@@ -1,7 +1,4 @@
-"""Network building blocks shared by generative networks (``models``) and encoders (``guides``).
-
-Kept apart from both so that neither has to import the other for a multilayer perceptron.
-"""
+"""Multilayer perceptrons: one network, and ``k`` networks of one shape run as one batched computation."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["mlp", "Flatten"]
+__all__ = ["mlp", "Flatten", "BatchedLinear", "BatchedMLP"]
 
 
 def mlp(
@@ -111,3 +108,40 @@ class BatchedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_members={self.n_members}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class BatchedMLP(nn.Module):
+    """``n_members`` MLPs ``dims[0] -> ... -> dims[-1]`` (ReLU between layers) as one batched network.
+
+    Member ``m`` computes exactly what ``pyro_hc.nn.mlp(dims)`` computes with member ``m``'s weights
+    (``final_activation=True`` adds a ReLU after the last layer too). Input ``N x dims[0]`` is
+    shared by all members, ``n_members x N x dims[0]`` gives each member its own rows; the output is
+    ``n_members x N x dims[-1]``.
+    """
+
+    def __init__(self, n_members: int, dims: Sequence[int], final_activation: bool = False) -> None:
+        super().__init__()
+        dims = [int(d) for d in dims]
+        if len(dims) < 2 or any(d < 1 for d in dims):
+            raise ValueError(f"BatchedMLP needs at least two positive layer sizes, got {dims}")
+        self.layers = nn.ModuleList(BatchedLinear(n_members, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.final_activation = final_activation
+
+    @classmethod
+    def from_mlps(cls, mlps: Sequence[nn.Sequential], final_activation: bool = False) -> "BatchedMLP":
+        """Stack ``k`` MLPs of one shape (``nn.Sequential`` of ``Linear``/``ReLU``) into one batched MLP."""
+        per_member = [[m for m in seq if isinstance(m, nn.Linear)] for seq in mlps]
+        dims = [per_member[0][0].in_features] + [layer.out_features for layer in per_member[0]]
+        batched = cls(len(per_member), dims, final_activation)
+        batched.layers = nn.ModuleList(
+            BatchedLinear.from_linears([layers[j] for layers in per_member]) for j in range(len(dims) - 1)
+        )
+        return batched.to(per_member[0][0].weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for j, layer in enumerate(self.layers):
+            x = layer(x)
+            if j < last or self.final_activation:
+                x = torch.relu(x)
+        return x

@@ -1,0 +1,103 @@
+"""Two-stage reference trees: cluster an embedding first, build the hierarchy after.
+
+What every benchmark prints beside a model, so a reader sees whether a gap is the representation or
+the structure: :func:`kmeans_ward_tree` (k-means, then Ward linkage of the centroids) on any
+embedding (raw data, a model's own embedding, a data set's true latents), and
+:func:`bisecting_kmeans_tree` (DeepECT's "AE + Bisecting" baseline). Both import no model and no
+engine and return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from .tree import ClusterTree
+
+__all__ = ["kmeans_ward_tree", "bisecting_kmeans_tree", "SPLIT_ATTR"]
+
+#: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
+SPLIT_ATTR = "split"
+
+
+def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTree, np.ndarray]:
+    """The two-stage baseline hierarchy: k-means into ``n_clusters`` leaves, then Ward linkage of the centroids.
+
+    The pipeline the HCRL paper argues against (clustering first, hierarchy after, no
+    representation learning), used by the hierarchy-recovery test and benchmark. Given the true
+    number of leaves it is an oracle on ``k``.
+
+    Parameters
+    ----------
+    x : array-like
+        ``[N, D]`` points (raw data, an embedding, or a data set's true ``latent``).
+    n_clusters : int
+        Number of k-means clusters, the leaves of the tree (>= 2, at most ``N``).
+    seed : int
+        k-means' ``random_state`` (10 restarts).
+
+    Returns
+    -------
+    tree : ClusterTree
+        A binary tree: leaves ``0 .. n_clusters - 1`` are the k-means clusters, the merge ``i`` of
+        the linkage is node ``n_clusters + i``, and the root is ``2 n_clusters - 2``.
+    leaves : numpy.ndarray
+        ``[N]`` the leaf of each point.
+    """
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"x must be a finite [N, D] array, got shape {x.shape}")
+    if not isinstance(n_clusters, (int, np.integer)) or not 2 <= n_clusters <= x.shape[0]:
+        raise ValueError(f"n_clusters must be an integer in [2, {x.shape[0]}], got {n_clusters!r}")
+    kmeans = KMeans(int(n_clusters), n_init=10, random_state=seed).fit(x)
+    ward = AgglomerativeClustering(n_clusters=1, linkage="ward", compute_full_tree=True).fit(kmeans.cluster_centers_)
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(n_clusters))
+    for merge, (a, b) in enumerate(ward.children_):
+        graph.add_edges_from([(n_clusters + merge, int(a)), (n_clusters + merge, int(b))])
+    return ClusterTree.from_graph(graph), kmeans.labels_.astype(np.int64)
+
+
+def bisecting_kmeans_tree(embedding, n_leaves: int, seed: int | None = 0,
+                          n_init: int = 1) -> tuple[ClusterTree, np.ndarray]:
+    """Bisecting k-means (scikit-learn, splitting the cluster with the largest SSE) as a ClusterTree.
+
+    Returns the tree, whose split nodes carry their split order (``"split"``, so
+    :func:`flat_nodes` applies), and each point's leaf node id. scikit-learn keeps its bisection
+    history in the private ``_bisecting_tree``; with ``bisecting_strategy="biggest_inertia"`` it
+    always splits the current leaf with the largest score, so replaying "split the frontier node
+    with the largest score" recovers the split order.
+    """
+    embedding = np.asarray(embedding, dtype=np.float64)
+    from sklearn.cluster import BisectingKMeans
+
+    model = BisectingKMeans(n_clusters=n_leaves, bisecting_strategy="biggest_inertia", random_state=seed,
+                            n_init=n_init).fit(embedding)
+    root = getattr(model, "_bisecting_tree", None)
+    if root is None or not hasattr(root, "left"):
+        raise RuntimeError("this scikit-learn version does not expose BisectingKMeans._bisecting_tree")
+    tree = ClusterTree()
+    label_to_node: dict[int, int] = {}
+    frontier = {tree.root: root}
+    split = 0
+    while True:
+        splittable = [(node, item) for node, item in frontier.items() if item.left is not None]
+        if not splittable:
+            break
+        node, item = max(splittable, key=lambda pair: pair[1].score)
+        split += 1
+        tree.graph.nodes[node][SPLIT_ATTR] = split
+        del frontier[node]
+        for child_item in (item.left, item.right):
+            frontier[tree.add_child(node)] = child_item
+    tree.graph.graph["n_splits"] = split
+    for node, item in frontier.items():
+        label_to_node[int(item.label)] = node
+    assignments = np.array([label_to_node[int(label)] for label in model.labels_], dtype=np.int64)
+    return tree, assignments
