@@ -336,7 +336,7 @@ def _report_tree(model, dataset: Dataset, out: Path | None, model_name: str, *, 
 
         from . import plot
 
-        plt.close(plot.plot_tree(model, dataset, path=out / "tree.png"))
+        plt.close(plot.plot_tree(model, dataset, class_names=dataset.class_names, path=out / "tree.png"))
         print(f"tree picture: {(out / 'tree.png').resolve()}")
 
 
@@ -349,7 +349,8 @@ def _show(args: argparse.Namespace) -> int:
     model = load(run_dir / MODEL_FILE)
     dataset = _run_dataset(record, args.split, args.data_root)
     print(f"{record['model']} on {record['dataset']} ({len(dataset)} points)")
-    _report_tree(model, dataset, None, record["model"], baseline=args.baseline, seed=record.get("fit", {}).get("seed") or 0)
+    seed = record.get("fit", {}).get("seed") or 0
+    _report_tree(model, dataset, None, record["model"], baseline=args.baseline, seed=seed)
     return 0
 
 

@@ -135,7 +135,8 @@ def format_tree(
     names = [prefixes[node][0] + str(node) for node in order]
     name_width = max(len("node"), *(len(n) for n in names))
     n_leaves, n_nodes = len(tree.leaves()), len(tree)
-    summary = f"{n_nodes} node{'s' * (n_nodes != 1)}, {n_leaves} lea{'ves' if n_leaves != 1 else 'f'}, depth {tree.depth()}"
+    summary = (f"{n_nodes} node{'s' * (n_nodes != 1)}, {n_leaves} lea{'ves' if n_leaves != 1 else 'f'}, "
+               f"depth {tree.depth()}")
     if assignments is None:
         return "\n".join([f"tree: {summary}", *names])
 

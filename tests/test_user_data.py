@@ -135,8 +135,10 @@ def test_csv_labels_may_be_names(tmp_path):
         (lambda p: (p / "f.csv").write_text("a,b\n1,2\n3,\n"), None, ValueError, "1 NaN value in 1 of 2"),
         (lambda p: np.savez(p / "f.npz", a=np.ones((3, 2)), b=np.ones((3, 2))), None, ValueError,
          r"holds the arrays 'a', 'b'; say which one is the data"),
-        (lambda p: np.savez(p / "f.npz", x=np.ones((3, 2))), "y", ValueError, r"no labels array 'y'; its arrays are: 'x'"),
-        (lambda p: np.savez(p / "f.npz", x=np.ones((3, 2)), y=np.arange(4)), "y", ValueError, "4 entries but the data have 3"),
+        (lambda p: np.savez(p / "f.npz", x=np.ones((3, 2))), "y", ValueError,
+         r"no labels array 'y'; its arrays are: 'x'"),
+        (lambda p: np.savez(p / "f.npz", x=np.ones((3, 2)), y=np.arange(4)), "y", ValueError,
+         "4 entries but the data have 3"),
         (lambda p: torch.save([1, 2], p / "f.pt"), None, ValueError, "a tensor or a dict of named tensors"),
         (lambda p: (p / "f.txt").write_text("1 2\n"), None, ValueError, r"supported are \.npy"),
         (lambda p: None, None, FileNotFoundError, "does not exist"),
@@ -165,7 +167,8 @@ def make_image_folder(root, sizes=((6, 5),), mode="L", per_class=3):
 
 def test_image_folders_are_read_resized_and_labelled(tmp_path):
     grey = Dataset.from_file(make_image_folder(tmp_path / "grey", sizes=((6, 5), (9, 7))), image_size=(4, 3))
-    assert grey.x.shape == (6, 1, 4, 3) and grey.class_names == ("dark", "light") and grey.y.tolist() == [0] * 3 + [1] * 3
+    assert grey.x.shape == (6, 1, 4, 3) and grey.class_names == ("dark", "light")
+    assert grey.y.tolist() == [0] * 3 + [1] * 3
     assert grey.x[grey.y == 1].mean() > 0.7 > 0.3 > grey.x[grey.y == 0].mean()  # [0, 1], classes kept apart
     colour = Dataset.from_file(make_image_folder(tmp_path / "rgb", mode="RGB"))
     assert colour.x.shape == (6, 3, 6, 5) and colour.image_shape == (3, 6, 5)
