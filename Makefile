@@ -32,7 +32,7 @@ install-test: $(VENV)/.installed-test
 # CoHiClust (small CNN, depth-4 tree pruned to 10 leaves, 10 SimCLR + 30 tree epochs) measured best of the
 # zoo's tree models on digits within a two-minute CPU budget (README, "Quick start").
 DEMO_ARGS ?= cohiclust --dataset digits --seed 0 --epochs 30 --batch-size 128 \
-	--set backbone=small_cnn --set depth=4 --set n_leaves=10 --set 'crop_scale=[0.7, 1.0]' \
+	--set backbone=small_cnn --set depth=4 --set n_leaves=10 --set 'crop_scale=[0.7,1.0]' \
 	--set pretrain_epochs=10 --set lr=0.003 --set prune_start=10
 
 demo: $(VENV)/.installed  ## train CoHiClust on the bundled digits; print its metrics, its tree and k-means + Ward beside it
