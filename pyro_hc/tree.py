@@ -1100,8 +1100,9 @@ class ClusterTree:
         Node ``i < n`` is observation ``i`` of the linkage and row ``j`` becomes node ``n + j`` with the
         row's two clusters as children (in the row's order), so the root is ``2 n - 2``, the layout of
         scipy's own cluster indices. Every node gets a ``"height"`` attribute: the row's distance, 0
-        for the observations. :meth:`to_linkage` of the result gives the same matrix back when the
-        rows were sorted by height.
+        for the observations. :meth:`to_linkage` of the result describes the same tree with the same
+        heights (so the same cophenetic distances); its observations follow :meth:`leaves`, and
+        ``return_nodes=True`` maps them back to these node ids.
 
         Raises
         ------
