@@ -259,7 +259,10 @@ def _data_file_record(args: argparse.Namespace) -> dict[str, Any] | None:
     """How ``--data`` was read, saved in metrics.json so that evaluate / plot / show read it again."""
     if args.data is None:
         return None
-    return {"path": str(Path(args.data).expanduser().resolve()), "labels": args.labels, "data_key": args.data_key,
+    labels = args.labels
+    if labels is not None and Path(args.data).suffix.lower() == ".npy":  # a second file: keep it findable
+        labels = str(Path(labels).expanduser().resolve())
+    return {"path": str(Path(args.data).expanduser().resolve()), "labels": labels, "data_key": args.data_key,
             "image_size": None if args.image_size is None else list(args.image_size), "channels": args.channels}
 
 

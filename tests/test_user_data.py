@@ -185,7 +185,7 @@ def test_image_folders_are_read_resized_and_labelled(tmp_path):
 # the command line ---------------------------------------------------------------------------------
 
 
-def test_fit_on_an_npy_file_prints_and_saves_the_tree(tmp_path, capsys):
+def test_fit_on_an_npy_file_prints_and_saves_the_tree(tmp_path, capsys, monkeypatch):
     x, labels = blobs()
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", labels)
@@ -198,13 +198,15 @@ def test_fit_on_an_npy_file_prints_and_saves_the_tree(tmp_path, capsys):
     assert record["dataset"] == "x" and record["data_file"]["path"] == str((tmp_path / "x.npy").resolve())
 
     labelled = tmp_path / "labelled"
-    assert main(["fit", "deepect", "--data", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"), *TINY,
+    monkeypatch.chdir(tmp_path)  # relative paths are recorded as absolute ones
+    assert main(["fit", "deepect", "--data", "x.npy", "--labels", "y.npy", *TINY,
                  "--baseline", "--out", str(labelled)]) == 0
     printed = capsys.readouterr().out
     assert "dendrogram_purity" in printed and "k-means + Ward on the raw features" in printed
     comparison = json.loads((labelled / "baseline.json").read_text())
     assert comparison["n_leaves"] == 3 and 0 < comparison["baseline_dendrogram_purity"] <= 1
-    # show prints the very same tree again, evaluate reads the file again
+    # show prints the very same tree again, evaluate reads the file again (from anywhere)
+    monkeypatch.chdir(out)
     assert main(["show", str(labelled)]) == 0
     shown = capsys.readouterr().out
     assert (labelled / "tree.txt").read_text().strip() in shown
