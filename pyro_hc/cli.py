@@ -3,6 +3,8 @@
     pyro-hc list
     pyro-hc fit vade --dataset digits --epochs 50 --out runs/vade-digits
     pyro-hc evaluate runs/vade-digits
+    pyro-hc fit deepect --data x.npz --labels y --out runs/mine   # your own data (see --help)
+    pyro-hc show runs/mine                                        # the learned tree, again
     torchrun --nproc_per_node 2 -m pyro_hc.cli fit hcrl2 --dataset mnist   # one process per GPU
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .data import list_datasets, load_dataset
+from .data import FILE_FORMATS, Dataset, list_datasets, load_dataset
 from .estimator import evaluate
 from .infer import CheckpointEvery, distributed
 from .models import get_model, get_model_class, list_models, load
@@ -71,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                      help="also write OUT/checkpoint.pt (parameters, optimiser, tree) every N epochs")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_fit_data_options(fit)
 
     ev = commands.add_parser("evaluate", help="score a saved run on its data set")
     ev.add_argument("run_dir", help="a folder written by 'pyro-hc fit'")
@@ -88,11 +91,14 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="what each tree node shows (default: decoded node means when the model has them)")
     pl.add_argument("--max-points", type=int, default=3000, metavar="N",
                     help="data drawn per picture, a seeded random subset (default: 3000)")
+    _add_show_parser(commands)
     return parser
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """A two-column text table of metric names and values."""
+    if not metrics:
+        return "no labels, so no metrics (--labels names them in your data)"
     width = max(len(k) for k in metrics)
     rule = "-" * (width + 12)
     rows = [f"{'metric':<{width}}  {'value':>8}", rule]
@@ -109,7 +115,7 @@ def _fit(args: argparse.Namespace) -> int:
     # under `torchrun --nproc_per_node N -m pyro_hc.cli fit ...` every rank trains; rank 0 writes the run
     distributed.init_from_env()
     main_process = distributed.is_main_process()
-    dataset = load_dataset(args.dataset, root=args.data_root, split=args.split)
+    dataset = _fit_dataset(args)
     model = get_model(args.model, **config)
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -118,15 +124,17 @@ def _fit(args: argparse.Namespace) -> int:
               progress=main_process and not args.no_progress, callbacks=callbacks)
     if not main_process:
         return 0
-    scores = evaluate(model, dataset)
+    scores = evaluate(model, dataset) if dataset.y is not None else {}
     model.save(out / MODEL_FILE)
     model.tree.save(out / TREE_FILE)
     record = {"model": args.model, "dataset": args.dataset, "split": args.split, "data_root": args.data_root,
-              "config": model.get_params(), "fit": model.fit_info_, "metrics": scores}
+              "config": model.get_params(), "fit": model.fit_info_, "metrics": scores,
+              "data_file": _data_file_record(args)}
     (out / METRICS_FILE).write_text(json.dumps(record, indent=2, default=str))
     print(f"{args.model} on {args.dataset} ({len(dataset)} points, {model.fit_info_['device']}, "
           f"{model.fit_info_['seconds']:.1f} s)")
     print(format_metrics(scores))
+    _report_tree(model, dataset, out, args.model, baseline=args.baseline, picture=args.plot_tree, seed=args.seed)
     print(f"saved to {out.resolve()}")
     return 0
 
@@ -138,8 +146,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}; is it a folder written by 'pyro-hc fit'?")
     record = json.loads(record_path.read_text())
     model = load(run_dir / MODEL_FILE)
-    dataset = load_dataset(record["dataset"], root=args.data_root or record.get("data_root"),
-                           split=args.split or record["split"])
+    dataset = _run_dataset(record, args.split, args.data_root)
     print(f"{record['model']} on {record['dataset']} ({len(dataset)} points)")
     print(format_metrics(evaluate(model, dataset)))
     return 0
@@ -161,8 +168,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     record = json.loads(record_path.read_text())
     model = load(run_dir / MODEL_FILE)
-    dataset = load_dataset(record["dataset"], root=args.data_root or record.get("data_root"),
-                           split=args.split or record["split"])
+    dataset = _run_dataset(record, args.split, args.data_root)
     if len(dataset) > args.max_points:
         rows = np.sort(np.random.default_rng(0).choice(len(dataset), args.max_points, replace=False))
         dataset = dataset.subset(rows)
@@ -189,6 +195,168 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# users' own data, the tree in the terminal, `show` ----------------------------------------------
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """``H`` or ``HxW``."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"--image-size expects H or HxW in pixels, e.g. 28 or 32x48, got {text!r}")
+    return (size[0], size[0]) if len(size) == 1 else size  # type: ignore[return-value]
+
+
+def _add_fit_data_options(fit: argparse.ArgumentParser) -> None:
+    own = fit.add_argument_group("your own data (instead of --dataset)")
+    own.add_argument("--data", default=None, metavar="PATH",
+                     help=f"a {' / '.join(FILE_FORMATS)} file of N x D or N x C x H x W floats, or an image folder "
+                          "(root/<class>/<image>, torchvision's ImageFolder layout)")
+    own.add_argument("--labels", default=None, metavar="NAME",
+                     help="the labels: an array of the .npz / .pt file, a column of the CSV (header or 0-based "
+                          "index), or a second .npy file; optional (without labels nothing is scored)")
+    own.add_argument("--data-key", default=None, metavar="NAME",
+                     help="the data array of a .npz / .pt file (default: 'x', 'X', 'data' or the only one)")
+    own.add_argument("--image-size", type=_image_size, default=None, metavar="H[xW]",
+                     help="image folders: resize every image to this size (default: their common size)")
+    own.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                     help="image folders: 1 grey or 3 RGB (default: 1 when every image is grey)")
+    report = fit.add_argument_group("report")
+    report.add_argument("--baseline", action="store_true",
+                        help="also score k-means + Ward on the raw features with as many leaves as the learned "
+                             "tree and print its dendrogram purity beside the model's (needs labels)")
+    report.add_argument("--plot-tree", action="store_true",
+                        help="also draw the tree with node images into OUT/tree.png (pyro_hc.plot.plot_tree)")
+
+
+def _add_show_parser(commands) -> None:
+    show = commands.add_parser("show", help="print the learned tree of a saved run (one line a node)")
+    show.add_argument("run_dir", help="a folder written by 'pyro-hc fit'")
+    show.add_argument("--split", default=None, choices=("all", "train", "test"), help="default: the run's split")
+    show.add_argument("--data-root", default=None)
+    show.add_argument("--baseline", action="store_true",
+                      help="also print k-means + Ward's dendrogram purity with as many leaves (needs labels)")
+
+
+def _resolve_data_file(args: argparse.Namespace) -> None:
+    """With ``--data`` the run is named after the file; ``--dataset`` must then be left alone."""
+    if args.data is None:
+        for option in ("labels", "data_key", "image_size", "channels"):
+            if getattr(args, option) is not None:
+                raise ValueError(f"--{option.replace('_', '-')} describes your own data; pass the file with --data")
+        return
+    if args.dataset != "digits":
+        raise ValueError(f"--data {args.data} and --dataset {args.dataset} both name the training data; pass one")
+    if not Path(args.data).expanduser().exists():
+        raise FileNotFoundError(f"--data {args.data}: no such file or folder")
+    args.dataset = Path(args.data).expanduser().resolve().name.split(".")[0] or "data"
+
+
+def _data_file_record(args: argparse.Namespace) -> dict[str, Any] | None:
+    """How ``--data`` was read, saved in metrics.json so that evaluate / plot / show read it again."""
+    if args.data is None:
+        return None
+    labels = args.labels
+    if labels is not None and Path(args.data).suffix.lower() == ".npy":  # a second file: keep it findable
+        labels = str(Path(labels).expanduser().resolve())
+    return {"path": str(Path(args.data).expanduser().resolve()), "labels": labels, "data_key": args.data_key,
+            "image_size": None if args.image_size is None else list(args.image_size), "channels": args.channels}
+
+
+def _split_of(dataset: Dataset, split: str) -> Dataset:
+    """The fixed split of data without an official one (:data:`pyro_hc.data.TEST_FRACTION`)."""
+    if split == "all":
+        return dataset
+    import torch
+
+    from .data import _split_index
+
+    return dataset.subset(torch.from_numpy(_split_index(len(dataset), split)))
+
+
+def _read_data_file(source: dict[str, Any], split: str) -> Dataset:
+    image_size = source.get("image_size")
+    dataset = Dataset.from_file(source["path"], source.get("labels"), x_key=source.get("data_key"),
+                                image_size=None if image_size is None else tuple(image_size),
+                                channels=source.get("channels"))
+    return _split_of(dataset, split)
+
+
+def _fit_dataset(args: argparse.Namespace) -> Dataset:
+    if args.data is not None:
+        return _read_data_file(_data_file_record(args), args.split)
+    return load_dataset(args.dataset, root=args.data_root, split=args.split)
+
+
+def _run_dataset(record: dict[str, Any], split: str | None, data_root: str | None) -> Dataset:
+    """The data set a saved run was fitted on (its own file, or a named data set)."""
+    split = split or record["split"]
+    if record.get("data_file"):
+        return _read_data_file(record["data_file"], split)
+    return load_dataset(record["dataset"], root=data_root or record.get("data_root"), split=split)
+
+
+def _charset() -> str:
+    """Box-drawing characters where stdout can print them, else ASCII."""
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        "├─│└█▏".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return "ascii"
+    return "unicode"
+
+
+def _report_tree(model, dataset: Dataset, out: Path | None, model_name: str, *, baseline: bool = False,
+                 picture: bool = False, seed: int = 0) -> None:
+    """Print the tree (and the baseline beside it); with ``out``, keep the text and the picture there."""
+    from .report import baseline_comparison, format_comparison, format_tree
+
+    assignments = model.predict(dataset).numpy()
+    labels = None if dataset.y is None else dataset.y.cpu().numpy()
+    text = format_tree(model.tree, assignments, labels, class_names=dataset.class_names, charset=_charset())
+    print(text)
+    if out is not None:
+        (out / "tree.txt").write_text(format_tree(model.tree, assignments, labels, class_names=dataset.class_names)
+                                      + "\n", encoding="utf-8")
+    if baseline:
+        if labels is None:
+            print("no labels, so no baseline comparison")
+        elif len(model.tree.leaves()) < 2:
+            print("the tree has a single leaf, so no baseline comparison")
+        else:
+            comparison = baseline_comparison(model.tree, assignments, dataset.x, labels, seed=seed)
+            print(format_comparison(comparison, model_name))
+            if out is not None:
+                (out / "baseline.json").write_text(json.dumps(comparison, indent=2))
+    if picture and out is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")  # a file only
+        import matplotlib.pyplot as plt
+
+        from . import plot
+
+        plt.close(plot.plot_tree(model, dataset, class_names=dataset.class_names, path=out / "tree.png"))
+        print(f"tree picture: {(out / 'tree.png').resolve()}")
+
+
+def _show(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    record_path = run_dir / METRICS_FILE
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}; is it a folder written by 'pyro-hc fit'?")
+    record = json.loads(record_path.read_text())
+    model = load(run_dir / MODEL_FILE)
+    dataset = _run_dataset(record, args.split, args.data_root)
+    print(f"{record['model']} on {record['dataset']} ({len(dataset)} points)")
+    seed = record.get("fit", {}).get("seed") or 0
+    _report_tree(model, dataset, None, record["model"], baseline=args.baseline, seed=seed)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -198,7 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("datasets: " + ", ".join(list_datasets()))
             return 0
         if args.command == "fit":
+            _resolve_data_file(args)
             return _fit(args)
+        if args.command == "show":
+            return _show(args)
         if args.command == "plot":
             return _plot(args)
         return _evaluate(args)

@@ -66,6 +66,7 @@ from torch import Tensor
 __all__ = [
     "Dataset",
     "DeviceBatcher",
+    "FILE_FORMATS",
     "LIKELIHOODS",
     "SPLITS",
     "TEST_FRACTION",
@@ -204,6 +205,9 @@ class Dataset:
     latent : torch.Tensor or None
         The true latent point behind each sample when known (:func:`synthetic_tree`), ``N x d``:
         what a perfect encoder would recover, for oracle baselines.
+    class_names : tuple of str or None
+        The name of each label value (``class_names[label]``) when known: the class folders of
+        an image folder, the strings of a label column (:meth:`from_file`, :meth:`from_array`).
     """
 
     x: Tensor
@@ -214,6 +218,7 @@ class Dataset:
     n_classes: int | None = None
     tree: nx.DiGraph | None = None
     latent: Tensor | None = None
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.likelihood = _check_choice(self.likelihood, LIKELIHOODS, "likelihood")
@@ -256,6 +261,10 @@ class Dataset:
                     f"and shape {tuple(latent.shape)}"
                 )
             self.latent = latent
+        if self.class_names is not None:
+            self.class_names = tuple(str(name) for name in self.class_names)
+            if self.n_classes is not None and len(self.class_names) != self.n_classes:
+                raise ValueError(f"class_names has {len(self.class_names)} names for n_classes={self.n_classes}")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -297,6 +306,116 @@ class Dataset:
             latent = self.latent[index.to(self.latent.device) if isinstance(index, Tensor) else index]
         return dataclasses.replace(self, x=self.x[index], y=y, latent=latent)
 
+    @classmethod
+    def from_array(
+        cls,
+        x: Any,
+        y: Any = None,
+        likelihood: str | None = None,
+        *,
+        name: str = "array",
+        n_classes: int | None = None,
+        image_shape: tuple[int, int, int] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> Dataset:
+        """A data set from your own arrays (numpy, torch or nested lists).
+
+        Parameters
+        ----------
+        x : array-like
+            ``N x D`` vectors or ``N x C x H x W`` images of a floating-point dtype (``float64``
+            becomes ``float32``); checked by :func:`validate_data`, so integer pixels, other
+            shapes, NaN and infinite values get the same errors as anywhere in pyro_hc.
+        y : array-like, optional
+            One label per row: non-negative integers (integral floats are accepted), or strings,
+            which are numbered in sorted order and kept as ``class_names``.
+        likelihood : {"bernoulli", "gaussian"}, optional
+            Default: ``"bernoulli"`` when every value lies in ``[0, 1]``, else ``"gaussian"``.
+        name : str, optional
+            What the data set is called in reports.
+        n_classes : int, optional
+            Default: the number of class names, else the largest label + 1.
+        image_shape : (C, H, W), optional
+            For ``N x D`` data that are flattened images (filled in from ``x`` when it is 4-D).
+        class_names : sequence of str, optional
+            The name of each label value.
+
+        Examples
+        --------
+        >>> data = Dataset.from_array(np.random.rand(100, 5).astype("float32"), y=np.arange(100) % 3)
+        >>> data.likelihood, data.n_classes
+        ('bernoulli', 3)
+        """
+        x = _as_data_tensor(x, "x")
+        validate_data(x, likelihood or "gaussian")
+        if likelihood is None:
+            likelihood = "bernoulli" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "gaussian"
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        labels, found_names = (None, None) if y is None else _as_labels(y, "y")
+        if found_names is not None:
+            if class_names is not None:
+                raise ValueError("y holds strings, which name the classes themselves; do not pass class_names too")
+            class_names = found_names
+        if class_names is not None:
+            class_names = tuple(str(c) for c in class_names)
+            if n_classes is None:
+                n_classes = len(class_names)
+        if n_classes is None and labels is not None:
+            n_classes = int(labels.max()) + 1
+        return cls(x=x, y=labels, name=str(name), likelihood=likelihood, image_shape=image_shape,
+                   n_classes=n_classes, class_names=class_names)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        labels: str | int | os.PathLike | None = None,
+        *,
+        x_key: str | None = None,
+        likelihood: str | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        channels: int | None = None,
+    ) -> Dataset:
+        """A data set from a file of your own, or a folder of images.
+
+        Formats (chosen by the suffix; a folder is an image folder):
+
+        ``.npy``
+            One array, ``N x D`` or ``N x C x H x W``. ``labels`` may name a second ``.npy`` file
+            with one label per row.
+        ``.npz``
+            Arrays by name: the data are ``x_key``, else the array called ``x``, ``X`` or ``data``,
+            else the only array that is not the labels; ``labels`` names the labels array.
+        ``.pt`` / ``.pth``
+            A tensor, or a dict of tensors / arrays read like ``.npz``
+            (``torch.load(..., weights_only=True)``: nothing in the file is executed).
+        ``.csv`` / ``.tsv``
+            A numeric table, one row per datum, with or without a header row (a first row with a
+            non-numeric cell is the header). ``labels`` names the label column (its header, or
+            its 0-based index); every other column is a feature. Label cells may be strings.
+        a folder
+            torchvision's ``ImageFolder`` layout, ``root/<class>/<image>``: labels are the class
+            folders (sorted, their names kept as ``class_names``); images are read with Pillow,
+            converted to ``channels`` (1 grey or 3 RGB; default: 1 when every image is grey) and
+            resized to ``image_size`` (``H`` or ``(H, W)``; default: their common size, which they
+            must then share), giving values in ``[0, 1]``.
+
+        The data are then checked like every data set (:meth:`from_array`, :func:`validate_data`):
+        wrong shapes, integer dtypes, NaN / infinite values and labels that do not match the
+        rows are refused with a message naming the file.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` (or a labels file) does not exist, or an image folder holds no images.
+        ValueError
+            For an unknown suffix, a missing array or column (listing the ones there), or data
+            that fail validation.
+        """
+        return _load_user_file(Path(path).expanduser(), labels, x_key=x_key, likelihood=likelihood,
+                               image_size=image_size, channels=channels)
+
     def to(self, device: str | torch.device) -> Dataset:
         """Return a copy whose ``x``, ``y`` (and ``latent``) live on ``device``.
 
@@ -306,6 +425,237 @@ class Dataset:
         y = None if self.y is None else self.y.to(device)
         latent = None if self.latent is None else self.latent.to(device)
         return dataclasses.replace(self, x=self.x.to(device), y=y, latent=latent)
+
+
+# ---------------------------------------------------------------------------------------------
+# users' own data: arrays and files
+# ---------------------------------------------------------------------------------------------
+
+#: suffixes :meth:`Dataset.from_file` reads (and folders, as torchvision ImageFolder trees)
+FILE_FORMATS: tuple[str, ...] = (".npy", ".npz", ".pt", ".pth", ".csv", ".tsv")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _as_data_tensor(values: Any, name: str) -> Tensor:
+    """Arrays, tensors or nested lists as a tensor (sharing memory where possible), for validation."""
+    if isinstance(values, Tensor):
+        return values.detach()
+    array = np.asarray(values)
+    if array.dtype == object or array.dtype.kind in "USV":
+        raise ValueError(f"{name} must hold numbers, got an array of dtype {array.dtype}")
+    return torch.as_tensor(array)
+
+
+def _as_labels(values: Any, name: str) -> tuple[Tensor, tuple[str, ...] | None]:
+    """Labels as a ``long`` tensor, and the class names when the labels were strings."""
+    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one label per datum (1-D), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty")
+    if array.dtype.kind in "USO":
+        names = np.array([str(v) for v in array.tolist()])
+        classes, index = np.unique(names, return_inverse=True)
+        return torch.as_tensor(index.astype(np.int64)), tuple(classes.tolist())
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            example = array[bad][0]
+            raise ValueError(f"{name} must hold integer labels, but {int(bad.sum())} value(s) are not integers "
+                             f"(e.g. {example!r})")
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer or string labels, got dtype {array.dtype}")
+    labels = array.astype(np.int64)
+    if labels.min() < 0:
+        raise ValueError(f"{name} must hold non-negative labels, found {int(labels.min())}")
+    return torch.as_tensor(labels), None
+
+
+def _pick(arrays: dict[str, Any], key: str | None, labels: Any, path: Path) -> tuple[Any, Any]:
+    """The data array and the labels array (or None) out of named arrays (``.npz``, a dict in ``.pt``)."""
+    names = sorted(arrays)
+    listing = ", ".join(repr(n) for n in names) or "none"
+    if labels is not None and str(labels) not in arrays:
+        raise ValueError(f"{path.name} has no labels array {str(labels)!r}; its arrays are: {listing}")
+    if key is None:
+        key = next((k for k in ("x", "X", "data") if k in arrays), None)
+        if key is None:
+            candidates = [n for n in names if n != (None if labels is None else str(labels))]
+            if len(candidates) != 1:
+                raise ValueError(f"{path.name} holds the arrays {listing}; say which one is the data "
+                                 "(x_key= in Python, --data-key on the command line)")
+            key = candidates[0]
+    elif key not in arrays:
+        raise ValueError(f"{path.name} has no array {key!r}; its arrays are: {listing}")
+    return arrays[key], None if labels is None else arrays[str(labels)]
+
+
+def _read_table(path: Path, labels: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """A ``.csv`` / ``.tsv`` file as a float matrix and, optionally, its label column (as strings)."""
+    import csv
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = [row for row in csv.reader(handle, delimiter=delimiter) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise ValueError(f"{path.name} is empty")
+
+    def is_number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    header = None
+    if not all(is_number(cell) or not cell.strip() for cell in rows[0]):
+        header, rows = [cell.strip() for cell in rows[0]], rows[1:]
+    if not rows:
+        raise ValueError(f"{path.name} has a header row but no data rows")
+    width = len(header) if header is not None else len(rows[0])
+    for number, row in enumerate(rows, start=2 if header is not None else 1):
+        if len(row) != width:
+            raise ValueError(f"{path.name}: line {number} has {len(row)} columns, expected {width}")
+    label_column = None
+    if labels is not None:
+        text = str(labels)
+        if header is not None and text in header:
+            label_column = header.index(text)
+        elif re.fullmatch(r"-?[0-9]+", text) and -width <= int(text) < width:
+            label_column = int(text) % width
+        else:
+            known = f"its columns are: {', '.join(repr(h) for h in header)}" if header is not None else \
+                f"it has no header, so name the column by its 0-based index (0 .. {width - 1})"
+            raise ValueError(f"{path.name} has no labels column {text!r}; {known}")
+    features = [c for c in range(width) if c != label_column]
+    if not features:
+        raise ValueError(f"{path.name} has no feature columns besides the labels")
+    table = np.empty((len(rows), len(features)), dtype=np.float64)
+    for r, row in enumerate(rows):
+        for k, c in enumerate(features):
+            cell = row[c].strip()
+            try:
+                table[r, k] = float(cell) if cell else np.nan  # an empty cell is a missing value
+            except ValueError:
+                column = repr(header[c]) if header is not None else str(c)
+                raise ValueError(f"{path.name}: line {r + (2 if header is not None else 1)}, column {column}: "
+                                 f"{cell!r} is not a number (a column of labels is named with "
+                                 "labels=, --labels on the command line)") from None
+    label_values = None if label_column is None else np.array([row[label_column].strip() for row in rows])
+    if label_values is not None and all(is_number(v) for v in label_values):
+        label_values = label_values.astype(np.float64)
+    return table, label_values
+
+
+def _image_size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+                                 for s in size):
+        raise ValueError(f"image_size must be a positive integer H or a pair (H, W), got {image_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _read_image_folder(root: Path, image_size: Any, channels: int | None) -> Dataset:
+    """An ImageFolder tree (``root/<class>/<image>``) as images in [0, 1] with class labels."""
+    from PIL import Image
+
+    size = _image_size(image_size)
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 (grey), 3 (RGB) or None (automatic), got {channels!r}")
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    files = [(file, label) for label, name in enumerate(classes) for file in sorted((root / name).rglob("*"))
+             if file.is_file() and file.suffix.lower() in _IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(
+            f"no images found in {root}: an image folder holds one sub-folder per class with the images "
+            f"inside (root/<class>/<image>, torchvision's ImageFolder layout; suffixes "
+            f"{', '.join(_IMAGE_SUFFIXES)}); found {len(classes)} sub-folder(s)")
+    images = []
+    for file, _ in files:
+        try:
+            with Image.open(file) as image:
+                image.load()
+                images.append(image.copy())
+        except OSError as error:
+            raise ValueError(f"cannot read the image {file}: {error}") from error
+    if channels is None:
+        channels = 1 if all(image.mode in _GREY_MODES for image in images) else 3
+    if size is None:
+        sizes = {(image.height, image.width) for image in images}
+        if len(sizes) != 1:
+            raise ValueError(f"the images in {root} have {len(sizes)} different sizes (e.g. "
+                             f"{sorted(sizes)[:3]} as H x W); pass image_size (--image-size) to resize them")
+        (size,) = sizes
+    mode = "L" if channels == 1 else "RGB"
+    pixels = np.stack([
+        np.asarray(image.convert(mode).resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+        for image in images
+    ])
+    x = torch.from_numpy(pixels / 255.0)
+    x = x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor([label for _, label in files], dtype=torch.long)
+    return Dataset.from_array(x, y, likelihood="bernoulli", name=root.name, class_names=classes)
+
+
+def _load_user_file(path: Path, labels: Any, *, x_key: str | None, likelihood: str | None,
+                    image_size: Any, channels: int | None) -> Dataset:
+    if not path.exists():
+        raise FileNotFoundError(f"the data file {path} does not exist")
+    if path.is_dir():
+        if labels is not None or x_key is not None:
+            raise ValueError(f"{path} is an image folder: its labels are its class sub-folders, so labels and "
+                             "x_key do not apply")
+        return _read_image_folder(path, image_size, channels)
+    if image_size is not None or channels is not None:
+        raise ValueError(f"image_size and channels apply to image folders, but {path.name} is a file")
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise ValueError(f"cannot read {path.name}: supported are {', '.join(FILE_FORMATS)} files and image "
+                         "folders (root/<class>/<image>)")
+    y: Any = None
+    if suffix == ".npy":
+        if x_key is not None:
+            raise ValueError(f"{path.name} holds a single array; x_key applies to .npz and .pt files")
+        x = np.load(path, allow_pickle=False)
+        if labels is not None:
+            label_path = Path(labels).expanduser()
+            if label_path.suffix.lower() != ".npy" or not label_path.is_file():
+                raise ValueError(f"a .npy file holds one array, so its labels come from a second .npy file; "
+                                 f"{str(labels)!r} is not one")
+            y = np.load(label_path, allow_pickle=False)
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            x, y = _pick({name: archive[name] for name in archive.files}, x_key, labels, path)
+    elif suffix in (".pt", ".pth"):
+        content = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(content, (Tensor, np.ndarray)):
+            if labels is not None or x_key is not None:
+                raise ValueError(f"{path.name} holds a single tensor; labels and x_key need a dict of tensors")
+            x = content
+        elif isinstance(content, dict) and all(isinstance(k, str) for k in content):
+            x, y = _pick(content, x_key, labels, path)
+        else:
+            raise ValueError(f"{path.name} must hold a tensor or a dict of named tensors, got "
+                             f"{type(content).__name__}")
+    else:
+        x, y = _read_table(path, labels)
+    x = _as_data_tensor(x, path.name)
+    validate_data(x, likelihood or "gaussian", name=path.name)
+    if y is not None:
+        y_name = f"the labels {str(labels)!r} of {path.name}"
+        if len(y) != x.shape[0]:
+            raise ValueError(f"{y_name} have {len(y)} entries but the data have {x.shape[0]} rows")
+        try:
+            _as_labels(y, y_name)
+        except ValueError as error:
+            raise ValueError(str(error)) from None
+    try:
+        return Dataset.from_array(x, y, likelihood, name=path.stem)
+    except ValueError as error:  # the checks above cover x; say which file is meant
+        raise ValueError(f"{path.name}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------

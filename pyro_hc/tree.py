@@ -37,18 +37,26 @@ Structural events (grow, prune, merge, split, ...) are not logged automatically,
 only the caller knows the epoch and step and what a change means; tree-editing heuristics
 call :meth:`ClusterTree.log_event` after they edit the tree.  The log is saved with the
 tree by :meth:`ClusterTree.to_json`.
+
+Trees travel to other tools as scipy linkage matrices (:meth:`ClusterTree.to_linkage` /
+:meth:`ClusterTree.from_linkage`, binary trees only; scipy's ``dendrogram``, ``fcluster`` and
+``cophenet`` read them) and as Newick strings (:meth:`ClusterTree.to_newick` /
+:meth:`ClusterTree.from_newick`, any tree).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import operator
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable
 
 import networkx as nx
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -927,6 +935,296 @@ class ClusterTree:
         with open(path, encoding="utf-8") as handle:
             return cls.from_json(json.load(handle))
 
+    # ------------------------------------------------------------------ interoperability
+    def _binary_children(self, structure: _Structure) -> dict[int, list[int]]:
+        """Children (ascending) of every internal node; ``ValueError`` unless each has exactly two."""
+        children = {node: sorted(self._graph.successors(node)) for node in structure.internal}
+        bad = [node for node, kids in children.items() if len(kids) != 2]
+        if bad:
+            counts = ", ".join(f"node {node}: {len(children[node])}" for node in bad[:10])
+            raise ValueError(
+                "a linkage matrix describes binary trees only (every merge joins two clusters), but "
+                f"{len(bad)} internal node(s) have another number of children ({counts}"
+                f"{', ...' if len(bad) > 10 else ''}); export the tree with to_newick() or to_json() instead"
+            )
+        return children
+
+    def _merge_heights(self, structure: _Structure, children: dict[int, list[int]]) -> dict[int, float]:
+        """Height of every node: its ``"height"`` attribute when every node has one, else the subtree height.
+
+        The subtree height counts edges down to the deepest leaf (0 at the leaves), so it rises along
+        every path from a leaf to the root, as a dendrogram needs.
+        """
+        attrs = self._graph.nodes
+        given = [attrs[node].get("height") for node in structure.preorder]
+        if all(isinstance(h, (int, float)) and not isinstance(h, bool) for h in given):
+            heights = {node: float(h) for node, h in zip(structure.preorder, given)}
+            for node, kids in children.items():
+                for child in kids:
+                    if not heights[child] <= heights[node]:
+                        raise ValueError(
+                            f"node {node} has height {heights[node]} below its child {child}'s "
+                            f"{heights[child]}; the 'height' attributes must not decrease towards the root"
+                        )
+            return heights
+        heights = {}
+        for node in reversed(structure.preorder):  # children first
+            kids = children.get(node, ())
+            heights[node] = 1.0 + max(heights[child] for child in kids) if kids else 0.0
+        return heights
+
+    def to_linkage(
+        self, assignments: Any = None, *, return_nodes: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Return the tree as a scipy linkage matrix (``scipy.cluster.hierarchy``).
+
+        Without ``assignments`` the linkage's observations are the tree's leaves: observation ``i``
+        is ``self.leaves()[i]``, and row ``j`` merges two clusters into cluster ``n_leaves + j``, one
+        row per internal node. With ``assignments`` (the node of each data point, as ``predict``
+        returns) the observations are the data points: the points of each leaf are merged first, at
+        height 0, then the leaves' clusters as in the tree; subtrees without points are left out, so a
+        node left with one non-empty child is the same cluster as that child.
+
+        Merge heights are the nodes' ``"height"`` attributes when every node has one (a tree from
+        :meth:`from_linkage` keeps its distances), else each node's subtree height in edges. Rows are
+        sorted by height (children before parents among equal heights), and the two merged clusters
+        of a row are the node's children in ascending id order, so ``scipy.cluster.hierarchy.dendrogram``
+        draws the leaves in the order of :meth:`leaves`.
+
+        Parameters
+        ----------
+        assignments : array-like of int, shape (N,), optional
+            Leaf node id of each data point.
+        return_nodes : bool, default False
+            Also return ``nodes``: ``nodes[c]`` is the tree node of linkage cluster ``c``
+            (``0 .. 2 n - 2`` for ``n`` observations); ``-1`` for a data point and for a partial
+            merge of one leaf's points.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``float64 [n - 1, 4]``: the two merged cluster indices, the height and the number of
+            observations of the new cluster, as :func:`scipy.cluster.hierarchy.linkage` returns.
+
+        Raises
+        ------
+        ValueError
+            If an internal node does not have exactly two children (a linkage only merges pairs),
+            there are fewer than two observations, an assignment is not a leaf of the tree, or
+            ``"height"`` attributes decrease towards the root.
+        """
+        structure = self._structure()
+        children = self._binary_children(structure)
+        heights = self._merge_heights(structure, children)
+        position = structure.position
+        # rows are collected as (height, -preorder position, order, left, right, count, node) and sorted
+        # at the end; a node's children sit later in preorder, so equal heights keep children first
+        rows: list[tuple[float, int, int, Any, Any, int, int]] = []
+        cluster_of: dict[int, Any] = {}  # tree node -> its cluster reference (None: no points)
+        count_of: dict[int, int] = {}
+        if assignments is None:
+            if len(structure.leaves) < 2:
+                raise ValueError("a linkage matrix needs at least two observations; this tree is a lone root")
+            n_obs = len(structure.leaves)
+            for index, leaf in enumerate(structure.leaves):
+                cluster_of[leaf], count_of[leaf] = ("obs", index), 1
+        else:
+            points = np.asarray(assignments.detach().cpu() if isinstance(assignments, Tensor) else assignments)
+            if points.ndim != 1 or points.dtype.kind not in "iu":
+                raise ValueError(
+                    f"assignments must be a 1-D array of integer node ids, got dtype {points.dtype} "
+                    f"and shape {points.shape}"
+                )
+            n_obs = int(points.shape[0])
+            if n_obs < 2:
+                raise ValueError(f"a linkage matrix needs at least two observations, got {n_obs} point(s)")
+            used, inverse = np.unique(points, return_inverse=True)
+            unknown = [int(node) for node in used if int(node) not in self._graph]
+            if unknown:
+                raise NodeNotFoundError(f"assignments name node(s) {unknown[:10]} that are not in the tree")
+            inner = [int(node) for node in used if self._graph.out_degree(int(node)) > 0]
+            if inner:
+                raise ValueError(
+                    f"points are assigned to internal node(s) {inner[:10]}; in a linkage matrix every "
+                    "point is an observation below the merges, so points must sit on leaves"
+                )
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.searchsorted(inverse[order], np.arange(len(used) + 1))
+            members = {int(node): order[bounds[k]: bounds[k + 1]] for k, node in enumerate(used)}
+            for leaf in structure.leaves:
+                group = members.get(leaf)
+                if group is None:
+                    cluster_of[leaf], count_of[leaf] = None, 0
+                    continue
+                previous: Any = ("obs", int(group[0]))
+                for k in range(1, len(group)):  # a chain of merges at height 0 inside the leaf
+                    rows.append((0.0, -position[leaf], len(rows), previous, ("obs", int(group[k])), k + 1,
+                                 leaf if k == len(group) - 1 else -1))
+                    previous = ("row", rows[-1][2])
+                cluster_of[leaf], count_of[leaf] = previous, len(group)
+        for node in reversed(structure.preorder):
+            if node not in children:
+                continue
+            left, right = (cluster_of[child] for child in children[node])
+            count_of[node] = sum(count_of[child] for child in children[node])
+            if left is None or right is None:  # an empty side: the node is its other child's cluster
+                cluster_of[node] = right if left is None else left
+                continue
+            rows.append((heights[node], -position[node], len(rows), left, right, count_of[node], node))
+            cluster_of[node] = ("row", rows[-1][2])
+        rows.sort(key=lambda row: (row[0], row[1], row[2]))
+        index_of_row = {row[2]: n_obs + k for k, row in enumerate(rows)}
+
+        def index(ref: tuple[str, int]) -> int:
+            return ref[1] if ref[0] == "obs" else index_of_row[ref[1]]
+
+        linkage = np.array([[index(row[3]), index(row[4]), row[0], row[5]] for row in rows], dtype=np.float64)
+        linkage = linkage.reshape(-1, 4)
+        if not return_nodes:
+            return linkage
+        nodes = np.full(2 * n_obs - 1, -1, dtype=np.int64)
+        if assignments is None:
+            nodes[:n_obs] = structure.leaves
+        else:  # a leaf with a single point is that point's observation
+            for leaf, ref in cluster_of.items():
+                if ref is not None and ref[0] == "obs" and leaf in structure.leaves and count_of[leaf] == 1:
+                    nodes[ref[1]] = leaf
+        for k, row in enumerate(rows):
+            nodes[n_obs + k] = row[6]
+        return linkage, nodes
+
+    @classmethod
+    def from_linkage(cls, linkage: Any) -> ClusterTree:
+        """Build a tree from a scipy linkage matrix (``scipy.cluster.hierarchy.linkage`` and friends).
+
+        Node ``i < n`` is observation ``i`` of the linkage and row ``j`` becomes node ``n + j`` with the
+        row's two clusters as children (in the row's order), so the root is ``2 n - 2``, the layout of
+        scipy's own cluster indices. Every node gets a ``"height"`` attribute: the row's distance, 0
+        for the observations. :meth:`to_linkage` of the result describes the same tree with the same
+        heights (so the same cophenetic distances); its observations follow :meth:`leaves`, and
+        ``return_nodes=True`` maps them back to these node ids.
+
+        Raises
+        ------
+        ValueError
+            If ``linkage`` is not a valid linkage matrix (scipy's ``is_valid_linkage`` says why).
+        """
+        from scipy.cluster.hierarchy import is_valid_linkage
+
+        matrix = np.asarray(linkage.detach().cpu() if isinstance(linkage, Tensor) else linkage)
+        if matrix.ndim != 2 or matrix.shape[1] != 4 or matrix.shape[0] < 1 or matrix.dtype.kind not in "iuf":
+            raise ValueError(
+                "a linkage matrix is a numeric [n - 1, 4] array with at least one row, got "
+                f"shape {matrix.shape} and dtype {matrix.dtype}"
+            )
+        matrix = matrix.astype(np.float64)
+        if not np.all(np.isfinite(matrix)):
+            raise ValueError("the linkage matrix holds NaN or infinite values")
+        try:
+            is_valid_linkage(matrix, throw=True, name="linkage")
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"not a valid scipy linkage matrix: {error}") from error
+        n_obs = matrix.shape[0] + 1
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(n_obs), height=0.0)
+        for row, (left, right, height, _) in enumerate(matrix):
+            node = n_obs + row
+            graph.add_node(node, height=float(height))
+            graph.add_edge(node, int(left))
+            graph.add_edge(node, int(right))
+        return cls.from_graph(graph, root=2 * n_obs - 2)
+
+    def to_newick(self, *, branch_lengths: bool = True) -> str:
+        """Return the tree as a Newick string, e.g. ``"((3,4)1,2)0;"``.
+
+        Every node, internal ones included, is labelled: by its ``"name"`` attribute where it has
+        one, else by its id. Labels that Newick reserves characters in (spaces, ``()[]':;,``) are
+        quoted. With ``branch_lengths`` the edge to each node carries a length: the nodes'
+        ``"length"`` attributes when every non-root node has one (a tree read by
+        :meth:`from_newick` keeps them), else the parent's minus the node's ``"height"`` when every
+        node has a height (a tree from :meth:`from_linkage`); otherwise no lengths are written.
+
+        Raises
+        ------
+        ValueError
+            If two nodes get the same label (the string could not be read back into this tree) or
+            a branch length is not a finite number.
+        """
+        structure = self._structure()
+        attrs = self._graph.nodes
+        labels = {node: str(attrs[node].get("name", node)) for node in structure.preorder}
+        seen: dict[str, int] = {}
+        for node, label in labels.items():
+            if label in seen:
+                raise ValueError(
+                    f"nodes {seen[label]} and {node} would both be labelled {label!r} in Newick; "
+                    "give them distinct 'name' attributes"
+                )
+            seen[label] = node
+        lengths: dict[int, float] = {}
+        if branch_lengths:
+            non_root = [node for node in structure.preorder if node != self._root]
+
+            def numeric(value: Any) -> bool:
+                return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+            if non_root and all(numeric(attrs[node].get("length")) for node in non_root):
+                lengths = {node: float(attrs[node]["length"]) for node in non_root}
+                if numeric(attrs[self._root].get("length")):
+                    lengths[self._root] = float(attrs[self._root]["length"])
+            elif all(numeric(attrs[node].get("height")) for node in structure.preorder):
+                lengths = {
+                    node: float(attrs[structure.parent[node]]["height"]) - float(attrs[node]["height"])
+                    for node in non_root
+                }
+            bad = {node: value for node, value in lengths.items() if not math.isfinite(value)}
+            if bad:
+                raise ValueError(f"branch lengths must be finite numbers, got {dict(list(bad.items())[:5])}")
+        text: dict[int, str] = {}
+        for node in reversed(structure.preorder):  # children first, no recursion for deep trees
+            kids = sorted(self._graph.successors(node))
+            piece = "(" + ",".join(text.pop(child) for child in kids) + ")" if kids else ""
+            piece += _newick_label(labels[node])
+            if node in lengths:
+                piece += f":{lengths[node]!r}"
+            text[node] = piece
+        return text[self._root] + ";"
+
+    @classmethod
+    def from_newick(cls, text: str) -> ClusterTree:
+        """Read a Newick string (one rooted tree ending in ``;``) into a tree.
+
+        When every node carries a distinct non-negative integer label (what :meth:`to_newick`
+        writes for a tree without names), the labels are the node ids. Otherwise nodes are numbered
+        0, 1, ... in the order they appear (preorder, the root 0) and their labels are kept in a
+        ``"name"`` attribute. Branch lengths go to a ``"length"`` attribute. Quoted labels
+        (``'...'`` with ``''`` for a quote) and comments in square brackets are understood.
+
+        Raises
+        ------
+        ValueError
+            For malformed Newick, naming the character position.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"from_newick expects a string, got {type(text).__name__}")
+        parsed = _parse_newick(text)
+        labels = [entry["label"] for entry in parsed]
+        as_ids = all(label is not None and re.fullmatch(r"[0-9]+", label) for label in labels)
+        ids = [int(label) for label in labels] if as_ids else list(range(len(parsed)))
+        if as_ids and len(set(ids)) != len(ids):
+            ids, as_ids = list(range(len(parsed))), False
+        graph = nx.DiGraph()
+        for entry, node in zip(parsed, ids):
+            node_attrs: dict[str, Any] = {}
+            if not as_ids and entry["label"] is not None:
+                node_attrs["name"] = entry["label"]
+            if entry["length"] is not None:
+                node_attrs["length"] = entry["length"]
+            graph.add_node(node, **node_attrs)
+            if entry["parent"] is not None:
+                graph.add_edge(ids[entry["parent"]], node)
+        return cls.from_graph(graph, root=ids[0])
+
     # ------------------------------------------------------------------ construction
     def copy(self) -> ClusterTree:
         """Return an independent deep copy (graph, attributes and events)."""
@@ -1070,3 +1368,109 @@ class ClusterTree:
             f"ClusterTree(nodes={structure.n_nodes}, leaves={len(structure.leaves)}, "
             f"depth={structure.depth}, root={self._root}, version={self._version})"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Newick
+# ---------------------------------------------------------------------------------------------
+
+#: characters that end an unquoted Newick label (or may not appear in one)
+_NEWICK_SPECIAL = set("()[]':;, \t\r\n")
+
+
+def _newick_label(label: str) -> str:
+    """``label`` as a Newick token: as is when it is plain, else single-quoted with ``''`` for ``'``."""
+    if label and not any(char in _NEWICK_SPECIAL for char in label):
+        return label
+    return "'" + label.replace("'", "''") + "'"
+
+
+def _parse_newick(text: str) -> list[dict[str, Any]]:
+    """The nodes of one Newick tree in preorder: ``{"parent": index or None, "label", "length"}``.
+
+    An iterative scanner (no recursion, so a deep tree cannot exhaust the stack).
+    """
+    nodes: list[dict[str, Any]] = [{"parent": None, "label": None, "length": None, "children": 0, "closed": False}]
+    current = 0
+    i, n = 0, len(text)
+
+    def fail(message: str, at: int) -> ValueError:
+        snippet = text[max(0, at - 15): at + 15].replace("\n", " ")
+        return ValueError(f"malformed Newick at character {at}: {message} (near {snippet!r})")
+
+    def new_child(parent: int) -> int:
+        nodes[parent]["children"] += 1
+        nodes.append({"parent": parent, "label": None, "length": None, "children": 0, "closed": False})
+        return len(nodes) - 1
+
+    ended = False
+    while i < n:
+        char = text[i]
+        if char.isspace():
+            i += 1
+        elif char == "[":  # a comment
+            close = text.find("]", i)
+            if close < 0:
+                raise fail("unterminated comment '['", i)
+            i = close + 1
+        elif ended:
+            raise fail("text after the closing ';'", i)
+        elif char == "(":
+            node = nodes[current]
+            if node["closed"] or node["label"] is not None or node["length"] is not None or node["children"]:
+                raise fail("'(' after a node's label or length", i)
+            current = new_child(current)
+            i += 1
+        elif char == ",":
+            parent = nodes[current]["parent"]
+            if parent is None:
+                raise fail("',' outside parentheses", i)
+            current = new_child(parent)
+            i += 1
+        elif char == ")":
+            parent = nodes[current]["parent"]
+            if parent is None:
+                raise fail("')' without a matching '('", i)
+            current = parent
+            nodes[current]["closed"] = True
+            i += 1
+        elif char == ";":
+            if nodes[current]["parent"] is not None:
+                raise fail("';' before every '(' was closed", i)
+            ended = True
+            i += 1
+        elif char == ":":
+            node = nodes[current]
+            if node["length"] is not None:
+                raise fail("a second branch length", i)
+            match = re.compile(r"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)").match(text, i + 1)
+            if match is None:
+                raise fail("':' not followed by a number", i)
+            node["length"] = float(match.group(1))
+            i = match.end()
+        else:
+            node = nodes[current]
+            if node["label"] is not None or node["length"] is not None:
+                raise fail(f"unexpected {char!r} after a node's label or length", i)
+            if char == "'":
+                chars, j = [], i + 1
+                while True:
+                    if j >= n:
+                        raise fail("unterminated quoted label", i)
+                    if text[j] == "'":
+                        if j + 1 < n and text[j + 1] == "'":
+                            chars.append("'")
+                            j += 2
+                            continue
+                        break
+                    chars.append(text[j])
+                    j += 1
+                node["label"], i = "".join(chars), j + 1
+            else:
+                j = i
+                while j < n and text[j] not in _NEWICK_SPECIAL:
+                    j += 1
+                node["label"], i = text[i:j], j
+    if not ended:
+        raise fail("a Newick tree must end with ';'", n)
+    return [{key: node[key] for key in ("parent", "label", "length")} for node in nodes]
