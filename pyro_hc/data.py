@@ -53,6 +53,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -867,33 +868,75 @@ def _sibling_directions(rng: np.random.RandomState, branching: int, latent_dim: 
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
+def _children_counts(tree: Any) -> list[int]:
+    """Number of children of every node, in breadth-first order (root first), of a tree spec.
+
+    A spec is a leaf (``0`` or an empty list), an integer ``n >= 2`` (a node with ``n`` leaf
+    children) or a list of specs (a node with those children, left to right). The root must have
+    children.
+    """
+
+    def is_count(spec: Any) -> bool:
+        return isinstance(spec, (int, np.integer)) and not isinstance(spec, bool)
+
+    if not (is_count(tree) or isinstance(tree, (list, tuple))) or tree in (0, [], ()):
+        raise ValueError(
+            "tree must be an integer >= 2 (a root with that many leaves) or a list of subtrees "
+            f"(each 0 for a leaf, an integer >= 2 for a node with that many leaves, or a list), got {tree!r}"
+        )
+    counts, queue = [], deque([tree])
+    while queue:
+        spec = queue.popleft()
+        if is_count(spec) and spec == 0 or isinstance(spec, (list, tuple)) and len(spec) == 0:
+            counts.append(0)
+        elif is_count(spec) and spec >= 2:
+            counts.append(int(spec))
+            queue.extend([0] * int(spec))
+        elif isinstance(spec, (list, tuple)) and len(spec) >= 2:
+            counts.append(len(spec))
+            queue.extend(spec)
+        else:
+            raise ValueError(
+                f"tree: every internal node needs at least 2 children and a leaf is 0 or []; got the subtree {spec!r}"
+            )
+    return counts
+
+
 def synthetic_tree(
-    depth: int = 3,
-    branching: int = 2,
+    depth: int | None = None,
+    branching: int | None = None,
     latent_dim: int = 10,
     n_features: int = 50,
     n_per_leaf: int = 100,
     separation: float = 8.0,
     noise: float = 0.5,
     seed: int = 0,
+    *,
+    tree: int | Sequence[Any] | None = None,
+    n_per_internal: int = 0,
 ) -> Dataset:
     """Draw a data set from a known hierarchical Gaussian mixture.
 
-    The true tree is complete: the root (level 0, mean 0) has ``branching`` children, each of
-    those ``branching`` children, and so on down to the leaves at level ``depth``. A node at
-    level ``l`` sits at distance ``separation / 2**(l - 1)`` from its parent, so clusters split
-    coarse-to-fine and the hierarchy is visible in the data. Leaf points are
-    ``z ~ N(leaf_mean, noise**2 I)``; they are mapped by a fixed random decoder,
-    ``x = sigmoid(W2 tanh(W1 z / s + b1) + b2)`` (``s`` the root-mean-square norm of ``z``,
-    so the tanh layer neither saturates nor stays linear), to ``n_features`` values in
-    ``(0, 1)``.
+    By default the true tree is complete: the root (level 0, mean 0) has ``branching`` children,
+    each of those ``branching`` children, and so on down to the leaves at level ``depth``;
+    ``tree`` gives any other shape (unbalanced trees). A node at level ``l`` sits at distance
+    ``separation / 2**(l - 1)`` from its parent, in a direction that places siblings
+    symmetrically around it, so clusters split coarse-to-fine and the hierarchy is visible in the
+    data. Leaf points are ``z ~ N(leaf_mean, noise**2 I)``; with ``n_per_internal > 0`` every
+    internal node (the root included) emits points too, ``z ~ N(node_mean, noise**2 I)``: HCRL's
+    premise that each node of the hierarchy generates data, its internal nodes the blends of their
+    subtrees (an internal mean is the centroid of its children's). The points are mapped by a
+    fixed random decoder, ``x = sigmoid(W2 tanh(W1 z / s + b1) + b2)`` (``s`` the root-mean-square
+    norm of a deepest leaf's ``z``, so the tanh layer neither saturates nor stays linear), to
+    ``n_features`` values in ``(0, 1)``.
 
     Parameters
     ----------
     depth : int, optional
-        Levels below the root (>= 1); there are ``branching**depth`` leaves.
+        Levels below the root (>= 1) of the complete tree; there are ``branching**depth``
+        leaves. Default 3. Not with ``tree``.
     branching : int, optional
-        Children per internal node (>= 2).
+        Children per internal node (>= 2) of the complete tree. Default 2. Not with ``tree``.
     latent_dim : int, optional
         Dimension of the latent space holding the node means.
     n_features : int, optional
@@ -903,26 +946,59 @@ def synthetic_tree(
     separation : float, optional
         Parent-to-child distance at level 1 (> 0); halves at every level below.
     noise : float, optional
-        Standard deviation of the points around their leaf mean in latent space (>= 0).
+        Standard deviation of the points around their node's mean in latent space (>= 0).
     seed : int, optional
         Seed of the ``numpy.random.RandomState`` that draws everything. The tree and decoder are
-        drawn before the points, so changing ``n_per_leaf`` or ``noise`` keeps them.
+        drawn before the points, so changing ``n_per_leaf``, ``n_per_internal`` or ``noise``
+        keeps them.
+    tree : int or nested list, optional
+        The shape of the true tree, for unbalanced hierarchies: the list of the root's subtrees,
+        left to right, each ``0`` (a leaf), an integer ``n >= 2`` (a node with ``n`` leaves) or
+        again a list of subtrees. ``[4, 2, 0]`` is a root with a 4-leaf group, a 2-leaf group
+        and a single leaf at level 1; ``[[2, 2], 3]`` has leaves at levels 3 and 2. An integer
+        ``n`` alone is a root with ``n`` leaves. The complete tree of ``depth`` and
+        ``branching`` is ``tree=[[b] * b] * b`` for ``depth=3``.
+    n_per_internal : int, optional
+        Points drawn at every internal node, the root included (>= 0). 0 (the default) draws at
+        the leaves only.
 
     Returns
     -------
     Dataset
         Named ``"synthetic_tree"``, likelihood ``"gaussian"``, ``x`` of shape
-        ``(branching**depth * n_per_leaf, n_features)`` in shuffled order, ``y`` the leaf label
-        ``0 .. n_leaves - 1`` of each point, and ``tree`` a ``networkx.DiGraph`` with root 0,
-        node ids in breadth-first order, node attributes ``"mean"`` (list of floats) and
-        ``"level"``, and ``"label"`` on the leaves (numbered left to right); ``latent`` the
-        ``latent_dim``-dimensional points ``z`` before the decoder (for oracle baselines).
+        ``(n_leaves * n_per_leaf + n_internal * n_per_internal, n_features)`` in shuffled order,
+        ``y`` the class of the node that drew each point: leaves ``0 .. n_leaves - 1``, numbered
+        left to right (depth first), then, with ``n_per_internal > 0``, the internal nodes
+        ``n_leaves .. n_leaves + n_internal - 1`` in breadth-first order (the root is
+        ``n_leaves``); ``n_classes`` the number of those classes. ``tree`` is a
+        ``networkx.DiGraph`` with root 0, node ids in breadth-first order, node attributes
+        ``"mean"`` (list of floats) and ``"level"``, and ``"label"`` (the class) on every node
+        that draws points: the leaves, and the internal nodes when ``n_per_internal > 0`` (a
+        true cluster of :func:`pyro_hc.metrics.hierarchical_f_score` is then a node's own points
+        plus its descendants'). Its graph attributes record ``depth`` (the deepest leaf's
+        level), ``branching`` (``None`` when internal nodes differ), ``separation``, ``noise``
+        and ``n_per_internal``. ``latent`` holds the ``latent_dim``-dimensional points ``z``
+        before the decoder (for oracle baselines).
+
+    Raises
+    ------
+    ValueError
+        For an argument out of range, a malformed ``tree`` or ``tree`` given with ``depth`` or
+        ``branching``.
     """
-    depth = _check_int(depth, "depth", 1)
-    branching = _check_int(branching, "branching", 2)
+    if tree is not None:
+        if depth is not None or branching is not None:
+            raise ValueError("give either tree or depth/branching, not both: tree fixes the whole shape")
+        children_counts = _children_counts(tree)
+    else:
+        depth = _check_int(3 if depth is None else depth, "depth", 1)
+        branching = _check_int(2 if branching is None else branching, "branching", 2)
+        n_internal = sum(branching**level for level in range(depth))
+        children_counts = [branching] * n_internal + [0] * branching**depth
     latent_dim = _check_int(latent_dim, "latent_dim", 1)
     n_features = _check_int(n_features, "n_features", 1)
     n_per_leaf = _check_int(n_per_leaf, "n_per_leaf", 1)
+    n_per_internal = _check_int(n_per_internal, "n_per_internal", 0)
     seed = _check_int(seed, "seed", 0)
     if not (isinstance(separation, (int, float)) and math.isfinite(separation) and separation > 0):
         raise ValueError(f"separation must be a finite number > 0, got {separation!r}")
@@ -931,26 +1007,36 @@ def synthetic_tree(
     # RandomState's stream is frozen across numpy versions, so a seed names one data set forever.
     rng = np.random.RandomState(seed)
 
-    tree = nx.DiGraph(
-        depth=depth, branching=branching, separation=float(separation), noise=float(noise)
+    # Breadth first: the nodes of one level draw their children's directions in turn, as the
+    # complete tree always did, so a seed keeps naming the same complete tree.
+    internal_counts = {count for count in children_counts if count}
+    graph = nx.DiGraph(
+        depth=0,
+        branching=internal_counts.pop() if len(internal_counts) == 1 else None,
+        separation=float(separation),
+        noise=float(noise),
+        n_per_internal=n_per_internal,
     )
     means = {0: np.zeros(latent_dim)}
-    tree.add_node(0, mean=means[0].tolist(), level=0)
-    frontier = [0]
-    for level in range(1, depth + 1):
+    graph.add_node(0, mean=means[0].tolist(), level=0)
+    for parent, n_children in enumerate(children_counts):
+        if not n_children:
+            continue
+        level = graph.nodes[parent]["level"] + 1
         step = separation / 2 ** (level - 1)
-        next_frontier = []
-        for parent in frontier:
-            for direction in _sibling_directions(rng, branching, latent_dim):
-                child = tree.number_of_nodes()
-                means[child] = means[parent] + step * direction
-                tree.add_node(child, mean=means[child].tolist(), level=level)
-                tree.add_edge(parent, child)
-                next_frontier.append(child)
-        frontier = next_frontier
-    leaves = frontier
-    for label, leaf in enumerate(leaves):
-        tree.nodes[leaf]["label"] = label
+        for direction in _sibling_directions(rng, n_children, latent_dim):
+            child = graph.number_of_nodes()
+            means[child] = means[parent] + step * direction
+            graph.add_node(child, mean=means[child].tolist(), level=level)
+            graph.add_edge(parent, child)
+    depth = max(level for _, level in graph.nodes(data="level"))
+    graph.graph["depth"] = depth
+    # Leaves numbered left to right: depth first, children in id order.
+    leaves = [node for node in nx.dfs_preorder_nodes(graph, 0) if graph.out_degree(node) == 0]
+    internal = [node for node in graph if graph.out_degree(node) > 0]  # breadth first: ids ascend
+    emitting = leaves + (internal if n_per_internal else [])
+    for label, node in enumerate(emitting):
+        graph.nodes[node]["label"] = label
 
     hidden_dim = max(32, 2 * latent_dim)
     w1 = rng.standard_normal((latent_dim, hidden_dim))
@@ -959,14 +1045,17 @@ def synthetic_tree(
     # without piling values up against 0 and 1.
     w2 = 2.0 * rng.standard_normal((hidden_dim, n_features)) / math.sqrt(hidden_dim)
     b2 = 0.5 * rng.standard_normal(n_features)
-    # Expected squared norm of z: the offsets of all levels (independent directions) plus noise.
+    # Expected squared norm of a deepest leaf's z: the offsets of all levels (independent
+    # directions) plus noise.
     z_scale = math.sqrt(
         sum((separation / 2 ** (lv - 1)) ** 2 for lv in range(1, depth + 1)) + latent_dim * noise**2
     )
 
-    leaf_means = np.stack([means[leaf] for leaf in leaves])
+    node_means = np.stack([means[node] for node in emitting])
     labels = np.repeat(np.arange(len(leaves)), n_per_leaf)
-    z = leaf_means[labels] + noise * rng.standard_normal((labels.size, latent_dim))
+    if n_per_internal:
+        labels = np.concatenate([labels, np.repeat(np.arange(len(leaves), len(emitting)), n_per_internal)])
+    z = node_means[labels] + noise * rng.standard_normal((labels.size, latent_dim))
     order = rng.permutation(labels.size)
     z, labels = z[order], labels[order]
 
@@ -977,8 +1066,8 @@ def synthetic_tree(
         y=torch.as_tensor(labels, dtype=torch.long),
         name="synthetic_tree",
         likelihood="gaussian",
-        n_classes=len(leaves),
-        tree=tree,
+        n_classes=len(emitting),
+        tree=graph,
         latent=torch.as_tensor(z, dtype=torch.float32),
     )
 

@@ -632,6 +632,106 @@ def test_synthetic_tree_more_children_than_latent_dimensions():
     assert data.n_classes == 4 and len(data) == 20
 
 
+def _true_node_of_points(data):
+    """The node of ``data.tree`` that drew each point (its class's node)."""
+    node_of_label = {label: node for node, label in data.tree.nodes(data="label") if label is not None}
+    return np.array([node_of_label[label] for label in data.y.tolist()])
+
+
+def test_synthetic_tree_internal_nodes_emit_labelled_points():
+    data = synthetic_tree(depth=2, branching=3, latent_dim=5, noise=0.3, n_per_leaf=20, n_per_internal=8, seed=2)
+    tree = data.tree
+    internal = [n for n in tree if tree.out_degree(n) > 0]
+    assert internal == [0, 1, 2, 3] and tree.graph["n_per_internal"] == 8
+    # leaves keep 0..8 (left to right), the internal nodes follow in breadth-first order, root first
+    assert [tree.nodes[n]["label"] for n in internal] == [9, 10, 11, 12]
+    assert data.n_classes == 13 and len(data) == 9 * 20 + 4 * 8 and data.x.shape == (212, 50)
+    assert data.y.bincount().tolist() == [20] * 9 + [8] * 4
+    # every point sits around the mean of the node that drew it, internal ones included
+    means = {tree.nodes[n]["label"]: tree.nodes[n]["mean"] for n in tree}
+    offsets = data.latent.numpy() - np.array([means[label] for label in data.y.tolist()])
+    assert abs(offsets.std() - 0.3) < 0.03
+    internal_rows = data.y >= 9
+    assert np.abs(offsets[internal_rows.numpy()]).max() < 6 * 0.3
+    # the root's points lie at the origin, between the groups, far from every leaf mean
+    root_points = data.latent[data.y == 9].numpy()
+    assert np.linalg.norm(root_points.mean(0)) < 1.0  # the groups sit at distance 8 (separation)
+    # the tree and the decoder are drawn before the points: leaf-only and all-node data share them
+    leaf_only = synthetic_tree(depth=2, branching=3, latent_dim=5, noise=0.3, n_per_leaf=20, seed=2)
+    assert [leaf_only.tree.nodes[n]["mean"] for n in tree] == [tree.nodes[n]["mean"] for n in tree]
+
+
+def test_synthetic_tree_internal_points_are_true_clusters_of_the_hierarchical_f_score():
+    from pyro_hc.metrics import hierarchical_f_score
+
+    data = synthetic_tree(depth=2, branching=3, n_per_leaf=10, n_per_internal=6, seed=0)
+    labels, truth = data.y.numpy(), data.tree
+    on_true_nodes = _true_node_of_points(data)
+    # the true tree with every point on the node that drew it is perfect, coarse groups included
+    assert hierarchical_f_score(truth, on_true_nodes, labels, label_tree=truth) == pytest.approx(1.0)
+    # moving a coarse node's own points into another group breaks that group's cluster (its points
+    # belong to node 1's subtree) and only that: the leaves and the other groups stay perfect
+    moved = on_true_nodes.copy()
+    moved[labels == truth.nodes[1]["label"]] = 3
+    score = hierarchical_f_score(truth, moved, labels, label_tree=truth)
+    # the true clusters: 9 leaves of 10, 3 groups of 36 (6 own + 30 below); node 1's subtree keeps
+    # 30 of its 36 (F = 60/66), node 3's gains 6 (F = 72/78); the root's own points are in no cluster
+    expected = (9 * 10 + 36 + 36 * (60 / 66) + 36 * (72 / 78)) / (9 * 10 + 3 * 36)
+    assert score == pytest.approx(expected)
+
+
+def test_synthetic_tree_tree_spec_of_a_complete_tree_is_the_complete_tree():
+    for depth, branching, spec in [(2, 2, [2, 2]), (3, 3, [[3] * 3] * 3), (1, 4, 4)]:
+        complete = synthetic_tree(depth=depth, branching=branching, n_per_leaf=5, seed=4)
+        from_spec = synthetic_tree(tree=spec, n_per_leaf=5, seed=4)
+        assert torch.equal(complete.x, from_spec.x) and torch.equal(complete.y, from_spec.y)
+        assert dict(complete.tree.nodes(data=True)) == dict(from_spec.tree.nodes(data=True))
+        assert complete.tree.graph == from_spec.tree.graph
+
+
+def test_synthetic_tree_unbalanced():
+    data = synthetic_tree(tree=[4, 2, 0], latent_dim=6, n_per_leaf=10, separation=4.0, seed=1)
+    tree = data.tree
+    assert nx.is_arborescence(tree) and tree.number_of_nodes() == 1 + 3 + 6
+    assert [tree.out_degree(n) for n in range(10)] == [3, 4, 2, 0, 0, 0, 0, 0, 0, 0]
+    assert tree.graph["depth"] == 2 and tree.graph["branching"] is None
+    # leaves numbered left to right: node 1's four, node 2's two, then node 3, a leaf at level 1
+    label_of = dict(tree.nodes(data="label"))
+    assert [label_of[n] for n in (4, 5, 6, 7, 8, 9, 3)] == list(range(7))
+    assert tree.nodes[3]["level"] == 1 and label_of[0] is None and label_of[1] is None
+    assert data.n_classes == 7 and data.y.bincount().tolist() == [10] * 7 and data.x.shape == (70, 50)
+    for parent, child in tree.edges:
+        step = np.linalg.norm(np.subtract(tree.nodes[child]["mean"], tree.nodes[parent]["mean"]))
+        assert step == pytest.approx(4.0 / 2 ** (tree.nodes[child]["level"] - 1))
+    for node in (0, 1, 2):
+        centroid = np.mean([tree.nodes[c]["mean"] for c in tree.successors(node)], axis=0)
+        np.testing.assert_allclose(centroid, tree.nodes[node]["mean"], atol=1e-9)
+    deeper = synthetic_tree(tree=[[2, 2], 3], n_per_leaf=4, n_per_internal=2, seed=0)
+    levels = {deeper.tree.nodes[n]["level"] for n in deeper.tree if deeper.tree.out_degree(n) == 0}
+    assert levels == {2, 3} and deeper.tree.graph["depth"] == 3
+    # 7 leaves and 5 internal nodes (root, the two groups, the two pairs)
+    assert deeper.n_classes == 12 and len(deeper) == 7 * 4 + 5 * 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tree": [2, 2], "depth": 2}, "not both"),
+        ({"tree": [3], "branching": 3}, "not both"),
+        ({"tree": [1, 2]}, "at least 2 children"),
+        ({"tree": [[0], 2]}, "at least 2 children"),
+        ({"tree": [2]}, "at least 2 children"),
+        ({"tree": 0}, "tree must be"),
+        ({"tree": "ab"}, "tree must be"),
+        ({"tree": [2, "x"]}, "at least 2 children"),
+        ({"n_per_internal": -1}, "n_per_internal"),
+    ],
+)
+def test_synthetic_tree_rejects_bad_shapes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synthetic_tree(**kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # DeviceBatcher
 # ---------------------------------------------------------------------------------------------
