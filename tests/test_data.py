@@ -35,7 +35,7 @@ from pyro_hc.data import (
     validate_data,
 )
 
-ALL_NAMES = ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "synthetic_tree", "usps"]
+ALL_NAMES = ["20newsgroups", "cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "synthetic_tree", "usps"]
 
 
 def _shared_data_root() -> Path:
@@ -512,6 +512,152 @@ def test_dataset_to_cuda_and_batch_there():
     assert data.x[next(iter(batcher))].shape == (100, 1, 8, 8)
     again = torch.cat(list(DeviceBatcher(len(data), 100, device="cuda", seed=0)))
     assert torch.equal(seen, again)
+
+
+# ---------------------------------------------------------------------------------------------
+# 20 Newsgroups
+# ---------------------------------------------------------------------------------------------
+
+NEWSGROUPS_ARCHIVE = SHARED / "20newsgroups" / "20news-bydate.tar.gz"
+#: a few documents per part in the bydate layout: (part, group, file name) -> text
+FAKE_POSTS = {
+    ("train", "sci.med", "59"): "doctor patient medicine doctor",
+    ("train", "sci.med", "100"): "patient disease medicine",
+    ("train", "comp.graphics", "7"): "image pixel render image graphics",
+    ("train", "comp.graphics", "8"): "graphics card pixel",
+    ("train", "rec.autos", "3"): "car engine wheel car",
+    ("test", "sci.med", "5"): "medicine doctor disease",
+    ("test", "comp.graphics", "1"): "render image graphics",
+    ("test", "rec.autos", "2"): "engine car wheel \xe9t\xe9",  # Latin-1 bytes, as the originals
+}
+
+
+def _fake_newsgroups(root: Path, extracted: bool = False) -> Path:
+    folder = root / "20newsgroups"
+    folder.mkdir(parents=True, exist_ok=True)
+    if extracted:
+        for (part, group, name), text in FAKE_POSTS.items():
+            path = folder / f"20news-bydate-{part}" / group / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(text.encode("latin-1"))
+        return folder
+    archive = folder / "20news-bydate.tar.gz"
+    staging = root / "staging"
+    for (part, group, name), text in FAKE_POSTS.items():
+        path = staging / f"20news-bydate-{part}" / group / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode("latin-1"))
+    with tarfile.open(archive, "w:gz") as tar:
+        for part in ("test", "train"):
+            tar.add(staging / f"20news-bydate-{part}", arcname=f"20news-bydate-{part}")
+    return archive
+
+
+def test_newsgroups_hierarchy_follows_the_group_names():
+    tree = D.newsgroups_hierarchy()
+    name = dict(tree.nodes(data="name"))
+    leaves = [n for n in tree if tree.out_degree(n) == 0]
+    assert nx.is_arborescence(tree) and tree.number_of_nodes() == 28 and len(leaves) == 20
+    assert sorted(tree.nodes[n]["label"] for n in leaves) == list(range(20))
+    assert all(D.NEWSGROUPS[tree.nodes[n]["label"]] == name[n] for n in leaves)
+    assert all("label" not in tree.nodes[n] for n in tree if n not in leaves)
+    by_name = {v: k for k, v in name.items()}
+    path = nx.shortest_path(tree, 0, by_name["comp.sys.ibm.pc.hardware"])
+    assert [name[n] for n in path] == ["", "comp", "comp.sys", "comp.sys.ibm.pc.hardware"]
+    assert sorted(name[n] for n in tree.successors(0)) == [
+        "alt.atheism", "comp", "misc.forsale", "rec", "sci", "soc.religion.christian", "talk"]
+    # a one-child prefix is merged into its child: it would hold the same documents
+    assert sorted(name[n] for n in tree.successors(by_name["talk"])) == ["talk.politics", "talk.religion.misc"]
+    assert {tree.nodes[n]["level"] for n in leaves} == {1, 2, 3}  # 4 levels with the root
+    assert all(tree.nodes[n]["level"] == len(nx.shortest_path(tree, 0, n)) - 1 for n in tree)
+    small = D.newsgroups_hierarchy(["a.x", "a.y", "b"])
+    assert sorted(dict(small.nodes(data="name")).values()) == ["", "a", "a.x", "a.y", "b"]
+    with pytest.raises(ValueError, match="prefixes of other groups"):
+        D.newsgroups_hierarchy(["a", "a.x"])
+    with pytest.raises(ValueError, match="distinct"):
+        D.newsgroups_hierarchy(["a", "a"])
+
+
+def test_newsgroups_hierarchy_scores_coarse_groups():
+    from pyro_hc.metrics import hierarchical_f_score
+
+    tree = D.newsgroups_hierarchy()
+    labels = np.repeat(np.arange(20), 5)
+    leaf_of_label = {label: node for node, label in tree.nodes(data="label") if label is not None}
+    perfect = np.array([leaf_of_label[label] for label in labels])
+    assert hierarchical_f_score(tree, perfect, labels, label_tree=tree) == pytest.approx(1.0)
+    flat = nx.DiGraph([(100, label) for label in range(20)])
+    # every group found, but none of the 8 coarse nodes: their F-scores are below 1
+    assert hierarchical_f_score(flat, labels, labels) == pytest.approx(1.0)
+    assert hierarchical_f_score(flat, labels, labels, label_tree=tree) < 0.9
+
+
+@pytest.mark.parametrize("extracted", [False, True])
+def test_20newsgroups_from_a_fake_archive(tmp_path, extracted):
+    _fake_newsgroups(tmp_path / "root", extracted=extracted)
+    data = load_dataset("20-newsgroups", root=tmp_path / "root")
+    assert data.name == "20newsgroups" and data.likelihood == "gaussian" and data.n_classes == 20
+    assert len(data) == 8 and data.x.dtype == torch.float32 and data.x.ndim == 2
+    # train then test, each by group then by file name as strings ("100" < "59"), as scikit-learn
+    groups = ["comp.graphics", "comp.graphics", "rec.autos", "sci.med", "sci.med",
+              "comp.graphics", "rec.autos", "sci.med"]
+    assert data.y.tolist() == [D.NEWSGROUPS.index(g) for g in groups]
+    # DEC's scaling: every document has L2 norm sqrt(D); values are non-negative
+    norms = data.x.norm(dim=1)
+    torch.testing.assert_close(norms, torch.full((8,), data.n_features**0.5))
+    assert float(data.x.min()) == 0.0
+    # the two medical training posts share more terms with each other than with the graphics ones
+    similarity = data.x @ data.x.T
+    assert similarity[3, 4] > similarity[3, 0] and similarity[3, 4] > similarity[3, 1]
+    assert isinstance(data.tree, nx.DiGraph) and data.tree.number_of_nodes() == 28
+    train, test = (load_dataset("20newsgroups", root=tmp_path / "root", split=s) for s in ("train", "test"))
+    assert len(train) == 5 and len(test) == 3
+    assert torch.equal(torch.cat([train.x, test.x]), data.x) and torch.equal(test.y, data.y[5:])
+    assert "20newsgroups" in list_datasets(available=True, root=tmp_path / "root")
+
+
+def test_20newsgroups_is_vectorised_once_and_again_when_the_source_changes(tmp_path, monkeypatch):
+    archive = _fake_newsgroups(tmp_path / "root")
+    calls = []
+    read = D._newsgroups_documents
+    monkeypatch.setattr(D, "_newsgroups_documents", lambda source: calls.append(source) or read(source))
+    first = load_dataset("20newsgroups", root=tmp_path / "root")
+    assert len(calls) == 1  # split="all" reads two parts from one vectorisation
+    cache = tmp_path / "cache" / "20newsgroups"
+    assert sorted(p.name for p in cache.iterdir()) == ["tfidf2000.npz", "tfidf2000.npz.source.json"]
+    before = _snapshot(tmp_path / "root" / "20newsgroups")
+    again = load_dataset("20newsgroups", root=tmp_path / "root", split="test")
+    assert len(calls) == 1 and torch.equal(again.x, first.x[5:])
+    assert _snapshot(tmp_path / "root" / "20newsgroups") == before  # the data root is never written
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    load_dataset("20newsgroups", root=tmp_path / "root", split="train")
+    assert len(calls) == 2
+    # with the source gone, the cache still serves
+    archive.unlink()
+    assert torch.equal(load_dataset("20newsgroups", root=tmp_path / "root").x, first.x) and len(calls) == 2
+    assert "20newsgroups" in list_datasets(available=True, root=tmp_path / "root")
+
+
+def test_20newsgroups_missing_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("20newsgroups", root=tmp_path / "empty")
+    message = str(info.value)
+    assert "20news-bydate.tar.gz" in message and str(tmp_path / "empty" / "20newsgroups") in message
+    assert "does not download" in message and "PYRO_HC_DATA" in message
+    assert "20newsgroups" not in list_datasets(available=True, root=tmp_path / "empty")
+
+
+@pytest.mark.skipif(not NEWSGROUPS_ARCHIVE.is_file(), reason="20 Newsgroups not on disk (set PYRO_HC_DATA)")
+def test_20newsgroups_real_archive_documents_and_groups():
+    texts, labels, is_test = D._newsgroups_documents(NEWSGROUPS_ARCHIVE)
+    assert len(texts) == 18846 and int((~is_test).sum()) == 11314 and int(is_test.sum()) == 7532
+    assert not is_test[:11314].any() and is_test[11314:].all()  # train first, then test
+    alt, christian = D.NEWSGROUPS.index("alt.atheism"), D.NEWSGROUPS.index("soc.religion.christian")
+    # the README's official per-group counts
+    assert [int((labels[~is_test] == g).sum()) for g in (alt, christian)] == [480, 599]
+    assert [int((labels[is_test] == g).sum()) for g in (alt, christian)] == [319, 398]
+    assert set(labels.tolist()) == set(range(20)) and np.all(np.diff(labels[:11314]) >= 0)
+    assert all(isinstance(text, str) and text for text in texts[:50])
 
 
 # ---------------------------------------------------------------------------------------------
