@@ -69,6 +69,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -826,7 +827,7 @@ def _newsgroups_matrix(where: _Where) -> dict[str, np.ndarray]:
             ):
                 with np.load(cache, allow_pickle=False) as arrays:
                     return dict(arrays)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # an unreadable cache just means vectorising again
     if source is None:
         folder = where.data_root / "20newsgroups"

@@ -632,9 +632,12 @@ def test_20newsgroups_is_vectorised_once_and_again_when_the_source_changes(tmp_p
     os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
     load_dataset("20newsgroups", root=tmp_path / "root", split="train")
     assert len(calls) == 2
+    (cache / "tfidf2000.npz").write_bytes(b"not a zip file")  # a damaged cache is rebuilt
+    assert torch.equal(load_dataset("20newsgroups", root=tmp_path / "root", split="test").x, first.x[5:])
+    assert len(calls) == 3
     # with the source gone, the cache still serves
     archive.unlink()
-    assert torch.equal(load_dataset("20newsgroups", root=tmp_path / "root").x, first.x) and len(calls) == 2
+    assert torch.equal(load_dataset("20newsgroups", root=tmp_path / "root").x, first.x) and len(calls) == 3
     assert "20newsgroups" in list_datasets(available=True, root=tmp_path / "root")
 
 
