@@ -29,7 +29,8 @@ Data sets
     (its ``make_reuters_data``): raw term counts of the most frequent terms, TF-IDF with
     sublinear TF and unit L2 norm per document, times ``sqrt(2000)``. Values lie in
     ``[0, sqrt(2000)]`` (mean square 1 per feature), not ``[0, 1]``: likelihood ``"gaussian"``
-    (an unscaled Bernoulli or Gaussian fit learned almost nothing in a VaDE trial). The
+    (a VaDE of 2000-256-10 on 4,000 documents, 5 + 10 epochs, CPU, seed 0, reached NMI 0.33 on
+    these, 0.01 with a Gaussian and 0.002 with a Bernoulli decoder on the unscaled vectors). The
     vocabulary and IDF are fitted on train and test together (clustering is transductive).
     ``tree`` is the topic hierarchy of the group names (:func:`newsgroups_hierarchy`:
     ``comp.sys.ibm.pc.hardware`` under ``comp.sys`` under ``comp``; 4 levels with the root).
