@@ -36,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -168,6 +170,7 @@ def main() -> None:
                      "n_leaves": [r["n_leaves"] for r in per_seed]})
     record = {
         "benchmark": "hcrl_20newsgroups", "budget_label": "full" if full_budget else "reduced",
+        "command": shlex.join(["python", *sys.argv]),
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__, "pyro": pyro.__version__,
@@ -191,6 +194,8 @@ def main() -> None:
         f"{len(data)} documents ({args.split}), {data.n_features} TF-IDF features; budget {record['budget']}; "
         f"{record['seconds']:.0f} s in all. Ours: mean ± Student-t 95 % interval over the seeds; "
         "the paper's: 10 replications, 95 % interval.",
+        "",
+        f"Command: `{record['command']}`",
         "",
         "| model | hierarchical F (ours) | per seed | paper | flat F | DP | NMI | leaves | s / fit |",
         "|---|---|---|---|---|---|---|---|---|",

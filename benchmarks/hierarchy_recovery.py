@@ -42,6 +42,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -231,7 +233,8 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
 
     record = {
-        "benchmark": "hierarchy_recovery", "device": str(pyro_hc.infer.resolve_device(args.device)),
+        "benchmark": "hierarchy_recovery", "command": shlex.join(["python", *sys.argv]),
+        "device": str(pyro_hc.infer.resolve_device(args.device)),
         "device_name": platform.machine(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__, "pyro": pyro.__version__, "seconds": time.perf_counter() - started,
         "budget": {k: getattr(args, k) for k in ("trees", "emission", "noise", "unbalanced_tree", "separation",
