@@ -1,23 +1,38 @@
 """Hierarchy recovery on `synthetic_tree` data: the tree models against two-stage baselines.
 
-Three coarse clusters of three fine clusters each (``synthetic_tree(depth=2, branching=3)``),
-drawn at several noise levels and mapped to 50 features by the data set's fixed random decoder.
-Each tree model (HCRL2, HCRL1, VAE-nCRP, DeepECT) grows its own tree on the raw features; the table reports the dendrogram
-purity of its tree against the true leaf labels, the micro-averaged F-score of its nodes against
-every node of the true hierarchy (HCRL's Table 2 measure; coarse groups count), NMI and the
-number of leaves, averaged over seeds. The baselines are the pipeline the HCRL paper argues against (its Table 2 compares
-HKM, and VaDE + HKM): k-means into the true number of leaves, then Ward linkage of the
-centroids (:func:`pyro_hc.hierarchy.kmeans_ward_tree`) —
+The grid of HCRL's issue (15): two true trees, two kinds of emission, three noise levels, 3 seeds.
 
-- on the raw features (``kmeans+ward``),
-- on a VaDE embedding fitted with the same network (``vade+ward``, the paper's pipelined
-  "VaDE + clustering" rows),
-- on the true latent points before the decoder (``oracle: latent kmeans+ward``): what a perfect
-  encoder plus the baseline would reach.
+- trees: ``balanced`` (3 coarse clusters of 3 fine clusters, ``synthetic_tree(depth=2, branching=3)``)
+  and ``unbalanced`` (``--unbalanced-tree``, by default ``[4, 2, 0]``: a group of 4 fine clusters, a
+  group of 2 and a single cluster directly under the root);
+- emission: ``leaves`` (only the leaves draw points) and ``all`` (every node draws points, the root
+  included, ``--n-per-internal`` each: HCRL's premise; those points carry their node's class);
+- noise: the points' standard deviation around their node's mean in latent space.
 
-All baselines are given the true number of leaves; the tree models are not.
+The points are mapped to 50 features by the data set's fixed random decoder. Each tree model (HCRL2
+and HCRL1 at their defaults, not told the number of leaves; VAE-nCRP; DeepECT, which may grow to twice
+the true number of leaves) grows its own tree on the raw features; for each the table reports the
+dendrogram purity (DP) of its tree against the true classes, the micro-averaged F-score of its nodes
+against every node of the true hierarchy (HCRL's Table 2 measure; coarse groups count; with
+all-node emission a node's true cluster is its own points plus its descendants'), and its number of
+leaves, beside **k-means + Ward on the model's own embedding** (``model.transform``) given the true
+number of leaves: whether a gap is the representation or the structure search. The reference rows:
 
-    python benchmarks/hierarchy_recovery.py --noise 0.5 0.75 1.0 --seeds 3
+- ``true tree``: the true hierarchy with every point on the node that drew it (DP < 1 with all-node
+  emission: an internal node's own points share their subtree with its descendants');
+- ``kmeans+ward``: k-means into the true number of leaves, then Ward linkage of the centroids
+  (:func:`pyro_hc.baselines.kmeans_ward_tree`) on the raw features;
+- ``vade+ward``: the same on a VaDE embedding fitted with the same network (the paper's pipelined
+  "VaDE + clustering" rows);
+- ``oracle: latent kmeans+ward``: the same on the true latent points before the decoder.
+
+All baselines are given the true number of leaves (with all-node emission, the internal nodes' points
+are theirs to place). The ``accept`` column checks issue 15's acceptance for HCRL2: mean DP at least
+that of k-means + Ward on its own embedding minus 0.02, above VaDE + Ward's, and every seed's tree
+within ±2 leaves of the truth.
+
+    python benchmarks/hierarchy_recovery.py                     # the whole grid (slow on a CPU)
+    python benchmarks/hierarchy_recovery.py --trees balanced --emission leaves --noise 0.5 --seeds 1
 
 Writes JSON and a Markdown table next to ``--out``.
 """
@@ -27,6 +42,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,38 +55,148 @@ import pyro_hc
 from pyro_hc.baselines import kmeans_ward_tree
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
 
-#: the true tree: 3 coarse clusters of 3 fine clusters
+#: the balanced true tree: 3 coarse clusters of 3 fine clusters
 DATA_DEPTH, BRANCHING = 2, 3
-#: the leaf-heavy level prior of the recovery test: synthetic_tree emits from its leaves only
-LEAF_HEAVY = (0.1, 0.2, 8.0)
+#: issue 15's acceptance margin on dendrogram purity and on the number of leaves
+DP_MARGIN, LEAF_MARGIN = 0.02, 2
+TREE_MODELS = ("hcrl2", "hcrl1", "vae_ncrp", "deepect")
 
 
 def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int, n_leaves: int) -> dict[str, dict]:
     """The tree models, one configuration each (nCRP depth 3: root, coarse, fine).
 
-    DeepECT may grow to twice the true number of leaves (its paper allows 20 for 10 classes), one
-    split every 40 steps, with the learning rate of a small network.
+    HCRL2 and HCRL1 get only the network, its pretraining budget and the depth: every structural
+    setting at its default, the number of leaves unknown to them. DeepECT may grow to twice the true
+    number of leaves (its paper allows 20 for 10 classes), one split every 40 steps, with the
+    learning rate of a small network.
     """
     shared = dict(latent_dim=latent_dim, hidden_dims=hidden, pretrain_epochs=pretrain_epochs)
-    ncrp = dict(depth=3, lock_epochs=5, stick_concentration=3.0, **shared)
     return {
-        "hcrl2": dict(name="hcrl2", level_concentration=LEAF_HEAVY, **ncrp),
-        "hcrl2 (symmetric α=1)": dict(name="hcrl2", level_concentration=1.0, **ncrp),
-        "hcrl1": dict(name="hcrl1", level_concentration=LEAF_HEAVY, **ncrp),
+        "hcrl2": dict(name="hcrl2", depth=3, **shared),
+        "hcrl1": dict(name="hcrl1", depth=3, **shared),
         "vae_ncrp": dict(name="vae_ncrp", depth=3, **shared),
         "deepect": dict(name="deepect", max_leaves=2 * n_leaves, grow_interval=40, lr=1e-3, pretrain_lr=1e-3,
                         **shared),
     }
 
 
+def true_leaves(tree) -> int:
+    """Leaves of a networkx tree or of a ClusterTree (its ``.graph``)."""
+    graph = getattr(tree, "graph", tree) if not hasattr(tree, "out_degree") else tree
+    return sum(1 for node in graph if graph.out_degree(node) == 0)
+
+
+def make_data(tree_name: str, emission: str, noise: float, args: argparse.Namespace) -> pyro_hc.Dataset:
+    shape = dict(depth=DATA_DEPTH, branching=BRANCHING) if tree_name == "balanced" else dict(
+        tree=json.loads(args.unbalanced_tree))
+    n_per_internal = args.n_per_internal if emission == "all" else 0
+    return pyro_hc.synthetic_tree(noise=noise, separation=args.separation, n_per_leaf=args.n_per_leaf,
+                                  n_per_internal=n_per_internal, seed=0, **shape)
+
+
+def run_cell(data: pyro_hc.Dataset, names: list[str], configs: dict[str, dict], args: argparse.Namespace,
+             hidden: tuple[int, ...]) -> dict[str, list[dict]]:
+    """Every model and baseline on one data set, per seed."""
+    labels = data.y.numpy()
+    n_leaves = true_leaves(data.tree)
+
+    def scores(tree, assigned) -> dict:
+        return {"dendrogram_purity": dendrogram_purity(tree, assigned, labels),
+                "hierarchical_f_score": hierarchical_f_score(tree, assigned, labels, label_tree=data.tree),
+                "nmi": nmi(labels, assigned), "n_leaves": true_leaves(tree)}
+
+    def ward(points: torch.Tensor, seed: int) -> dict:
+        tree, leaves = kmeans_ward_tree(points, n_leaves, seed=seed)
+        return scores(tree, leaves)
+
+    node_of_label = {label: node for node, label in data.tree.nodes(data="label") if label is not None}
+    runs = {"true tree": [scores(data.tree, np.array([node_of_label[label] for label in labels]))],
+            "kmeans+ward": [ward(data.flat(), seed) for seed in range(args.seeds)],
+            "oracle: latent kmeans+ward": [ward(data.latent, seed) for seed in range(args.seeds)]}
+    for name in names:
+        runs[name] = []
+        for seed in range(args.seeds):
+            started = time.perf_counter()
+            if name == "vade+ward":
+                vade = pyro_hc.get_model("vade", n_clusters=n_leaves, latent_dim=args.latent_dim, hidden_dims=hidden,
+                                         pretrain_epochs=args.pretrain_epochs)
+                vade.fit(data, epochs=args.epochs, batch_size=args.batch_size, seed=seed, device=args.device,
+                         progress=False)
+                row = ward(vade.transform(data), seed)
+            else:
+                config = dict(configs[name])
+                model = pyro_hc.get_model(config.pop("name"), **config)
+                model.fit(data, epochs=args.epochs, batch_size=args.batch_size, seed=seed, device=args.device,
+                          progress=False)
+                row = scores(model.tree, model.predict(data).cpu().numpy())
+                own = ward(model.transform(data), seed)
+                row.update({f"own_embedding_{key}": own[key]
+                            for key in ("dendrogram_purity", "hierarchical_f_score")})
+            row["seconds"] = time.perf_counter() - started
+            runs[name].append(row)
+    return runs
+
+
+def summarise(cell: dict, runs: dict[str, list[dict]], n_leaves: int) -> list[dict]:
+    rows = []
+    for name, per_seed in runs.items():
+        summary = {**cell, "model": name, "true_leaves": n_leaves,
+                   "dendrogram_purity": float(np.mean([r["dendrogram_purity"] for r in per_seed])),
+                   "dendrogram_purity_per_seed": [r["dendrogram_purity"] for r in per_seed],
+                   "hierarchical_f_score": float(np.mean([r["hierarchical_f_score"] for r in per_seed])),
+                   "nmi": float(np.mean([r["nmi"] for r in per_seed])),
+                   "n_leaves": [r["n_leaves"] for r in per_seed]}
+        if "own_embedding_dendrogram_purity" in per_seed[0]:
+            for key in ("dendrogram_purity", "hierarchical_f_score"):
+                summary[f"own_embedding_{key}"] = float(np.mean([r[f"own_embedding_{key}"] for r in per_seed]))
+        if "seconds" in per_seed[0]:
+            summary["seconds_per_fit"] = float(np.mean([r["seconds"] for r in per_seed]))
+        rows.append(summary)
+    by_model = {row["model"]: row for row in rows}
+    hcrl2 = by_model.get("hcrl2")
+    if hcrl2 is not None:
+        checks = {"dp_vs_own_embedding": hcrl2["dendrogram_purity"]
+                  >= hcrl2["own_embedding_dendrogram_purity"] - DP_MARGIN,
+                  "leaves_within_2": all(abs(n - n_leaves) <= LEAF_MARGIN for n in hcrl2["n_leaves"])}
+        if "vade+ward" in by_model:
+            checks["beats_vade_ward"] = hcrl2["dendrogram_purity"] > by_model["vade+ward"]["dendrogram_purity"]
+        hcrl2["acceptance"] = {**checks, "passed": all(checks.values())}
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| tree | emission | noise | model | DP (mean) | DP per seed | hierarchical F | leaves (truth) "
+             "| own embedding + k-means+Ward: DP / F | accept (DP ≥ own − 0.02, > VaDE+Ward, ±2 leaves) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        per_seed = ", ".join(f"{p:.2f}" for p in row["dendrogram_purity_per_seed"])
+        own = (f"{row['own_embedding_dendrogram_purity']:.3f} / {row['own_embedding_hierarchical_f_score']:.3f}"
+               if "own_embedding_dendrogram_purity" in row else "")
+        accept = ""
+        if "acceptance" in row:
+            marks = {key: "✓" if ok else "✗" for key, ok in row["acceptance"].items()}
+            accept = (f"{'PASS' if row['acceptance']['passed'] else 'FAIL'} ({marks['dp_vs_own_embedding']} "
+                      f"{marks.get('beats_vade_ward', '–')} {marks['leaves_within_2']})")
+        lines.append(f"| {row['tree']} | {row['emission']} | {row['noise']} | {row['model']} | "
+                     f"{row['dendrogram_purity']:.3f} | {per_seed} | {row['hierarchical_f_score']:.3f} | "
+                     f"{row['n_leaves']} ({row['true_leaves']}) | {own} | {accept} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trees", nargs="+", choices=("balanced", "unbalanced"), default=["balanced", "unbalanced"])
+    parser.add_argument("--emission", nargs="+", choices=("leaves", "all"), default=["leaves", "all"],
+                        help="leaves: only the leaves draw points; all: every node does (--n-per-internal each)")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 0.75, 1.0],
-                        help="standard deviations of the points around their leaf mean (latent space)")
+                        help="standard deviations of the points around their node's mean (latent space)")
+    parser.add_argument("--unbalanced-tree", default="[4, 2, 0]",
+                        help="synthetic_tree's tree= spec (JSON) of the unbalanced tree")
     parser.add_argument("--separation", type=float, default=4.0, help="root-to-coarse distance; halves below")
     parser.add_argument("--n-per-leaf", type=int, default=60)
+    parser.add_argument("--n-per-internal", type=int, default=30, help="points per internal node with --emission all")
     parser.add_argument("--seeds", type=int, default=3, help="model seeds 0 .. seeds-1 (the data seed is 0)")
-    parser.add_argument("--models", default="hcrl2,hcrl2 (symmetric α=1),hcrl1,vae_ncrp,deepect,vade+ward",
+    parser.add_argument("--models", default="hcrl2,hcrl1,vae_ncrp,deepect,vade+ward",
                         help="comma-separated subset of the default")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--pretrain-epochs", type=int, default=30)
@@ -81,75 +209,45 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     hidden = tuple(int(h) for h in args.hidden_dims.split(","))
-    configs = model_configs(hidden, args.latent_dim, args.pretrain_epochs, n_leaves=BRANCHING**DATA_DEPTH)
     names = [name.strip() for name in args.models.split(",")]
-    unknown = sorted(set(names) - set(configs) - {"vade+ward"})
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose from {sorted(configs) + ['vade+ward']}")
+    known = set(TREE_MODELS) | {"vade+ward"}
+    if set(names) - known:
+        parser.error(f"unknown models {sorted(set(names) - known)}; choose from {sorted(known)}")
+    try:
+        pyro_hc.synthetic_tree(tree=json.loads(args.unbalanced_tree), n_per_leaf=1)
+    except (ValueError, json.JSONDecodeError) as err:
+        parser.error(f"--unbalanced-tree: {err}")
 
+    started = time.perf_counter()
     rows = []
-    for noise in args.noise:
-        data = pyro_hc.synthetic_tree(depth=DATA_DEPTH, branching=BRANCHING, noise=noise, separation=args.separation,
-                                      n_per_leaf=args.n_per_leaf, seed=0)
-        labels = data.y.numpy()
-
-        def scores(name: str, tree, assigned) -> dict:
-            return {"model": name, "dendrogram_purity": dendrogram_purity(tree, assigned, labels),
-                    "hierarchical_f_score": hierarchical_f_score(tree, assigned, labels, label_tree=data.tree),
-                    "nmi": nmi(labels, assigned), "n_leaves": len(tree.leaves())}
-
-        def baseline_row(name: str, points: torch.Tensor, seed: int) -> dict:
-            tree, leaves = kmeans_ward_tree(points, data.n_classes, seed=seed)
-            return scores(name, tree, leaves)
-
-        runs = {"kmeans+ward": [baseline_row("kmeans+ward", data.flat(), seed) for seed in range(args.seeds)],
-                "oracle: latent kmeans+ward": [baseline_row("oracle", data.latent, seed)
-                                               for seed in range(args.seeds)]}
-        for name in names:
-            runs[name] = []
-            for seed in range(args.seeds):
-                if name == "vade+ward":
-                    vade = pyro_hc.get_model("vade", n_clusters=data.n_classes, latent_dim=args.latent_dim,
-                                             hidden_dims=hidden, pretrain_epochs=args.pretrain_epochs)
-                    vade.fit(data, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
-                             device=args.device, progress=False)
-                    row = baseline_row(name, vade.transform(data), seed)
-                else:
-                    config = dict(configs[name])
-                    model = pyro_hc.get_model(config.pop("name"), **config)
-                    model.fit(data, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
-                              device=args.device, progress=False)
-                    row = scores(name, model.tree, model.predict(data).cpu().numpy())
-                runs[name].append(row)
-        for name, per_seed in runs.items():
-            purity = [r["dendrogram_purity"] for r in per_seed]
-            summary = {"noise": noise, "model": name, "dendrogram_purity": float(np.mean(purity)),
-                       "dendrogram_purity_per_seed": purity,
-                       "hierarchical_f_score": float(np.mean([r["hierarchical_f_score"] for r in per_seed])),
-                       "nmi": float(np.mean([r["nmi"] for r in per_seed])),
-                       "n_leaves": [r["n_leaves"] for r in per_seed]}
-            rows.append(summary)
-            print(json.dumps(summary), flush=True)
+    for tree_name in args.trees:
+        for emission in args.emission:
+            for noise in args.noise:
+                data = make_data(tree_name, emission, noise, args)
+                n_leaves = true_leaves(data.tree)
+                configs = model_configs(hidden, args.latent_dim, args.pretrain_epochs, n_leaves)
+                runs = run_cell(data, names, configs, args, hidden)
+                cell = {"tree": tree_name, "emission": emission, "noise": noise, "n_points": len(data)}
+                for row in summarise(cell, runs, n_leaves):
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
 
     record = {
-        "benchmark": "hierarchy_recovery", "device": str(pyro_hc.infer.resolve_device(args.device)),
-        "device_name": platform.machine(), "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "pyro": pyro.__version__,
-        "budget": {k: getattr(args, k) for k in ("separation", "n_per_leaf", "seeds", "epochs", "pretrain_epochs",
-                                                  "batch_size", "latent_dim", "hidden_dims")},
+        "benchmark": "hierarchy_recovery", "command": shlex.join(["python", *sys.argv]),
+        "device": str(pyro_hc.infer.resolve_device(args.device)),
+        "device_name": platform.machine(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "pyro": pyro.__version__, "seconds": time.perf_counter() - started,
+        "budget": {k: getattr(args, k) for k in ("trees", "emission", "noise", "unbalanced_tree", "separation",
+                                                  "n_per_leaf", "n_per_internal", "seeds", "epochs",
+                                                  "pretrain_epochs", "batch_size", "latent_dim", "hidden_dims")},
         "results": rows,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, ensure_ascii=False))
-    lines = ["| noise | model | dendrogram purity (mean) | per seed | hierarchical F | NMI | leaves |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        per_seed = ", ".join(f"{p:.2f}" for p in row["dendrogram_purity_per_seed"])
-        lines.append(f"| {row['noise']} | {row['model']} | {row['dendrogram_purity']:.3f} | {per_seed} | "
-                     f"{row['hierarchical_f_score']:.3f} | {row['nmi']:.3f} | {row['n_leaves']} |")
-    table = "\n".join(lines)
-    out.with_suffix(".md").write_text(f"device {record['device']}, budget {record['budget']}\n\n{table}\n")
+    table = markdown(rows)
+    out.with_suffix(".md").write_text(f"device {record['device']} ({record['cpu_threads']} thread(s)), "
+                                      f"{record['seconds']:.0f} s, budget {record['budget']}\n\n{table}\n")
     print(table)
 
 

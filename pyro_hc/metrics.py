@@ -379,26 +379,28 @@ def _true_clusters(label_tree: Any, classes: np.ndarray) -> np.ndarray:
     """``[n_clusters, n_classes]`` 0/1 membership of the classes in every non-root node of ``label_tree``.
 
     Its leaves carry the class in their ``"label"`` attribute (as :func:`pyro_hc.data.synthetic_tree`'s
-    tree does); a node's cluster is the set of classes on the leaves below it.
+    tree does); an internal node may carry one too (the points it emits itself,
+    ``synthetic_tree(n_per_internal=...)``). A node's cluster is the set of classes on it and on
+    the nodes below it.
     """
     graph = _as_digraph(label_tree)
-    label_of = {node: graph.nodes[node].get("label") for node in graph if graph.out_degree(node) == 0}
-    missing = sorted(node for node, label in label_of.items() if label is None)
+    label_of = {node: graph.nodes[node].get("label") for node in graph}
+    missing = sorted(node for node in graph if graph.out_degree(node) == 0 and label_of[node] is None)
     if missing:
         raise ValueError(f"label_tree's leaves must carry a 'label' attribute; missing on {missing[:10]}")
     column = {int(label): index for index, label in enumerate(classes)}
-    on_tree = {int(label) for label in label_of.values()}
+    on_tree = {int(label) for label in label_of.values() if label is not None}
     absent = sorted(set(column) - on_tree)
     if absent:
-        raise ValueError(f"labels {absent[:10]} are not on any leaf of label_tree")
+        raise ValueError(f"labels {absent[:10]} are not on any leaf or internal node of label_tree")
     (root,) = [node for node, degree in graph.in_degree() if degree == 0]
     clusters = [node for node in nx.topological_sort(graph) if node != root]
     membership = np.zeros((len(clusters), len(classes)), dtype=np.int64)
     for row, node in enumerate(clusters):
-        below = [node] if graph.out_degree(node) == 0 else nx.descendants(graph, node)
-        for leaf in below:
-            if leaf in label_of and int(label_of[leaf]) in column:
-                membership[row, column[int(label_of[leaf])]] = 1
+        for member in (node, *nx.descendants(graph, node)):
+            label = label_of[member]
+            if label is not None and int(label) in column:
+                membership[row, column[int(label)]] = 1
     return membership
 
 
@@ -434,7 +436,8 @@ def hierarchical_f_score(tree: Any, assignments: Any, labels: Any, label_tree: A
         Ground-truth class of each point.
     label_tree : networkx.DiGraph or object with a ``.graph`` DiGraph, optional
         The true hierarchy over the classes; its leaves carry the class in a ``"label"``
-        attribute (``synthetic_tree(...).tree``).
+        attribute (``synthetic_tree(...).tree``, ``load_dataset("20newsgroups").tree``), and
+        so may internal nodes that hold points of their own (``synthetic_tree(n_per_internal=...)``).
 
     Returns
     -------

@@ -28,8 +28,11 @@ SCRIPTS = {
                            "--no-progress"],
     "deepect_mnist.py": ["--n", "300", "--pretrain-steps", "4", "--steps", "6", "--grow-interval", "2",
                          "--max-leaves", "4", "--hidden-dims", "32", "--grow-sample", "200", "--no-progress"],
-    "hierarchy_recovery.py": ["--noise", "0.5", "--seeds", "1", "--epochs", "2", "--pretrain-epochs", "1",
-                              "--hidden-dims", "16", "--n-per-leaf", "10"],
+    "hierarchy_recovery.py": ["--trees", "unbalanced", "--emission", "all", "--noise", "0.5", "--seeds", "1",
+                              "--epochs", "2", "--pretrain-epochs", "1", "--hidden-dims", "16", "--n-per-leaf", "10",
+                              "--n-per-internal", "5"],
+    "hcrl_20newsgroups.py": ["--n", "300", "--seeds", "1", "--epochs", "1", "--pretrain-epochs", "1",
+                             "--hidden-dims", "16", "--hkm-branching", "2", "--no-progress"],
     "hcrl_mnist.py": ["--n-train", "300", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
                       "--hidden-dims", "32", "--nll-samples", "3", "--depths", "3"],
 }
@@ -40,7 +43,8 @@ def test_every_benchmark_script_has_a_smoke_run():
 
 
 #: the data sets each script reads (speed.py draws MNIST-shaped random data; synthetic_tree is drawn)
-REQUIRES = {"deepect_mnist.py": {"mnist", "usps"}, "speed.py": set(), "hierarchy_recovery.py": set()}
+REQUIRES = {"deepect_mnist.py": {"mnist", "usps"}, "speed.py": set(), "hierarchy_recovery.py": set(),
+            "hcrl_20newsgroups.py": {"20newsgroups"}}
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

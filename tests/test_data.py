@@ -35,7 +35,7 @@ from pyro_hc.data import (
     validate_data,
 )
 
-ALL_NAMES = ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "synthetic_tree", "usps"]
+ALL_NAMES = ["20newsgroups", "cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "synthetic_tree", "usps"]
 
 
 def _shared_data_root() -> Path:
@@ -515,6 +515,155 @@ def test_dataset_to_cuda_and_batch_there():
 
 
 # ---------------------------------------------------------------------------------------------
+# 20 Newsgroups
+# ---------------------------------------------------------------------------------------------
+
+NEWSGROUPS_ARCHIVE = SHARED / "20newsgroups" / "20news-bydate.tar.gz"
+#: a few documents per part in the bydate layout: (part, group, file name) -> text
+FAKE_POSTS = {
+    ("train", "sci.med", "59"): "doctor patient medicine doctor",
+    ("train", "sci.med", "100"): "patient disease medicine",
+    ("train", "comp.graphics", "7"): "image pixel render image graphics",
+    ("train", "comp.graphics", "8"): "graphics card pixel",
+    ("train", "rec.autos", "3"): "car engine wheel car",
+    ("test", "sci.med", "5"): "medicine doctor disease",
+    ("test", "comp.graphics", "1"): "render image graphics",
+    ("test", "rec.autos", "2"): "engine car wheel \xe9t\xe9",  # Latin-1 bytes, as the originals
+}
+
+
+def _fake_newsgroups(root: Path, extracted: bool = False) -> Path:
+    folder = root / "20newsgroups"
+    folder.mkdir(parents=True, exist_ok=True)
+    if extracted:
+        for (part, group, name), text in FAKE_POSTS.items():
+            path = folder / f"20news-bydate-{part}" / group / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(text.encode("latin-1"))
+        return folder
+    archive = folder / "20news-bydate.tar.gz"
+    staging = root / "staging"
+    for (part, group, name), text in FAKE_POSTS.items():
+        path = staging / f"20news-bydate-{part}" / group / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode("latin-1"))
+    with tarfile.open(archive, "w:gz") as tar:
+        for part in ("test", "train"):
+            tar.add(staging / f"20news-bydate-{part}", arcname=f"20news-bydate-{part}")
+    return archive
+
+
+def test_newsgroups_hierarchy_follows_the_group_names():
+    tree = D.newsgroups_hierarchy()
+    name = dict(tree.nodes(data="name"))
+    leaves = [n for n in tree if tree.out_degree(n) == 0]
+    assert nx.is_arborescence(tree) and tree.number_of_nodes() == 28 and len(leaves) == 20
+    assert sorted(tree.nodes[n]["label"] for n in leaves) == list(range(20))
+    assert all(D.NEWSGROUPS[tree.nodes[n]["label"]] == name[n] for n in leaves)
+    assert all("label" not in tree.nodes[n] for n in tree if n not in leaves)
+    by_name = {v: k for k, v in name.items()}
+    path = nx.shortest_path(tree, 0, by_name["comp.sys.ibm.pc.hardware"])
+    assert [name[n] for n in path] == ["", "comp", "comp.sys", "comp.sys.ibm.pc.hardware"]
+    assert sorted(name[n] for n in tree.successors(0)) == [
+        "alt.atheism", "comp", "misc.forsale", "rec", "sci", "soc.religion.christian", "talk"]
+    # a one-child prefix is merged into its child: it would hold the same documents
+    assert sorted(name[n] for n in tree.successors(by_name["talk"])) == ["talk.politics", "talk.religion.misc"]
+    assert {tree.nodes[n]["level"] for n in leaves} == {1, 2, 3}  # 4 levels with the root
+    assert all(tree.nodes[n]["level"] == len(nx.shortest_path(tree, 0, n)) - 1 for n in tree)
+    small = D.newsgroups_hierarchy(["a.x", "a.y", "b"])
+    assert sorted(dict(small.nodes(data="name")).values()) == ["", "a", "a.x", "a.y", "b"]
+    with pytest.raises(ValueError, match="prefixes of other groups"):
+        D.newsgroups_hierarchy(["a", "a.x"])
+    with pytest.raises(ValueError, match="distinct"):
+        D.newsgroups_hierarchy(["a", "a"])
+
+
+def test_newsgroups_hierarchy_scores_coarse_groups():
+    from pyro_hc.metrics import hierarchical_f_score
+
+    tree = D.newsgroups_hierarchy()
+    labels = np.repeat(np.arange(20), 5)
+    leaf_of_label = {label: node for node, label in tree.nodes(data="label") if label is not None}
+    perfect = np.array([leaf_of_label[label] for label in labels])
+    assert hierarchical_f_score(tree, perfect, labels, label_tree=tree) == pytest.approx(1.0)
+    flat = nx.DiGraph([(100, label) for label in range(20)])
+    # every group found, but none of the 8 coarse nodes: their F-scores are below 1
+    assert hierarchical_f_score(flat, labels, labels) == pytest.approx(1.0)
+    assert hierarchical_f_score(flat, labels, labels, label_tree=tree) < 0.9
+
+
+@pytest.mark.parametrize("extracted", [False, True])
+def test_20newsgroups_from_a_fake_archive(tmp_path, extracted):
+    _fake_newsgroups(tmp_path / "root", extracted=extracted)
+    data = load_dataset("20-newsgroups", root=tmp_path / "root")
+    assert data.name == "20newsgroups" and data.likelihood == "gaussian" and data.n_classes == 20
+    assert len(data) == 8 and data.x.dtype == torch.float32 and data.x.ndim == 2
+    # train then test, each by group then by file name as strings ("100" < "59"), as scikit-learn
+    groups = ["comp.graphics", "comp.graphics", "rec.autos", "sci.med", "sci.med",
+              "comp.graphics", "rec.autos", "sci.med"]
+    assert data.y.tolist() == [D.NEWSGROUPS.index(g) for g in groups]
+    # DEC's scaling: every document has L2 norm sqrt(D); values are non-negative
+    norms = data.x.norm(dim=1)
+    torch.testing.assert_close(norms, torch.full((8,), data.n_features**0.5))
+    assert float(data.x.min()) == 0.0
+    # the two medical training posts share more terms with each other than with the graphics ones
+    similarity = data.x @ data.x.T
+    assert similarity[3, 4] > similarity[3, 0] and similarity[3, 4] > similarity[3, 1]
+    assert isinstance(data.tree, nx.DiGraph) and data.tree.number_of_nodes() == 28
+    train, test = (load_dataset("20newsgroups", root=tmp_path / "root", split=s) for s in ("train", "test"))
+    assert len(train) == 5 and len(test) == 3
+    assert torch.equal(torch.cat([train.x, test.x]), data.x) and torch.equal(test.y, data.y[5:])
+    assert "20newsgroups" in list_datasets(available=True, root=tmp_path / "root")
+
+
+def test_20newsgroups_is_vectorised_once_and_again_when_the_source_changes(tmp_path, monkeypatch):
+    archive = _fake_newsgroups(tmp_path / "root")
+    calls = []
+    read = D._newsgroups_documents
+    monkeypatch.setattr(D, "_newsgroups_documents", lambda source: calls.append(source) or read(source))
+    first = load_dataset("20newsgroups", root=tmp_path / "root")
+    assert len(calls) == 1  # split="all" reads two parts from one vectorisation
+    cache = tmp_path / "cache" / "20newsgroups"
+    assert sorted(p.name for p in cache.iterdir()) == ["tfidf2000.npz", "tfidf2000.npz.source.json"]
+    before = _snapshot(tmp_path / "root" / "20newsgroups")
+    again = load_dataset("20newsgroups", root=tmp_path / "root", split="test")
+    assert len(calls) == 1 and torch.equal(again.x, first.x[5:])
+    assert _snapshot(tmp_path / "root" / "20newsgroups") == before  # the data root is never written
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    load_dataset("20newsgroups", root=tmp_path / "root", split="train")
+    assert len(calls) == 2
+    (cache / "tfidf2000.npz").write_bytes(b"not a zip file")  # a damaged cache is rebuilt
+    assert torch.equal(load_dataset("20newsgroups", root=tmp_path / "root", split="test").x, first.x[5:])
+    assert len(calls) == 3
+    # with the source gone, the cache still serves
+    archive.unlink()
+    assert torch.equal(load_dataset("20newsgroups", root=tmp_path / "root").x, first.x) and len(calls) == 3
+    assert "20newsgroups" in list_datasets(available=True, root=tmp_path / "root")
+
+
+def test_20newsgroups_missing_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("20newsgroups", root=tmp_path / "empty")
+    message = str(info.value)
+    assert "20news-bydate.tar.gz" in message and str(tmp_path / "empty" / "20newsgroups") in message
+    assert "does not download" in message and "PYRO_HC_DATA" in message
+    assert "20newsgroups" not in list_datasets(available=True, root=tmp_path / "empty")
+
+
+@pytest.mark.skipif(not NEWSGROUPS_ARCHIVE.is_file(), reason="20 Newsgroups not on disk (set PYRO_HC_DATA)")
+def test_20newsgroups_real_archive_documents_and_groups():
+    texts, labels, is_test = D._newsgroups_documents(NEWSGROUPS_ARCHIVE)
+    assert len(texts) == 18846 and int((~is_test).sum()) == 11314 and int(is_test.sum()) == 7532
+    assert not is_test[:11314].any() and is_test[11314:].all()  # train first, then test
+    alt, christian = D.NEWSGROUPS.index("alt.atheism"), D.NEWSGROUPS.index("soc.religion.christian")
+    # the README's official per-group counts
+    assert [int((labels[~is_test] == g).sum()) for g in (alt, christian)] == [480, 599]
+    assert [int((labels[is_test] == g).sum()) for g in (alt, christian)] == [319, 398]
+    assert set(labels.tolist()) == set(range(20)) and np.all(np.diff(labels[:11314]) >= 0)
+    assert all(isinstance(text, str) and text for text in texts[:50])
+
+
+# ---------------------------------------------------------------------------------------------
 # synthetic_tree
 # ---------------------------------------------------------------------------------------------
 
@@ -630,6 +779,106 @@ def test_synthetic_tree_rejects_bad_arguments(kwargs):
 def test_synthetic_tree_more_children_than_latent_dimensions():
     data = synthetic_tree(depth=1, branching=4, latent_dim=2, n_per_leaf=5, seed=0)
     assert data.n_classes == 4 and len(data) == 20
+
+
+def _true_node_of_points(data):
+    """The node of ``data.tree`` that drew each point (its class's node)."""
+    node_of_label = {label: node for node, label in data.tree.nodes(data="label") if label is not None}
+    return np.array([node_of_label[label] for label in data.y.tolist()])
+
+
+def test_synthetic_tree_internal_nodes_emit_labelled_points():
+    data = synthetic_tree(depth=2, branching=3, latent_dim=5, noise=0.3, n_per_leaf=20, n_per_internal=8, seed=2)
+    tree = data.tree
+    internal = [n for n in tree if tree.out_degree(n) > 0]
+    assert internal == [0, 1, 2, 3] and tree.graph["n_per_internal"] == 8
+    # leaves keep 0..8 (left to right), the internal nodes follow in breadth-first order, root first
+    assert [tree.nodes[n]["label"] for n in internal] == [9, 10, 11, 12]
+    assert data.n_classes == 13 and len(data) == 9 * 20 + 4 * 8 and data.x.shape == (212, 50)
+    assert data.y.bincount().tolist() == [20] * 9 + [8] * 4
+    # every point sits around the mean of the node that drew it, internal ones included
+    means = {tree.nodes[n]["label"]: tree.nodes[n]["mean"] for n in tree}
+    offsets = data.latent.numpy() - np.array([means[label] for label in data.y.tolist()])
+    assert abs(offsets.std() - 0.3) < 0.03
+    internal_rows = data.y >= 9
+    assert np.abs(offsets[internal_rows.numpy()]).max() < 6 * 0.3
+    # the root's points lie at the origin, between the groups, far from every leaf mean
+    root_points = data.latent[data.y == 9].numpy()
+    assert np.linalg.norm(root_points.mean(0)) < 1.0  # the groups sit at distance 8 (separation)
+    # the tree and the decoder are drawn before the points: leaf-only and all-node data share them
+    leaf_only = synthetic_tree(depth=2, branching=3, latent_dim=5, noise=0.3, n_per_leaf=20, seed=2)
+    assert [leaf_only.tree.nodes[n]["mean"] for n in tree] == [tree.nodes[n]["mean"] for n in tree]
+
+
+def test_synthetic_tree_internal_points_are_true_clusters_of_the_hierarchical_f_score():
+    from pyro_hc.metrics import hierarchical_f_score
+
+    data = synthetic_tree(depth=2, branching=3, n_per_leaf=10, n_per_internal=6, seed=0)
+    labels, truth = data.y.numpy(), data.tree
+    on_true_nodes = _true_node_of_points(data)
+    # the true tree with every point on the node that drew it is perfect, coarse groups included
+    assert hierarchical_f_score(truth, on_true_nodes, labels, label_tree=truth) == pytest.approx(1.0)
+    # moving a coarse node's own points into another group breaks that group's cluster (its points
+    # belong to node 1's subtree) and only that: the leaves and the other groups stay perfect
+    moved = on_true_nodes.copy()
+    moved[labels == truth.nodes[1]["label"]] = 3
+    score = hierarchical_f_score(truth, moved, labels, label_tree=truth)
+    # the true clusters: 9 leaves of 10, 3 groups of 36 (6 own + 30 below); node 1's subtree keeps
+    # 30 of its 36 (F = 60/66), node 3's gains 6 (F = 72/78); the root's own points are in no cluster
+    expected = (9 * 10 + 36 + 36 * (60 / 66) + 36 * (72 / 78)) / (9 * 10 + 3 * 36)
+    assert score == pytest.approx(expected)
+
+
+def test_synthetic_tree_tree_spec_of_a_complete_tree_is_the_complete_tree():
+    for depth, branching, spec in [(2, 2, [2, 2]), (3, 3, [[3] * 3] * 3), (1, 4, 4)]:
+        complete = synthetic_tree(depth=depth, branching=branching, n_per_leaf=5, seed=4)
+        from_spec = synthetic_tree(tree=spec, n_per_leaf=5, seed=4)
+        assert torch.equal(complete.x, from_spec.x) and torch.equal(complete.y, from_spec.y)
+        assert dict(complete.tree.nodes(data=True)) == dict(from_spec.tree.nodes(data=True))
+        assert complete.tree.graph == from_spec.tree.graph
+
+
+def test_synthetic_tree_unbalanced():
+    data = synthetic_tree(tree=[4, 2, 0], latent_dim=6, n_per_leaf=10, separation=4.0, seed=1)
+    tree = data.tree
+    assert nx.is_arborescence(tree) and tree.number_of_nodes() == 1 + 3 + 6
+    assert [tree.out_degree(n) for n in range(10)] == [3, 4, 2, 0, 0, 0, 0, 0, 0, 0]
+    assert tree.graph["depth"] == 2 and tree.graph["branching"] is None
+    # leaves numbered left to right: node 1's four, node 2's two, then node 3, a leaf at level 1
+    label_of = dict(tree.nodes(data="label"))
+    assert [label_of[n] for n in (4, 5, 6, 7, 8, 9, 3)] == list(range(7))
+    assert tree.nodes[3]["level"] == 1 and label_of[0] is None and label_of[1] is None
+    assert data.n_classes == 7 and data.y.bincount().tolist() == [10] * 7 and data.x.shape == (70, 50)
+    for parent, child in tree.edges:
+        step = np.linalg.norm(np.subtract(tree.nodes[child]["mean"], tree.nodes[parent]["mean"]))
+        assert step == pytest.approx(4.0 / 2 ** (tree.nodes[child]["level"] - 1))
+    for node in (0, 1, 2):
+        centroid = np.mean([tree.nodes[c]["mean"] for c in tree.successors(node)], axis=0)
+        np.testing.assert_allclose(centroid, tree.nodes[node]["mean"], atol=1e-9)
+    deeper = synthetic_tree(tree=[[2, 2], 3], n_per_leaf=4, n_per_internal=2, seed=0)
+    levels = {deeper.tree.nodes[n]["level"] for n in deeper.tree if deeper.tree.out_degree(n) == 0}
+    assert levels == {2, 3} and deeper.tree.graph["depth"] == 3
+    # 7 leaves and 5 internal nodes (root, the two groups, the two pairs)
+    assert deeper.n_classes == 12 and len(deeper) == 7 * 4 + 5 * 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tree": [2, 2], "depth": 2}, "not both"),
+        ({"tree": [3], "branching": 3}, "not both"),
+        ({"tree": [1, 2]}, "at least 2 children"),
+        ({"tree": [[0], 2]}, "at least 2 children"),
+        ({"tree": [2]}, "at least 2 children"),
+        ({"tree": 0}, "tree must be"),
+        ({"tree": "ab"}, "tree must be"),
+        ({"tree": [2, "x"]}, "at least 2 children"),
+        ({"n_per_internal": -1}, "n_per_internal"),
+    ],
+)
+def test_synthetic_tree_rejects_bad_shapes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synthetic_tree(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
