@@ -395,3 +395,31 @@ def test_laplace_batch_shapes_and_gradient():
 def test_laplace_errors(alpha):
     with pytest.raises(ValueError):
         dirichlet_laplace_approximation(alpha)
+
+
+# ---------------------------------------------------------------------------- creation order
+def test_sticks_follow_creation_order_when_an_id_is_reused():
+    """A child grown after a prune reuses a freed id but comes after its older siblings.
+
+    Chain 0 -> 1 -> 2, a branch 0 -> 3 -> 4, the first path pruned (ids 1, 2 freed), then a new
+    branch grown under the root: it gets ids 1, 2 again. Its stick weight is v_1 (1 - v_3), the
+    older branch keeps v_3 (by id, the new one would come first and take v_1 of node 3's mass).
+    """
+    from pyro_hc.models._ncrp import chain_tree, add_child_in_order
+
+    tree = chain_tree(3)
+    add_child_in_order(tree, add_child_in_order(tree, 0))  # 3, 4
+    tree.remove_leaf(2, prune_empty_parents=True)
+    new = add_child_in_order(tree, 0)
+    add_child_in_order(tree, new)
+    assert new == 1 and tree.children(0) == [1, 3]
+    v = torch.tensor([0.5, 0.2, 0.5, 0.7, 0.6, 0.5])
+    probs = path_index(tree, capacity=6).log_path_probs(v).exp()
+    full = dict(zip(tree.paths(), probs[: len(tree.paths())].tolist()))
+    assert full[(0, 3, 4)] == pytest.approx(0.7 * 0.6)  # the older branch first: π_3 = v_3
+    assert full[(0, 1, 2)] == pytest.approx(0.2 * (1 - 0.7) * 0.5)  # π_1 = v_1 (1 - v_3)
+    # without creation ranks (a tree built by hand) siblings fall back to ascending ids
+    for node in tree.nodes():
+        del tree.graph.nodes[node]["birth"]
+    probs = path_index(tree, capacity=6).log_path_probs(v).exp()
+    assert probs[tree.paths().index((0, 1, 2))] == pytest.approx(0.2 * 0.5)

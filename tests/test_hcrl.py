@@ -334,3 +334,15 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     assert nmi(labels, assigned) > 0.75
     # the leaves carry the data, not the internal nodes: the leaf-heavy prior took effect
     assert model.level_responsibilities(data).mean(0)[-1] > 0.9
+
+
+def test_a_branch_grown_after_a_prune_comes_after_its_older_sibling():
+    """Freed ids are reused, but the stick-breaking orders siblings by creation (bug: by id)."""
+    module = tiny_hcrl(True)  # paths (0, 1, 2) and (0, 3, 4)
+    assert module.prune(2) == [2, 1]
+    assert module.grow(0) == [1, 2]  # the new branch reuses the freed ids
+    v = torch.tensor([0.5, 0.2, 0.5, 0.7, 0.6, 0.5, 0.5, 0.5])
+    probs = module.path_index().log_path_probs(v).exp()
+    paths = module.tree.paths()
+    assert probs[paths.index((0, 3, 4))] == pytest.approx(0.7 * 0.6)  # the older branch: π_3 = v_3
+    assert probs[paths.index((0, 1, 2))] == pytest.approx(0.2 * (1 - 0.7) * 0.5)  # π_1 = v_1 (1 - v_3)

@@ -9,7 +9,8 @@
 """
 
 from .logistic_normal import dirichlet_laplace_approximation
-from .nested_stick_breaking import NestedStickBreaking, PathIndex, path_index
+from .nested_stick_breaking import BIRTH, NestedStickBreaking, PathIndex, path_index, sibling_order
 from .tree_drift import GaussianTreeDrift
 
-__all__ = ["GaussianTreeDrift", "NestedStickBreaking", "PathIndex", "dirichlet_laplace_approximation", "path_index"]
+__all__ = ["BIRTH", "GaussianTreeDrift", "NestedStickBreaking", "PathIndex", "dirichlet_laplace_approximation",
+           "path_index", "sibling_order"]

@@ -7,8 +7,10 @@ construction (Wang & Blei 2009), truncated to the current tree as in HCRL's firs
 
     pi_i = v_i * prod_{earlier siblings j of i} (1 - v_j)
 
-where siblings are ordered by ascending node id (the order of
-:meth:`ClusterTree.children`).  The probability of a *full* (root-to-leaf) path is the
+where siblings are ordered by *creation* (:func:`sibling_order`: the ``"birth"`` node attribute
+that the nCRP models stamp on every node they add, else ascending node id).  Node ids are
+reused after a removal, so ordering by id would let a child grown after a prune jump ahead of
+its older siblings and take their prior mass.  The probability of a *full* (root-to-leaf) path is the
 product of ``pi_i`` over its non-root nodes.  The mass that the truncation leaves for a new
 child below an internal node ``u`` forms one *inner path* per internal node::
 
@@ -39,7 +41,24 @@ from torch.distributions.utils import clamp_probs
 
 from ..tree import ClusterTree, dataclass_to
 
-__all__ = ["NestedStickBreaking", "PathIndex", "path_index"]
+__all__ = ["BIRTH", "NestedStickBreaking", "PathIndex", "path_index", "sibling_order"]
+
+#: Node attribute holding a node's creation rank (an integer, increasing over the tree's life).
+BIRTH = "birth"
+
+
+def sibling_order(tree: ClusterTree, parent: int) -> list[int]:
+    """The children of ``parent`` in the order of the stick-breaking: by creation.
+
+    Creation is read from the :data:`BIRTH` node attribute; if any child lacks it, the children
+    are ordered by ascending id (the order of :meth:`ClusterTree.children`), as for a tree that
+    was built by hand.
+    """
+    children = tree.children(parent)
+    attributes = tree.graph.nodes
+    if all(BIRTH in attributes[child] for child in children):
+        return sorted(children, key=lambda child: (attributes[child][BIRTH], child))
+    return children
 
 
 @dataclass(frozen=True)
@@ -204,10 +223,10 @@ def path_index(
     n_full, n_inner = len(full_paths), len(inner_paths)
     n_paths = n_full + n_inner
 
-    # Earlier siblings of every non-root node (siblings ascending by id).
+    # Earlier siblings of every non-root node (siblings in creation order).
     earlier: dict[int, list[int]] = {}
     for parent in tree.internal_nodes():
-        children = tree.children(parent)
+        children = sibling_order(tree, parent)
         for position, child in enumerate(children):
             earlier[child] = children[:position]
 

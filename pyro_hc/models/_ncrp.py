@@ -14,11 +14,22 @@ import warnings
 import torch
 from pyro.nn import PyroModule
 
-from ..distributions import PathIndex, path_index
+from ..distributions import BIRTH, PathIndex, path_index
 from ..infer import distributed
 from ..tree import ClusterTree
 
-__all__ = ["NCRPTreeModule", "chain_tree"]
+__all__ = ["NCRPTreeModule", "add_child_in_order", "chain_tree"]
+
+
+def add_child_in_order(tree: ClusterTree, parent: int) -> int:
+    """Add a child under ``parent`` stamped with the next creation rank (:data:`~pyro_hc.distributions.BIRTH`).
+
+    The stick-breaking orders siblings by this rank, not by id: ids are reused after a removal,
+    ranks never are, so a new child always comes after its older siblings.
+    """
+    attributes = tree.graph.nodes
+    rank = 1 + max((attributes[node][BIRTH] for node in tree.nodes() if BIRTH in attributes[node]), default=0)
+    return tree.add_child(parent, **{BIRTH: rank})
 
 
 def chain_tree(depth: int) -> ClusterTree:
@@ -26,9 +37,10 @@ def chain_tree(depth: int) -> ClusterTree:
     if depth < 2:
         raise ValueError(f"an nCRP tree needs depth >= 2 levels (root and leaves), got {depth}")
     tree = ClusterTree()
+    tree.graph.nodes[tree.root][BIRTH] = 0
     node = tree.root
     for _ in range(depth - 1):
-        node = tree.add_child(node)
+        node = add_child_in_order(tree, node)
     return tree
 
 
@@ -114,7 +126,7 @@ class NCRPTreeModule(PyroModule):
         new_nodes = []
         parent = node
         for _ in range(levels_needed):
-            child = self.tree.add_child(parent)
+            child = add_child_in_order(self.tree, parent)
             self._init_node(child, parent, target)
             new_nodes.append(child)
             parent = child
