@@ -346,3 +346,61 @@ def test_a_branch_grown_after_a_prune_comes_after_its_older_sibling():
     paths = module.tree.paths()
     assert probs[paths.index((0, 3, 4))] == pytest.approx(0.7 * 0.6)  # the older branch: π_3 = v_3
     assert probs[paths.index((0, 1, 2))] == pytest.approx(0.2 * (1 - 0.7) * 0.5)  # π_1 = v_1 (1 - v_3)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "clipped_adam"])
+def test_reset_rows_make_adam_step_as_if_the_rows_were_new(optimizer):
+    """After reset_optimizer_rows, row 0 follows a fresh Adam fed the same gradients; row 1 is untouched."""
+    from pyro.optim.clipped_adam import ClippedAdam
+
+    from pyro_hc.infer.row_reset import reset_optimizer_rows
+
+    def make(params):
+        return torch.optim.Adam(params, lr=0.01) if optimizer == "adam" else ClippedAdam(params, lr=0.01)
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(2, 3))
+    opt = make([weight])
+    gradients = torch.randn(80, 2, 3) * torch.tensor([[1.0], [30.0]])
+    for g in gradients[:50]:
+        weight.grad = g.clone()
+        opt.step()
+    fresh = torch.nn.Parameter(weight.detach()[0].clone())
+    fresh_opt = make([fresh])
+    untouched = torch.nn.Parameter(weight.detach()[1].clone())
+    untouched_opt = make([untouched])
+    untouched_opt.load_state_dict({"state": {0: {k: (v[1].clone() if torch.is_tensor(v) and v.dim() else
+                                                     v.clone() if torch.is_tensor(v) else v)
+                                                 for k, v in opt.state[weight].items()}},
+                                   "param_groups": [dict(opt.state_dict()["param_groups"][0], params=[0])]})
+    reset_optimizer_rows(opt, weight, [0])
+    for g in gradients[50:]:
+        weight.grad, fresh.grad, untouched.grad = g.clone(), g[0].clone(), g[1].clone()
+        opt.step(), fresh_opt.step(), untouched_opt.step()
+        assert torch.allclose(weight.detach()[0], fresh.detach(), atol=1e-6)
+        assert torch.allclose(weight.detach()[1], untouched.detach(), atol=1e-6)
+
+
+def test_grown_rows_take_adams_first_step():
+    """A branch grown at epoch end starts Adam afresh: its first update is ≈ lr per coordinate
+    (stale state: zero moments with the shared step count give ≈ 0.5 lr here, 3-6 lr later on)."""
+    from pyro_hc.heuristics import NCRPHeuristics
+    from pyro_hc.infer import SVIEngine
+
+    torch.manual_seed(0)
+    with local_params():
+        module = HCRLModule(n_features=5, latent_dim=2, hidden_dims=(4,), likelihood="bernoulli", depth=3,
+                            capacity=8, stick_concentration=1.0, level_concentration=1.0, per_datum_levels=True)
+        with torch.no_grad():  # v_1 ≈ 0: the root's inner path holds the data, so GROW branches there
+            module.stick_a_unconstrained[1] = math.log(1e-4)
+            module.stick_b_unconstrained[1] = math.log(1e4)
+        grow = NCRPHeuristics(grow_every=1, lock_epochs=100, enabled_moves=("grow",), seed=0)
+        engine = SVIEngine(module, loss="trace_enum", lr=0.01, callbacks=[grow], progress=False)
+        x = torch.rand(40, 5)
+        engine.fit(x, epochs=1, batch_size=4, seed=0)  # 10 steps, then GROW
+        assert module.tree.children(0) == [1, 3]
+        engine.callbacks = [engine.history]  # no more moves
+        before = module.node_locs_unconstrained.detach().clone()
+        engine.fit(x, epochs=1, batch_size=40, seed=0)  # one step
+        step = (module.node_locs_unconstrained.detach() - before)[[3, 4]].abs()
+    assert torch.allclose(step, torch.full_like(step, 0.01), rtol=0.02), step

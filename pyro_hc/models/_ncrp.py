@@ -16,6 +16,7 @@ from pyro.nn import PyroModule
 
 from ..distributions import BIRTH, PathIndex, path_index
 from ..infer import distributed
+from ..infer.row_reset import reset_optimizer_rows
 from ..tree import ClusterTree
 
 __all__ = ["NCRPTreeModule", "add_child_in_order", "chain_tree"]
@@ -49,8 +50,12 @@ class NCRPTreeModule(PyroModule):
 
     Subclasses define ``_init_node(node, parent, target)``, which initialises the parameter rows of
     a node GROW has just created (``target``: mean and spread of its data in the embedding, or
-    None), and ``path_responsibilities(x)``, which the heuristics read.
+    None), ``path_responsibilities(x)``, which the heuristics read, and ``node_parameter_names``,
+    the parameters indexed by node id (whose optimiser state is reset row by row for every new or
+    reused node, see :meth:`reset_node_optimizer_state`).
     """
+
+    node_parameter_names: tuple[str, ...] = ()
 
     def __init__(self, depth: int, capacity: int) -> None:
         super().__init__()
@@ -65,6 +70,25 @@ class NCRPTreeModule(PyroModule):
         self._observed: tuple[torch.Tensor, ...] | None = None
         self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None  # per path: (Gumbel score, embedding)
         self._embedding_memo: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fresh_rows: set[int] = set()  # node rows (re)initialised since the optimiser last heard
+
+    def mark_fresh_rows(self, nodes) -> None:
+        """Record node ids whose parameter rows were just (re)initialised."""
+        self._fresh_rows.update(int(node) for node in nodes)
+
+    def reset_node_optimizer_state(self, optimizer: torch.optim.Optimizer) -> list[int]:
+        """Restart Adam (moments and step count) on the rows of every node (re)initialised since the
+        last call, in each of ``node_parameter_names``; returns those node ids.
+
+        A fresh row otherwise keeps the tensor's shared step count with zero moments (its first
+        steps ≈ 3–6 × the learning rate) and a reused row its former second moment (nearly frozen).
+        """
+        rows = sorted(self._fresh_rows)
+        self._fresh_rows = set()
+        if rows:
+            for name in self.node_parameter_names:
+                reset_optimizer_rows(optimizer, getattr(self, name), rows)
+        return rows
 
     # the tree's tensors ---------------------------------------------------------------------
 
@@ -128,6 +152,7 @@ class NCRPTreeModule(PyroModule):
         for _ in range(levels_needed):
             child = add_child_in_order(self.tree, parent)
             self._init_node(child, parent, target)
+            self.mark_fresh_rows([child])
             new_nodes.append(child)
             parent = child
         return new_nodes

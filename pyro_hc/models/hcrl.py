@@ -77,6 +77,9 @@ class HCRLModule(NCRPTreeModule):
     are point-estimated parameters, as in the paper.
     """
 
+    node_parameter_names = ("node_locs_unconstrained", "node_scales_unconstrained",
+                            "stick_a_unconstrained", "stick_b_unconstrained")
+
     def __init__(
         self,
         n_features: int,

@@ -46,6 +46,9 @@ class VAENCRPModule(NCRPTreeModule):
     ``q(α_i) = Normal(m_i, s_i² I)`` per node, amortised Normal ``q(z|x)``.
     """
 
+    node_parameter_names = ("node_mean_locs_unconstrained", "node_mean_scales_unconstrained",
+                            "stick_a_unconstrained", "stick_b_unconstrained")
+
     def __init__(
         self,
         n_features: int,
