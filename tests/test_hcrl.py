@@ -215,9 +215,11 @@ def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
     node_ids, images = model.decode_nodes()
     assert node_ids == tree.nodes() and images.shape == (len(tree), synthetic.n_features)
     assert torch.all((images >= -10) & (images <= 10)) and not torch.allclose(images[0], images[-1])
-    if name != "vae_ncrp":
-        eta = model.level_proportions(synthetic)
-        assert eta.shape == (len(synthetic), 3) and torch.allclose(eta.sum(-1), torch.ones(len(synthetic)), atol=1e-5)
+    eta, q_level = model.level_proportions(synthetic), model.level_responsibilities(synthetic)
+    for p in (eta, q_level):
+        assert p.shape == (len(synthetic), 3) and torch.allclose(p.sum(-1), torch.ones(len(synthetic)), atol=1e-5)
+    if name == "vae_ncrp":  # only its leaves emit
+        assert torch.equal(eta, q_level) and bool((q_level[:, -1] == 1).all())
 
 
 def test_stick_lr_factor_sets_how_far_the_sticks_move(synthetic):

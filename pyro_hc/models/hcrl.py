@@ -164,6 +164,14 @@ class HCRLModule(NCRPTreeModule):
             return torch.log_softmax(self.level_encoder(x)[0], -1)
         return torch.log_softmax(self.level_loc, -1).expand(x.shape[0], -1)
 
+    def expected_level_proportions(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """``E[η_n | x_n]`` by Monte Carlo over ``q(h|x)`` (HCRL2) or the global ``q(h)`` (HCRL1), ``B x L``."""
+        if self.per_datum_levels:
+            loc, scale = self.level_encoder(x)
+        else:
+            loc, scale = self.level_loc.expand(x.shape[0], -1), self.level_scale.expand(x.shape[0], -1)
+        return torch.softmax(dist.Normal(loc, scale).sample((num_samples,)), -1).mean(0)
+
     def joint_log_responsibilities(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised ``log q(ζ_n = k, l_n = l)``, ``B x K x L``, at ``z = E q(z|x)`` unless given."""
         paths = self.path_index()
@@ -382,17 +390,9 @@ class _HCRL(ClusterEstimator):
 
     def level_proportions(self, data, num_samples: int = 64) -> torch.Tensor:
         """``E[η_n | x_n]`` (HCRL2, Monte Carlo over ``q(h|x)``) or the global ``E[η]`` (HCRL1), ``N x L``."""
-        x = self._prepare_input(data)
         module = self.module_
-
-        def expected_eta(batch: torch.Tensor) -> torch.Tensor:
-            if module.per_datum_levels:
-                loc, scale = module.level_encoder(batch)
-            else:
-                loc, scale = module.level_loc.expand(batch.shape[0], -1), module.level_scale.expand(batch.shape[0], -1)
-            return torch.softmax(dist.Normal(loc, scale).sample((num_samples,)), -1).mean(0)
-
-        return self._batched(expected_eta, x)
+        return self._batched(lambda batch: module.expected_level_proportions(batch, num_samples),
+                             self._prepare_input(data))
 
     @torch.no_grad()
     def decode_nodes(self) -> tuple[list[int], torch.Tensor]:

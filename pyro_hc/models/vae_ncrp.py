@@ -142,6 +142,21 @@ class VAENCRPModule(NCRPTreeModule):
     def path_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.path_log_likelihoods(self.embed(x)), -1)
 
+    def _leaf_level(self, x: torch.Tensor) -> torch.Tensor:
+        """One-hot on the deepest level, ``B x depth``: only leaves emit (an inner path's z comes from
+        the new leaf it stands for)."""
+        eta = torch.zeros(x.shape[0], self.depth, device=x.device)
+        eta[:, -1] = 1.0
+        return eta
+
+    def level_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``q(l_n)``: all of it on the leaf level, ``B x depth`` (VAE-nCRP's leaves alone emit)."""
+        return self._leaf_level(x)
+
+    def expected_level_proportions(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """VAE-nCRP has no level proportions: η is the leaf level's indicator, ``B x depth``."""
+        return self._leaf_level(x)
+
     def leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
         n_full = self.path_index().n_full
         return torch.log_softmax(self.path_log_likelihoods(self.embed(x))[:, :n_full], -1)
