@@ -289,6 +289,11 @@ class NestedStickBreaking(Categorical):
         sticks.shape[-1]``.
     validate_args : bool, optional
         Whether to validate ``sticks`` and the values given to ``log_prob``.
+    full_paths_only : bool, default False
+        If True, the support is the ``index.n_full`` full paths only and their probabilities are
+        renormalised: ``p(ζ = k | ζ is a full path)``, the prior of the truncated tree's mixture
+        (the inner paths' mass is the part of the nCRP no grown node explains; a model that
+        trains only on grown nodes conditions it away).
     logits : Tensor, optional
         Only without ``sticks`` and ``index``: a categorical over paths with these logits. Pyro
         builds enumerated sites' posteriors this way (``TraceEnum_ELBO.compute_marginals``).
@@ -311,8 +316,10 @@ class NestedStickBreaking(Categorical):
         index: PathIndex | None = None,
         validate_args: bool | None = None,
         *,
+        full_paths_only: bool = False,
         logits: Tensor | None = None,
     ) -> None:
+        self.full_paths_only = bool(full_paths_only)
         if logits is not None and sticks is None and index is None:
             # Pyro rebuilds enumerated sites' posteriors as ``type(d)(logits=...)``
             # (TraceEnum_ELBO.compute_marginals): a categorical over paths with no sticks.
@@ -326,10 +333,14 @@ class NestedStickBreaking(Categorical):
             raise TypeError("sticks must be a floating-point tensor")
         self.sticks = sticks
         self.index = index
-        super().__init__(logits=index.log_path_probs(sticks), validate_args=validate_args)
+        logits = index.log_path_probs(sticks)
+        if self.full_paths_only:
+            logits = logits[..., : index.n_full]  # Categorical renormalises its logits
+        super().__init__(logits=logits, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):  # noqa: D102 (see Distribution.expand)
         new = self._get_checked_instance(NestedStickBreaking, _instance)
+        new.full_paths_only = self.full_paths_only
         batch_shape = torch.Size(batch_shape)
         if self.sticks is None:  # a posterior over paths built from logits
             new.sticks, new.index, new.arg_constraints = None, None, {}

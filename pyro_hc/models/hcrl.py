@@ -67,10 +67,18 @@ class HCRLModule(NCRPTreeModule):
         x_n   ~ Bernoulli(f_θ(z_n))             (or Normal for "gaussian" data)
 
     ζ and l are enumerated and summed out exactly by ``TraceEnum_ELBO`` — a tighter bound than
-    the paper's mean-field ``q(ζ|x) q(l|x)`` (Eq. 4). An *inner* path ends at an internal node u
-    and stands for a branch not yet grown under u; its levels below u reuse u's Gaussian (the
-    path table repeats its last node), so the mass it collects is the data u's subtree explains
-    worse than any existing child — exactly what GROW samples on.
+    the paper's mean-field ``q(ζ|x) q(l|x)`` (Eq. 4).
+
+    **Inner paths are not mixture components of the training objective.** The objective is the
+    truncated tree's mixture over its *full* paths, ``p(ζ_n = k | ζ_n is a full path, v)``
+    (nested stick-breaking renormalised over the full paths, ``NestedStickBreaking(...,
+    full_paths_only=True)``). An inner path ends at an internal node u and stands for a branch
+    not yet grown under u; it is scored only to propose births (:meth:`path_responsibilities`,
+    read by GROW under ``torch.no_grad``), with the stick mass the truncation leaves under u and
+    u's Gaussian, detached, as the predictive of the unborn branch. So no gradient reaches u
+    through an inner path. (Before, the inner path reused u's trainable Gaussian at every lower
+    level and its leftover stick mass gave it real weight: internal nodes shrank onto one fine
+    cluster each and acted as phantom leaves.)
 
     Guide (Eq. 4): ``q(v_i) = Beta(a_i, b_i)``; amortised Normal ``q(z|x)``; amortised Normal
     ``q(h|x)`` on the level logits (HCRL2) or a global Normal ``q(h)`` (HCRL1). Node Gaussians
@@ -123,14 +131,14 @@ class HCRLModule(NCRPTreeModule):
         nodes = self.active_sticks()
         ones = torch.ones(len(nodes), device=nodes.device)
         v = pyro.sample("sticks", dist.Beta(ones, self.stick_concentration * ones).to_event(1))  # phase 1 prior
-        path_prior = NestedStickBreaking(self._sticks(v, nodes), paths)
+        path_prior = NestedStickBreaking(self._sticks(v, nodes), paths, full_paths_only=True)
         level_prior = dist.Normal(self.level_prior_loc, self.level_prior_scale).to_event(1)  # phase 2 (Laplace)
         if not self.per_datum_levels:
             level_logits = pyro.sample("level_logits", level_prior)  # HCRL1: one η for all data
         with data_plate(x, index, num_data):
             if self.per_datum_levels:
                 level_logits = pyro.sample("level_logits", level_prior)  # HCRL2: η_n per datum
-            path = pyro.sample("path", path_prior)  # phase 1: ζ_n ~ nCRP
+            path = pyro.sample("path", path_prior)  # phase 1: ζ_n ~ nCRP, on the grown (full) paths
             level = pyro.sample("level", dist.Categorical(logits=level_logits))  # phase 3: l_n ~ Mult(η_n)
             node = paths.path_nodes[path, level]  # (levels, paths, 1) under enumeration
             z = pyro.sample("z", dist.Normal(self.node_locs[node], self.node_scales[node]).to_event(1))  # phase 4
@@ -172,28 +180,43 @@ class HCRLModule(NCRPTreeModule):
             loc, scale = self.level_loc.expand(x.shape[0], -1), self.level_scale.expand(x.shape[0], -1)
         return torch.softmax(dist.Normal(loc, scale).sample((num_samples,)), -1).mean(0)
 
-    def joint_log_responsibilities(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised ``log q(ζ_n = k, l_n = l)``, ``B x K x L``, at ``z = E q(z|x)`` unless given."""
+    def joint_log_responsibilities(self, x: torch.Tensor, z: torch.Tensor | None = None,
+                                   inner_paths: bool = False) -> torch.Tensor:
+        """Unnormalised ``log q(ζ_n = k, l_n = l)``, ``B x K x L``, at ``z = E q(z|x)`` unless given.
+
+        ``K`` is the full paths (the training objective's mixture: prior renormalised over them),
+        or with ``inner_paths=True`` the full then the inner paths under the untruncated stick
+        mass, an inner path's unborn levels scored by its last node's Gaussian, detached (the
+        birth proposals of GROW; never part of the objective).
+        """
         paths = self.path_index()
         if z is None:
             z = self.embed(x)
         log_path = paths.log_path_probs(self.expected_sticks())  # K
         node = paths.path_nodes  # K x L
-        component = dist.Normal(self.node_locs[node], self.node_scales[node]).log_prob(z[:, None, None, :]).sum(-1)
+        locs, scales = self.node_locs[node], self.node_scales[node]
+        if inner_paths:
+            unborn = ~paths.path_mask[..., None]  # an inner path's levels below its last node
+            locs = torch.where(unborn, locs.detach(), locs)
+            scales = torch.where(unborn, scales.detach(), scales)
+        else:
+            log_path = torch.log_softmax(log_path[: paths.n_full], -1)
+            locs, scales = locs[: paths.n_full], scales[: paths.n_full]
+        component = dist.Normal(locs, scales).log_prob(z[:, None, None, :]).sum(-1)
         return log_path[:, None] + self.level_log_proportions(x)[:, None, :] + component
 
     def path_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
-        """``q(ζ_n)`` over full then inner paths, ``B x K`` (read by GROW / PRUNE / MERGE)."""
-        return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x), -1), -1)
+        """Birth proposals over full then inner paths, ``B x K`` (read by GROW / PRUNE / MERGE):
+        the posterior over paths if the unborn branches below each internal node were a component."""
+        return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x, inner_paths=True), -1), -1)
 
     def level_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         """``q(l_n)`` over the levels, ``B x L``."""
         return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x), -2), -1)
 
     def leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """``log q(ζ_n = full path k | ζ_n is a full path)``, ``B x n_full`` (``tree.leaves()`` order)."""
-        joint = torch.logsumexp(self.joint_log_responsibilities(x), -1)[:, : self.path_index().n_full]
-        return torch.log_softmax(joint, -1)
+        """``log q(ζ_n = full path k)``, ``B x n_full`` (``tree.leaves()`` order)."""
+        return torch.log_softmax(torch.logsumexp(self.joint_log_responsibilities(x), -1), -1)
 
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z, h | v̄) − log q(z, h | x)`` for ``num_samples`` draws, ``S x B``.
@@ -216,10 +239,10 @@ class HCRLModule(NCRPTreeModule):
             log_eta = torch.log_softmax(h, -1)  # S x B x L
         else:
             log_eta = torch.log_softmax(self.level_loc, -1).expand(num_samples, x.shape[0], -1)
-        log_path = paths.log_path_probs(self.expected_sticks())
-        node = paths.path_nodes
+        log_path = torch.log_softmax(paths.log_path_probs(self.expected_sticks())[: paths.n_full], -1)
+        node = paths.path_nodes[: paths.n_full]
         component = dist.Normal(self.node_locs[node], self.node_scales[node]).log_prob(
-            z[:, :, None, None, :]).sum(-1)  # S x B x K x L
+            z[:, :, None, None, :]).sum(-1)  # S x B x K x L (full paths)
         log_pz = torch.logsumexp(log_path[:, None] + log_eta[:, :, None, :] + component, dim=(-2, -1))
         return log_w + log_pz
 
