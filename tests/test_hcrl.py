@@ -432,3 +432,143 @@ def test_no_gradient_reaches_an_internal_node_through_an_inner_path(per_datum_le
     with torch.no_grad():
         proposals = module.path_responsibilities(x)
     assert proposals.shape == (6, 5) and bool((proposals[:, 2:] > 0).all())
+
+
+# ELBO-tested structure moves ---------------------------------------------------------------------
+
+def brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nodes=None, q_sticks=None):
+    """The embedding-space ELBO by its definition, one datum, path, level and node at a time.
+
+    q(μ_i, λ_i) and q(v_c) default to their closed-form optima; pass them (dicts node -> NormalGamma
+    / (α, β)) to evaluate elsewhere.
+    """
+    from torch.distributions import Beta, kl_divergence
+
+    from pyro_hc.distributions import NormalGamma, sibling_order
+
+    paths = tree.paths()
+    n, k_paths, levels = resp.shape
+    node_weights = {node: torch.zeros(n, dtype=resp.dtype) for node in tree.nodes()}
+    for i in range(n):
+        for k, path in enumerate(paths):
+            for level in range(levels):
+                node_weights[path[level]][i] = node_weights[path[level]][i] + resp[i, k, level]
+    if q_nodes is None:
+        q_nodes = {}
+        for node, w in node_weights.items():
+            stats = (w.sum(), w @ z_loc, w @ (z_loc**2 + z_var))
+            q_nodes[node] = prior.posterior(*stats)
+    mass = {node: resp.new_zeros(()) for node in tree.nodes()}
+    for k, path in enumerate(paths):
+        for node in path:
+            mass[node] = mass[node] + resp[:, k, :].sum()
+    if q_sticks is None:
+        q_sticks = {}
+        for parent in tree.internal_nodes():
+            children = sibling_order(tree, parent)
+            for position, child in enumerate(children):
+                later = sum((mass[c] for c in children[position + 1:]), resp.new_zeros(()))
+                q_sticks[child] = (1 + mass[child], gamma + later)
+    e_log_v = {c: torch.digamma(a) - torch.digamma(a + b) for c, (a, b) in q_sticks.items()}
+    e_log_1mv = {c: torch.digamma(b) - torch.digamma(a + b) for c, (a, b) in q_sticks.items()}
+    elbo = resp.new_zeros(())
+    for k, path in enumerate(paths):
+        log_path = resp.new_zeros(())
+        for node in path[1:]:
+            siblings = sibling_order(tree, tree.parent(node))
+            log_path = log_path + e_log_v[node] + sum((e_log_1mv[j] for j in siblings[: siblings.index(node)]),
+                                                      resp.new_zeros(()))
+        for i in range(n):
+            for level in range(levels):
+                r = resp[i, k, level]
+                ell = q_nodes[path[level]].expected_log_likelihood(z_loc[i], z_var[i]).sum()
+                elbo = elbo + r * (ell + log_path + log_eta[i, level]) - (r * torch.log(r) if r > 0 else 0.0)
+    for node, q in q_nodes.items():
+        elbo = elbo - kl_divergence(q, prior).sum()
+    for child, (a, b) in q_sticks.items():
+        elbo = elbo - kl_divergence(Beta(a, b), Beta(torch.tensor(1.0, dtype=a.dtype), torch.tensor(gamma, dtype=a.dtype)))
+    return elbo
+
+
+def tiny_structure_problem(seed=0):
+    from pyro_hc.distributions import NormalGamma
+    from pyro_hc.models._ncrp import add_child_in_order, chain_tree
+
+    generator = torch.Generator().manual_seed(seed)
+    tree = chain_tree(3)  # 0 -> 1 -> 2
+    add_child_in_order(tree, 1)  # leaf 3
+    n, d = 7, 2
+    resp = torch.rand(n, 2, 3, generator=generator, dtype=torch.float64) + 0.05
+    resp = resp / resp.sum((1, 2), keepdim=True)
+    z_loc = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    z_var = torch.rand(n, d, generator=generator, dtype=torch.float64) * 0.3 + 0.05
+    log_eta = torch.log_softmax(torch.randn(n, 3, generator=generator, dtype=torch.float64), -1)
+    prior = NormalGamma(torch.tensor([0.1, -0.2], dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64),
+                        torch.tensor(1.5, dtype=torch.float64), torch.tensor([0.7, 1.2], dtype=torch.float64))
+    return tree, resp, z_loc, z_var, log_eta, prior, 1.7
+
+
+def test_tree_elbo_closed_form_equals_the_brute_force_elbo():
+    from pyro_hc.heuristics.elbo_moves import tree_elbo
+    from pyro_hc.distributions import path_index
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem()
+    path_nodes = path_index(tree, capacity=8).path_nodes[:2]
+    closed = tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, gamma)
+    assert float(closed) == pytest.approx(float(brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma)),
+                                          rel=1e-9, abs=1e-8)
+
+
+def test_closed_form_node_and_stick_posteriors_are_stationary_points_of_the_elbo():
+    from pyro_hc.distributions import NormalGamma
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(1)
+    base = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma)
+    # the optimal q's, as free leaves of the graph
+    q_nodes, leaves = {}, []
+    for node in tree.nodes():
+        w = torch.zeros(resp.shape[0], dtype=resp.dtype)
+        for k, path in enumerate(tree.paths()):
+            for level in range(3):
+                if path[level] == node:
+                    w = w + resp[:, k, level]
+        post = prior.posterior(w.sum(), w @ z_loc, w @ (z_loc**2 + z_var))
+        params = [t.detach().clone().requires_grad_() for t in (post.loc, post.precision_scale, post.concentration, post.rate)]
+        leaves += params
+        q_nodes[node] = NormalGamma(*params)
+    masses = {c: resp[:, [k for k, p in enumerate(tree.paths()) if c in p], :].sum() for c in tree.nodes()}
+    q_sticks = {1: (1 + masses[1], gamma + 0 * masses[1]), 2: (1 + masses[2], gamma + masses[3]), 3: (1 + masses[3], gamma + 0 * masses[3])}
+    q_sticks = {c: tuple(t.detach().clone().requires_grad_() for t in ab) for c, ab in q_sticks.items()}
+    leaves += [t for ab in q_sticks.values() for t in ab]
+    elbo = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nodes, q_sticks)
+    assert float(elbo.detach()) == pytest.approx(float(base), rel=1e-10)
+    grads = torch.autograd.grad(elbo, leaves)
+    assert max(float(g.abs().max()) for g in grads) < 1e-8
+    # and a nudge away from them lowers the ELBO
+    nudged = {node: NormalGamma(q.loc + 0.1, q.precision_scale, q.concentration, q.rate) for node, q in q_nodes.items()}
+    assert float(brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, nudged, q_sticks)) < float(elbo.detach())
+
+
+def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos():
+    from pyro_hc.heuristics.elbo_moves import birth_delta, merge_delta
+    from pyro_hc.models._ncrp import add_child_in_order
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(2)
+    before = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma)
+    split = torch.rand(resp.shape[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    # birth on path (0, 1, 2): leaf 2 keeps `split` of each datum's share of the path, a new leaf the rest
+    delta = birth_delta(tree, 0, split, resp, z_loc, z_var, prior, gamma)
+    grown = tree.copy()
+    new = add_child_in_order(grown, 1)
+    rows = {path: resp[:, k] for k, path in enumerate(tree.paths())}
+    rows[(0, 1, new)] = rows[(0, 1, 2)] * (1 - split[:, None])
+    rows[(0, 1, 2)] = rows[(0, 1, 2)] * split[:, None]
+    resp_after = torch.stack([rows[path] for path in grown.paths()], 1)
+    after = brute_force_tree_elbo(grown, resp_after, z_loc, z_var, log_eta, prior, gamma)
+    assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+    # merge of leaf 3 into leaf 2 (the reverse kind of move), on the original tree
+    delta = merge_delta(tree, 0, 1, resp, z_loc, z_var, prior, gamma)
+    merged = tree.copy()
+    merged.remove_leaf(3)
+    after = brute_force_tree_elbo(merged, (resp[:, 0] + resp[:, 1])[:, None], z_loc, z_var, log_eta, prior, gamma)
+    assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)

@@ -226,6 +226,35 @@ class NCRPTreeModule(PyroModule):
         var = (weighted_sq[inner_row] / mass[inner_row] - mean.square()).clamp_min(1e-6)
         return self._anchors[1][inner_row], var.sqrt()
 
+    # moves accepted on the ELBO (called by pyro_hc.heuristics.ELBOStructureMoves) --------------
+
+    def _set_node_gaussian(self, node: int, mean: torch.Tensor, std: torch.Tensor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support ELBO-tested structure moves")
+
+    @torch.no_grad()
+    def split_leaf(self, leaf: int, keep: tuple[torch.Tensor, torch.Tensor],
+                   new: tuple[torch.Tensor, torch.Tensor]) -> int:
+        """Birth: a new sibling leaf of ``leaf``; ``keep`` and ``new`` are the ``(mean, std)`` of the
+        two halves of the leaf's data. Returns the new leaf's id."""
+        if not self.tree.is_leaf(leaf) or self.tree.level(leaf) != self.depth - 1:
+            raise ValueError(f"node {leaf} is not a leaf at full depth")
+        parent = self.tree.parent(leaf)
+        child = add_child_in_order(self.tree, parent)
+        self._init_node(child, parent, new)
+        self._set_node_gaussian(child, *new)
+        self._set_node_gaussian(leaf, *keep)
+        self.mark_fresh_rows([leaf, child])
+        return child
+
+    @torch.no_grad()
+    def merge_leaves(self, keep: int, drop: int, merged: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Merge of two sibling leaves: ``drop`` leaves the tree, ``keep`` takes the Gaussian of both's data."""
+        if self.tree.parent(keep) != self.tree.parent(drop) or keep == drop:
+            raise ValueError(f"leaves {keep} and {drop} are not two siblings")
+        self.tree.remove_leaf(drop)
+        self._set_node_gaussian(keep, *merged)
+        self.mark_fresh_rows([keep])
+
     def prune(self, leaf: int) -> list[int]:
         """Remove the full path ending at ``leaf`` and the parents it leaves childless."""
         return self.tree.remove_leaf(leaf, prune_empty_parents=True)

@@ -262,6 +262,13 @@ class HCRLModule(NCRPTreeModule):
         self.stick_b_unconstrained[node] = float(np.log(self.stick_concentration))
 
 
+    @torch.no_grad()
+    def _set_node_gaussian(self, node: int, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Place node ``node``'s Gaussian (an ELBO-tested move's posterior mean and spread)."""
+        self.node_locs_unconstrained[node] = mean
+        self.node_scales_unconstrained[node] = std.clamp_min(1e-3).log()
+
+
 class _HCRL(ClusterEstimator):
     """Shared estimator of HCRL1 and HCRL2 (see :class:`HCRLModule` for the model).
 
