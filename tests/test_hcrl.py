@@ -192,16 +192,23 @@ def synthetic():
     return pyro_hc.synthetic_tree(depth=2, branching=2, n_per_leaf=50, n_features=20, latent_dim=4, seed=0)
 
 
-@pytest.mark.parametrize("name", ["hcrl2", "hcrl1", "vae_ncrp"])
+@pytest.mark.parametrize("name", ["hcrl2", "hcrl1", "vae_ncrp", "hcrl2-elbo"])
 def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
-    model = pyro_hc.get_model(name, depth=3, **TINY, lock_epochs=2).fit(synthetic, epochs=6, batch_size=32,
-                                                                         progress=False)
+    structure = dict(structure="elbo") if name.endswith("-elbo") else {}
+    model = pyro_hc.get_model(name.removesuffix("-elbo"), depth=3, **TINY, lock_epochs=2, **structure).fit(
+        synthetic, epochs=6, batch_size=32, seed=0, progress=False)
     tree = model.tree
     tree.check()
-    # GROW fired (PRUNE or MERGE may have taken a path back since: on this tiny embedding a new
-    # branch can take all the data of the old one); every move left full paths of the same depth
-    assert any(event["kind"] == "grow" for event in tree.events), "GROW never fired"
-    assert len(tree.events) >= 2 and all(tree.level(leaf) == 2 for leaf in tree.leaves())
+    if structure:  # every proposal is logged with its ΔELBO; the accepted ones raised it
+        moves = [event for event in tree.events if event["kind"] in ("birth", "merge")]
+        assert moves and all(math.isfinite(event["delta_elbo"]) for event in moves)
+        assert all(event["delta_elbo"] > 0 for event in moves if event["accepted"])
+    else:
+        # GROW fired (PRUNE or MERGE may have taken a path back since: on this tiny embedding a new
+        # branch can take all the data of the old one)
+        assert any(event["kind"] == "grow" for event in tree.events), "GROW never fired"
+        assert len(tree.events) >= 2
+    assert all(tree.level(leaf) == 2 for leaf in tree.leaves())  # every move left full paths of one depth
     proba = model.predict_proba(synthetic)
     assert proba.shape == (len(synthetic), len(tree.leaves()))
     scores = pyro_hc.evaluate(model, synthetic)  # synthetic_tree knows its hierarchy: the F-score reads it
@@ -265,6 +272,8 @@ def test_bad_configuration_is_rejected(synthetic):
         pyro_hc.get_model("hcrl2", stick_lr_factor=0.0).fit(synthetic, epochs=0, progress=False)
     with pytest.raises(ValueError, match="capacity"):
         pyro_hc.get_model("hcrl2", depth=4, capacity=3).fit(synthetic, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="structure"):
+        pyro_hc.get_model("hcrl2", structure="greedy").fit(synthetic, epochs=0, progress=False)
 
 
 @pytest.mark.parametrize("per_datum_levels", [True, False])
@@ -572,3 +581,19 @@ def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos():
     merged.remove_leaf(3)
     after = brute_force_tree_elbo(merged, (resp[:, 0] + resp[:, 1])[:, None], z_loc, z_var, log_eta, prior, gamma)
     assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+
+
+def test_elbo_structure_splits_separated_blobs_and_refuses_to_merge_them_back():
+    """Three separated blobs, one leaf at the start: the first birth raises the ELBO (accepted), and
+    merging the two leaves it made would lower it (rejected)."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 3, 3, 3, 0, 0], [-3, -3, -3, -3, 0, 0], [0, 0, 0, 0, 4, -4]])
+    labels = torch.arange(3).repeat_interleave(60)
+    config = dict(depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=5, capacity=16, structure="elbo",
+                  likelihood="gaussian", level_concentration=(0.1, 0.2, 8.0))
+    x = centres[labels] + 0.5 * torch.randn(180, 6, generator=generator)
+    model = pyro_hc.get_model("hcrl2", **config).fit(x, epochs=4, batch_size=32, seed=0, progress=False)
+    births = [e for e in model.tree.events if e["kind"] == "birth"]
+    merges = [e for e in model.tree.events if e["kind"] == "merge"]
+    assert births[0]["accepted"] and births[0]["delta_elbo"] > 10
+    assert merges and not merges[0]["accepted"] and merges[0]["delta_elbo"] < -10

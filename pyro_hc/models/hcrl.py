@@ -22,6 +22,7 @@ from ..distributions import NestedStickBreaking, dirichlet_laplace_approximation
 from ..estimator import ClusterEstimator
 from ..nn import Decoder, NormalEncoder
 from ..heuristics import NCRPHeuristics
+from ..heuristics.elbo_moves import ELBOStructureMoves
 from ..infer import Callback, local_params
 from ._ncrp import NCRPTreeModule
 from ._plate import data_plate
@@ -29,6 +30,9 @@ from ._registry import register_model
 from .pretrain import AutoencoderPretraining
 
 __all__ = ["HCRL1", "HCRL2", "HCRLModule"]
+
+#: the structure searches: HCRL's Algorithm 1, or moves accepted on the ELBO
+STRUCTURES = ("paper", "elbo")
 
 # sticks are kept inside (0, 1) so that log v and log(1 - v) stay finite under float32
 STICK_EPS = 1e-6
@@ -307,6 +311,21 @@ class _HCRL(ClusterEstimator):
         3 at the default). The paper does not say how it parameterises or schedules them.
     epochs, batch_size, lr, lr_decay, lr_decay_every, pretrain_epochs, pretrain_lr:
         As for VaDE.
+    structure:
+        How the tree is learnt. ``"paper"``: HCRL's Algorithm 1, GROW / PRUNE / MERGE
+        (:class:`~pyro_hc.heuristics.NCRPHeuristics`, with ``grow_every``, ``lock_epochs``,
+        ``prune_threshold``, ``merge_threshold``). ``"elbo"``: leaf births and leaf merges accepted
+        only when they raise the ELBO of the tree's mixture in the embedding, with conjugate
+        Normal–Gamma node priors and Beta stick posteriors in closed form from per-node sufficient
+        statistics (:class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`; Hughes & Sudderth's
+        memoized VI moves); every proposal is logged with its ΔELBO in ``tree.events``. The node
+        Gaussians the SVI steps train stay point estimates; an accepted move places them at the
+        conjugate posterior's mean and spread. Only leaves are born or merged: the coarse levels
+        stay as grown from the initial path (one node per level), so the dendrogram over the
+        leaves is flat below it.
+    elbo_lock_epochs:
+        ``structure="elbo"`` only: epochs of training before the first move and after each epoch
+        that changed the tree.
     """
 
     loss = "trace_enum"
@@ -335,6 +354,8 @@ class _HCRL(ClusterEstimator):
         lr_decay_every: int = 10,
         pretrain_epochs: int = 50,
         pretrain_lr: float = 1e-3,
+        structure: str = "paper",
+        elbo_lock_epochs: int = 1,
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -357,6 +378,8 @@ class _HCRL(ClusterEstimator):
         self.lr_decay_every = lr_decay_every
         self.pretrain_epochs = pretrain_epochs
         self.pretrain_lr = pretrain_lr
+        self.structure = structure
+        self.elbo_lock_epochs = elbo_lock_epochs
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.depth < 2:
@@ -372,6 +395,10 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"node_lr_factor must be positive, got {self.node_lr_factor}")
         if self.stick_lr_factor is not None and not self.stick_lr_factor > 0:
             raise ValueError(f"stick_lr_factor must be positive (or None: as node_lr_factor), got {self.stick_lr_factor}")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
+        if isinstance(self.elbo_lock_epochs, bool) or not isinstance(self.elbo_lock_epochs, int) or self.elbo_lock_epochs < 0:
+            raise ValueError(f"elbo_lock_epochs must be an integer >= 0, got {self.elbo_lock_epochs!r}")
 
     def _build_module(self) -> HCRLModule:
         spec = self.data_spec_
@@ -379,8 +406,12 @@ class _HCRL(ClusterEstimator):
                           self.capacity, self.stick_concentration, self.level_concentration,
                           self.per_datum_levels)
 
-    def heuristics(self, seed: int | None = None) -> NCRPHeuristics:
-        """The GROW / PRUNE / MERGE callback configured like this model."""
+    def heuristics(self, seed: int | None = None) -> NCRPHeuristics | ELBOStructureMoves:
+        """The structure-learning callback configured like this model: GROW / PRUNE / MERGE
+        (``structure="paper"``) or the ELBO-tested births and merges (``structure="elbo"``)."""
+        if self.structure == "elbo":
+            return ELBOStructureMoves(stick_concentration=self.stick_concentration, lock_epochs=self.elbo_lock_epochs,
+                                      max_leaves=self.max_leaves, capacity=self.capacity)
         return NCRPHeuristics(grow_every=self.grow_every, lock_epochs=self.lock_epochs,
                               prune_threshold=self.prune_threshold, merge_threshold=self.merge_threshold,
                               max_leaves=self.max_leaves, seed=seed)
