@@ -296,6 +296,10 @@ class ELBOStructureMoves(Callback):
         The nodes' Normal–Gamma prior (:func:`node_prior`).
     split_steps:
         EM steps refining a birth proposal.
+    birth_margin:
+        A birth is accepted when its ΔELBO exceeds this many nats (0: whenever it raises the ELBO).
+        The embedding moves between epochs, so a birth that only just pays can be undone by a merge
+        a few epochs later, and the two then alternate.
     refine_steps:
         Partial E-steps over (path, level) on the split path's data, before and after a birth,
         before the ΔELBO is read (:func:`refined_birth_delta`): data emitted by an ancestor may
@@ -313,7 +317,7 @@ class ELBOStructureMoves(Callback):
                  capacity: int | None = None, min_mass: float = 10.0, merge_pairs: int = 10,
                  prior_precision_scale: float = 0.1, prior_concentration: float = 1.0,
                  prior_variance_fraction: float = 0.1, split_steps: int = 20,
-                 encoder_variance: bool = False, refine_steps: int = 3) -> None:
+                 encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0) -> None:
         if stick_concentration <= 0:
             raise ValueError(f"stick_concentration must be positive, got {stick_concentration}")
         if lock_epochs < 0 or merge_pairs < 0 or split_steps < 1 or min_mass < 0:
@@ -337,6 +341,9 @@ class ELBOStructureMoves(Callback):
         if refine_steps < 0:
             raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
         self.refine_steps = int(refine_steps)
+        if not birth_margin >= 0:
+            raise ValueError(f"birth_margin must be >= 0, got {birth_margin}")
+        self.birth_margin = float(birth_margin)
         self.lock_counter = 0
         self._buffers: dict[str, Tensor] | None = None
         self._version: int | None = None
@@ -422,7 +429,7 @@ class ELBOStructureMoves(Callback):
             leaf = paths[row][-1]
             room = (leaf_room is None or births < leaf_room) and (
                 self.capacity is None or len(module.tree) < self.capacity)
-            accepted = delta > 0 and room
+            accepted = delta > self.birth_margin and room
             new_leaf = None
             if accepted:
                 keep = self._posterior_gaussian(prior, weights[:, 0], z_loc, z_var)

@@ -51,33 +51,45 @@ def _kind(optimizer: torch.optim.Optimizer) -> str:
     raise TypeError(f"reset_optimizer_rows supports torch.optim.Adam and ClippedAdam, got {type(optimizer).__name__}")
 
 
+class _Tracked:
+    """The reset rows of one parameter: their ids, own step counts and the parameter's group."""
+
+    __slots__ = ("rows", "age", "group")
+
+    def __init__(self, rows: torch.Tensor, age: torch.Tensor, group: dict) -> None:
+        self.rows, self.age, self.group = rows, age, group
+
+
 @torch.no_grad()
 def _correct_after_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    ages: dict = getattr(optimizer, _AGES)
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    tracked: dict = getattr(optimizer, _AGES)
+    if not tracked or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
         return
     kind = _kind(optimizer)
-    for param in list(ages):
-        age = ages[param]
-        rows = torch.nonzero(age >= 0).flatten()
+    for param in list(tracked):
+        entry = tracked[param]
         state = optimizer.state.get(param, {})
-        if rows.numel() == 0 or "exp_avg" not in state or param.grad is None:
-            if rows.numel() == 0:
-                del ages[param]
+        if "exp_avg" not in state or param.grad is None:  # no step was taken for this parameter
             continue
-        age[rows] += 1
-        group = _group_of(optimizer, param)
+        entry.age += 1
+        group = entry.group
         beta1, beta2 = group["betas"]
         lr = group["lr"]  # ClippedAdam decays its lr before the update, so this is the step's lr either way
-        shared = torch.as_tensor(float(state["step"]), dtype=param.dtype, device=param.device)
-        own = age[rows].to(param.dtype).reshape(-1, *([1] * (param.dim() - 1)))
-        m, v = state["exp_avg"][rows], state["exp_avg_sq"][rows]
-        taken = _bias_corrected_update(kind, lr, beta1, beta2, group["eps"], m, v, shared)
+        shared = float(state["step"])
+        own = entry.age.reshape(-1, *([1] * (param.dim() - 1)))
+        m, v = state["exp_avg"].index_select(0, entry.rows), state["exp_avg_sq"].index_select(0, entry.rows)
+        taken = _bias_corrected_update(kind, lr, beta1, beta2, group["eps"], m, v,
+                                       torch.as_tensor(shared, dtype=own.dtype))
         wanted = _bias_corrected_update(kind, lr, beta1, beta2, group["eps"], m, v, own)
-        param[rows] += taken - wanted
-        # both corrections equal to float precision from here on: the shared count will do
-        done = (beta2 ** age[rows].double() < 1e-7) | (age[rows].double() >= float(state["step"]))
-        age[rows[done]] = -1
+        param.index_add_(0, entry.rows, (taken - wanted).to(param.dtype))
+        # retire the rows whose corrections match the shared count's (to 1e-4), checked now and then
+        if int(shared) % 64 == 0:
+            keep = (beta2 ** entry.age > 1e-4) & (entry.age < shared)
+            if not bool(keep.all()):
+                if bool(keep.any()):
+                    entry.rows, entry.age = entry.rows[keep], entry.age[keep]
+                else:
+                    del tracked[param]
 
 
 def reset_optimizer_rows(optimizer: torch.optim.Optimizer, param: torch.Tensor, rows) -> None:
@@ -103,7 +115,7 @@ def reset_optimizer_rows(optimizer: torch.optim.Optimizer, param: torch.Tensor, 
     group = _group_of(optimizer, param)
     if group.get("amsgrad", False) or group.get("maximize", False):
         raise TypeError("reset_optimizer_rows does not support amsgrad=True or maximize=True")
-    rows = torch.as_tensor(rows, dtype=torch.long, device=param.device).flatten()
+    rows = torch.as_tensor(rows, dtype=torch.long, device=param.device).flatten().unique()
     if rows.numel() == 0:
         return
     if int(rows.min()) < 0 or int(rows.max()) >= param.shape[0]:
@@ -116,7 +128,11 @@ def reset_optimizer_rows(optimizer: torch.optim.Optimizer, param: torch.Tensor, 
     if not hasattr(optimizer, _AGES):
         setattr(optimizer, _AGES, {})
         optimizer.register_step_post_hook(_correct_after_step)
-    ages: dict = getattr(optimizer, _AGES)
-    if param not in ages:
-        ages[param] = torch.full((param.shape[0],), -1, dtype=torch.long, device=param.device)
-    ages[param][rows] = 0
+    tracked: dict = getattr(optimizer, _AGES)
+    entry = tracked.get(param)
+    if entry is None:
+        tracked[param] = _Tracked(rows, torch.zeros(len(rows), dtype=torch.float64, device=param.device), group)
+        return
+    others = ~torch.isin(entry.rows, rows)
+    entry.rows = torch.cat([entry.rows[others], rows])
+    entry.age = torch.cat([entry.age[others], torch.zeros(len(rows), dtype=entry.age.dtype, device=param.device)])

@@ -278,8 +278,9 @@ class _HCRL(ClusterEstimator):
 
     Training follows Algorithm 1: autoencoder pretraining, one path of ``depth`` Gaussians
     initialised at the embedding's mean and spread, then SVI epochs after each of which the
-    GROW / PRUNE / MERGE heuristics (:class:`~pyro_hc.heuristics.NCRPHeuristics`) may change
-    the tree.
+    structure search may change the tree: the paper's GROW / PRUNE / MERGE
+    (:class:`~pyro_hc.heuristics.NCRPHeuristics`, ``structure="paper"``, the default) or leaf
+    births and merges accepted on the ELBO (``structure="elbo"``; see ``structure`` below).
 
     Parameters
     ----------
@@ -326,6 +327,9 @@ class _HCRL(ClusterEstimator):
     elbo_lock_epochs:
         ``structure="elbo"`` only: epochs of training before the first move and after each epoch
         that changed the tree.
+    elbo_birth_margin:
+        ``structure="elbo"`` only: nats by which a birth must raise the ELBO to be accepted
+        (see :class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`).
     """
 
     loss = "trace_enum"
@@ -356,6 +360,7 @@ class _HCRL(ClusterEstimator):
         pretrain_lr: float = 1e-3,
         structure: str = "paper",
         elbo_lock_epochs: int = 1,
+        elbo_birth_margin: float = 0.0,
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -380,6 +385,7 @@ class _HCRL(ClusterEstimator):
         self.pretrain_lr = pretrain_lr
         self.structure = structure
         self.elbo_lock_epochs = elbo_lock_epochs
+        self.elbo_birth_margin = elbo_birth_margin
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.depth < 2:
@@ -399,6 +405,8 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
         if isinstance(self.elbo_lock_epochs, bool) or not isinstance(self.elbo_lock_epochs, int) or self.elbo_lock_epochs < 0:
             raise ValueError(f"elbo_lock_epochs must be an integer >= 0, got {self.elbo_lock_epochs!r}")
+        if not self.elbo_birth_margin >= 0:
+            raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
 
     def _build_module(self) -> HCRLModule:
         spec = self.data_spec_
@@ -411,7 +419,8 @@ class _HCRL(ClusterEstimator):
         (``structure="paper"``) or the ELBO-tested births and merges (``structure="elbo"``)."""
         if self.structure == "elbo":
             return ELBOStructureMoves(stick_concentration=self.stick_concentration, lock_epochs=self.elbo_lock_epochs,
-                                      max_leaves=self.max_leaves, capacity=self.capacity)
+                                      max_leaves=self.max_leaves, capacity=self.capacity,
+                                      birth_margin=self.elbo_birth_margin)
         return NCRPHeuristics(grow_every=self.grow_every, lock_epochs=self.lock_epochs,
                               prune_threshold=self.prune_threshold, merge_threshold=self.merge_threshold,
                               max_leaves=self.max_leaves, seed=seed)
