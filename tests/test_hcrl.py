@@ -555,7 +555,7 @@ def test_closed_form_node_and_stick_posteriors_are_stationary_points_of_the_elbo
     assert max(float(g.abs().max()) for g in grads) < 1e-8
     # and a nudge away from them lowers the ELBO
     nudged = {node: NormalGamma(q.loc + 0.1, q.precision_scale, q.concentration, q.rate) for node, q in q_nodes.items()}
-    assert float(brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, nudged, q_sticks)) < float(elbo.detach())
+    assert float(brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, nudged, q_sticks).detach()) < float(elbo.detach())
 
 
 def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos():
