@@ -455,7 +455,7 @@ def brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nod
     """
     from torch.distributions import Beta, kl_divergence
 
-    from pyro_hc.distributions import NormalGamma, sibling_order
+    from pyro_hc.distributions import sibling_order
 
     paths = tree.paths()
     n, k_paths, levels = resp.shape
@@ -561,7 +561,7 @@ def test_closed_form_node_and_stick_posteriors_are_stationary_points_of_the_elbo
 
 
 def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos():
-    from pyro_hc.heuristics.elbo_moves import birth_delta, merge_delta
+    from pyro_hc.heuristics.elbo_moves import birth_delta, merge_delta, refined_birth_delta
     from pyro_hc.models._ncrp import add_child_in_order
 
     tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(2)
@@ -577,6 +577,11 @@ def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos():
     resp_after = torch.stack([rows[path] for path in grown.paths()], 1)
     after = brute_force_tree_elbo(grown, resp_after, z_loc, z_var, log_eta, prior, gamma)
     assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+    # without refinement the callback's ΔELBO is the same; the refined one scores valid q's too
+    unrefined, _ = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=0)
+    assert float(unrefined) == pytest.approx(float(delta), rel=1e-8, abs=1e-8)
+    refined, weights = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=3)
+    assert math.isfinite(float(refined)) and weights.shape == (resp.shape[0], 2)
     # merge of leaf 3 into leaf 2 (the reverse kind of move), on the original tree
     delta = merge_delta(tree, 0, 1, resp, z_loc, z_var, prior, gamma)
     merged = tree.copy()

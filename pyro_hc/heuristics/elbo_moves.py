@@ -222,11 +222,11 @@ def merge_delta(tree: ClusterTree, keep_row: int, drop_row: int, resp: Tensor, z
 def refined_birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
                         log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int) -> tuple[Tensor, Tensor]:
     """ΔELBO of a leaf birth after ``steps`` partial E-steps on the split path's data, before and
-    after (:func:`refine_responsibilities`); both sides refined alike, so the E-step alone gains
-    a move nothing. With ``steps=0`` it equals :func:`birth_delta`. Also returns the two leaves'
+    after (:func:`refine_responsibilities`); both sides are refined alike, so what the E-steps
+    improve in the current tree's ``q`` is not credited to the move. With ``steps=0`` it equals :func:`birth_delta`. Also returns the two leaves'
     refined leaf-level weights ``[N, 2]`` (old leaf, new leaf), to place their Gaussians."""
     paths = tree.paths()
-    leaf, parent = paths[row][-1], paths[row][-2]
+    parent = paths[row][-2]
     before_nodes = torch.as_tensor(paths, dtype=torch.long, device=resp.device)
     before = refine_responsibilities(tree, before_nodes, [row], resp, z_loc, z_var, log_eta, prior, steps)
     grown = tree.copy()
