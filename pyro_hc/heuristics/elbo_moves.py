@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ..distributions import BIRTH, NormalGamma, sibling_order
+from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
@@ -385,6 +386,10 @@ class ELBOStructureMoves(Callback):
             self.lock_counter += 1
             state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0)
             return
+        if distributed.is_distributed():  # each datum was seen by one rank: the sums are the whole epoch's
+            seen = self._buffers["seen"].to(self._buffers["z_loc"].dtype)
+            distributed.all_reduce_sum_(seen, *(self._buffers[name] for name in ("z_loc", "z_var", "resp", "log_eta")))
+            self._buffers["seen"] = seen > 0
         seen = self._buffers["seen"]
         z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
         prior = node_prior(z_loc, z_var, **self.prior_settings)
