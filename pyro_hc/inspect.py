@@ -324,6 +324,8 @@ def to_inference_data(
         sizes = [posterior[v].shape[2 + dims[v].index(name)] for v in posterior if name in dims[v]]
         if sizes:
             coords[name] = np.arange(sizes[0])
+    if "path_responsibility" in posterior:  # HCRL's path variable ranges over the full paths only
+        coords["path"] = coords["path"][: posterior["path_responsibility"].shape[-1]]
     if "v" in posterior and posterior["v"].shape[-1] != len(coords["stick_node"]):
         raise RuntimeError("the guide's sticks do not match the tree's non-root nodes")
 

@@ -395,3 +395,59 @@ def test_laplace_batch_shapes_and_gradient():
 def test_laplace_errors(alpha):
     with pytest.raises(ValueError):
         dirichlet_laplace_approximation(alpha)
+
+
+# ---------------------------------------------------------------------------- creation order
+def test_sticks_follow_creation_order_when_an_id_is_reused():
+    """A child grown after a prune reuses a freed id but comes after its older siblings.
+
+    Chain 0 -> 1 -> 2, a branch 0 -> 3 -> 4, the first path pruned (ids 1, 2 freed), then a new
+    branch grown under the root: it gets ids 1, 2 again. Its stick weight is v_1 (1 - v_3), the
+    older branch keeps v_3 (by id, the new one would come first and take v_1 of node 3's mass).
+    """
+    from pyro_hc.models._ncrp import chain_tree, add_child_in_order
+
+    tree = chain_tree(3)
+    add_child_in_order(tree, add_child_in_order(tree, 0))  # 3, 4
+    tree.remove_leaf(2, prune_empty_parents=True)
+    new = add_child_in_order(tree, 0)
+    add_child_in_order(tree, new)
+    assert new == 1 and tree.children(0) == [1, 3]
+    v = torch.tensor([0.5, 0.2, 0.5, 0.7, 0.6, 0.5])
+    probs = path_index(tree, capacity=6).log_path_probs(v).exp()
+    full = dict(zip(tree.paths(), probs[: len(tree.paths())].tolist()))
+    assert full[(0, 3, 4)] == pytest.approx(0.7 * 0.6)  # the older branch first: π_3 = v_3
+    assert full[(0, 1, 2)] == pytest.approx(0.2 * (1 - 0.7) * 0.5)  # π_1 = v_1 (1 - v_3)
+    # without creation ranks (a tree built by hand) siblings fall back to ascending ids
+    for node in tree.nodes():
+        del tree.graph.nodes[node]["birth"]
+    probs = path_index(tree, capacity=6).log_path_probs(v).exp()
+    assert probs[tree.paths().index((0, 1, 2))] == pytest.approx(0.2 * 0.5)
+
+
+# ---------------------------------------------------------------------------- Normal–Gamma
+def test_normal_gamma_density_shapes_kl_and_evidence():
+    from torch.distributions import kl_divergence
+
+    from pyro_hc.distributions import NormalGamma
+
+    torch.manual_seed(0)
+    p = NormalGamma(torch.tensor([0.3, -1.0]), torch.tensor(2.0), torch.tensor([1.5, 3.0]), torch.tensor([0.5, 2.0]))
+    assert p.batch_shape == (2,) and p.event_shape == (2,)
+    value = torch.tensor([[0.1, 0.7], [-0.5, 2.0]])
+    hand = (dist.Gamma(p.concentration, p.rate).log_prob(value[:, 1])
+            + dist.Normal(p.loc, (p.precision_scale * value[:, 1]).rsqrt()).log_prob(value[:, 0]))
+    assert torch.allclose(p.log_prob(value), hand)
+    draws = p.expand((5, 2)).sample((4000,))
+    assert draws.shape == (4000, 5, 2, 2) and bool((draws[..., 1] > 0).all())
+    q = NormalGamma(torch.tensor([0.0, -0.5]), torch.tensor(5.0), torch.tensor([2.5, 4.0]), torch.tensor([1.0, 1.5]))
+    samples = q.sample((200000,))
+    monte_carlo = (q.log_prob(samples) - p.log_prob(samples)).mean(0)
+    assert torch.allclose(kl_divergence(q, p), monte_carlo, atol=0.02)
+    # the evidence of weighted points is the log marginal likelihood: for one point of weight 1,
+    # log ∫ N(z | μ, 1/λ) p(μ, λ) dμ dλ, a Student-t — checked by Monte Carlo over the prior
+    z = torch.tensor([0.4, -0.2])
+    evidence = p.log_evidence(torch.tensor(1.0), z, z.square())
+    prior_draws = p.sample((400000,))
+    likelihood = dist.Normal(prior_draws[..., 0], prior_draws[..., 1].rsqrt()).log_prob(z)
+    assert torch.allclose(evidence, likelihood.logsumexp(0) - math.log(400000), atol=0.02)

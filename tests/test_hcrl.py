@@ -83,9 +83,10 @@ def test_hcrl_elbo_equals_hand_sum_over_paths_and_levels(per_datum_levels):
         v[torch.tensor([1, 2, 3, 4])] = values["sticks"]
         h, z = values["level_logits"], values["z"]
         prior_loc, prior_scale = module.level_prior_loc, module.level_prior_scale
-        log_path = torch.log(two_path_tree_probabilities(v))  # K
+        # the objective's mixture is over the full paths, their prior renormalised
+        log_path = torch.log_softmax(torch.log(two_path_tree_probabilities(v))[:2], -1)  # 2 full paths
         log_eta = torch.log_softmax(h, -1)  # B x L (or L)
-        locs, scales = module.node_locs[PATH_NODES], module.node_scales[PATH_NODES]  # K x L x d
+        locs, scales = module.node_locs[PATH_NODES[:2]], module.node_scales[PATH_NODES[:2]]  # K x L x d
         log_component = normal_logpdf(z[:, None, None, :], locs, scales)  # B x K x L
         log_pz = torch.logsumexp(log_path[:, None] + log_eta[..., None, :] + log_component, dim=(-2, -1))
         probs = torch.sigmoid(module.decoder(z))
@@ -191,16 +192,23 @@ def synthetic():
     return pyro_hc.synthetic_tree(depth=2, branching=2, n_per_leaf=50, n_features=20, latent_dim=4, seed=0)
 
 
-@pytest.mark.parametrize("name", ["hcrl2", "hcrl1", "vae_ncrp"])
+@pytest.mark.parametrize("name", ["hcrl2", "hcrl1", "vae_ncrp", "hcrl2-elbo"])
 def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
-    model = pyro_hc.get_model(name, depth=3, **TINY, lock_epochs=2).fit(synthetic, epochs=6, batch_size=32,
-                                                                         progress=False)
+    structure = dict(structure="elbo") if name.endswith("-elbo") else {}
+    model = pyro_hc.get_model(name.removesuffix("-elbo"), depth=3, **TINY, lock_epochs=2, **structure).fit(
+        synthetic, epochs=6, batch_size=32, seed=0, progress=False)
     tree = model.tree
     tree.check()
-    # GROW fired (PRUNE or MERGE may have taken a path back since: on this tiny embedding a new
-    # branch can take all the data of the old one); every move left full paths of the same depth
-    assert any(event["kind"] == "grow" for event in tree.events), "GROW never fired"
-    assert len(tree.events) >= 2 and all(tree.level(leaf) == 2 for leaf in tree.leaves())
+    if structure:  # every proposal is logged with its ΔELBO; the accepted ones raised it
+        moves = [event for event in tree.events if event["kind"] in ("birth", "merge")]
+        assert moves and all(math.isfinite(event["delta_elbo"]) for event in moves)
+        assert all(event["delta_elbo"] > 0 for event in moves if event["accepted"])
+    else:
+        # GROW fired (PRUNE or MERGE may have taken a path back since: on this tiny embedding a new
+        # branch can take all the data of the old one)
+        assert any(event["kind"] == "grow" for event in tree.events), "GROW never fired"
+        assert len(tree.events) >= 2
+    assert all(tree.level(leaf) == 2 for leaf in tree.leaves())  # every move left full paths of one depth
     proba = model.predict_proba(synthetic)
     assert proba.shape == (len(synthetic), len(tree.leaves()))
     scores = pyro_hc.evaluate(model, synthetic)  # synthetic_tree knows its hierarchy: the F-score reads it
@@ -215,16 +223,21 @@ def test_fit_grows_a_valid_tree_and_round_trips(name, synthetic, tmp_path):
     node_ids, images = model.decode_nodes()
     assert node_ids == tree.nodes() and images.shape == (len(tree), synthetic.n_features)
     assert torch.all((images >= -10) & (images <= 10)) and not torch.allclose(images[0], images[-1])
-    if name != "vae_ncrp":
-        eta = model.level_proportions(synthetic)
-        assert eta.shape == (len(synthetic), 3) and torch.allclose(eta.sum(-1), torch.ones(len(synthetic)), atol=1e-5)
+    eta, q_level = model.level_proportions(synthetic), model.level_responsibilities(synthetic)
+    for p in (eta, q_level):
+        assert p.shape == (len(synthetic), 3) and torch.allclose(p.sum(-1), torch.ones(len(synthetic)), atol=1e-5)
+    if name == "vae_ncrp":  # only its leaves emit
+        assert torch.equal(eta, q_level) and bool((q_level[:, -1] == 1).all())
 
 
 def test_stick_lr_factor_sets_how_far_the_sticks_move(synthetic):
-    """The sticks' learning rate is their own: a tiny factor leaves q(v) at its prior Beta(1, γ)."""
+    """The sticks' learning rate is their own: a tiny factor leaves q(v) at its prior Beta(1, γ).
+
+    (The objective's paths are the full paths, so the sticks only move once there are two.)"""
     def fitted_stick_parameters(stick_lr_factor):
-        model = pyro_hc.get_model("hcrl2", depth=3, **TINY, grow_every=100, stick_lr_factor=stick_lr_factor)
-        model.fit(synthetic, epochs=3, batch_size=32, progress=False)
+        model = pyro_hc.get_model("hcrl2", depth=3, **TINY, lock_epochs=100, stick_lr_factor=stick_lr_factor)
+        model.fit(synthetic, epochs=4, batch_size=32, seed=0, progress=False)
+        assert len(model.tree.leaves()) >= 2
         nodes = model.module_.active_sticks()
         return model.module_.stick_a.detach()[nodes], model.module_.stick_b.detach()[nodes]
 
@@ -259,11 +272,13 @@ def test_bad_configuration_is_rejected(synthetic):
         pyro_hc.get_model("hcrl2", stick_lr_factor=0.0).fit(synthetic, epochs=0, progress=False)
     with pytest.raises(ValueError, match="capacity"):
         pyro_hc.get_model("hcrl2", depth=4, capacity=3).fit(synthetic, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="structure"):
+        pyro_hc.get_model("hcrl2", structure="greedy").fit(synthetic, epochs=0, progress=False)
 
 
 @pytest.mark.parametrize("per_datum_levels", [True, False])
 def test_closed_form_responsibilities_equal_pyro_enumeration_marginals(per_datum_levels):
-    """q(ζ_n), q(l_n) at the guide means agree with TraceEnum_ELBO.compute_marginals."""
+    """q(ζ_n) (over the full paths), q(l_n) at the guide means agree with TraceEnum_ELBO.compute_marginals."""
     module = tiny_hcrl(per_datum_levels)
     x = torch.rand(6, 5)
     with local_params(), torch.no_grad():
@@ -273,7 +288,7 @@ def test_closed_form_responsibilities_equal_pyro_enumeration_marginals(per_datum
         # the model with the continuous latents observed at the guide means; ζ and l enumerated
         marginals = TraceEnum_ELBO(max_plate_nesting=1).compute_marginals(
             poutine.condition(module.model, data=fixed), lambda x: None, x)
-        assert torch.allclose(marginals["path"].probs, module.path_responsibilities(x), atol=1e-5)
+        assert torch.allclose(marginals["path"].probs, module.leaf_log_proba(x).exp(), atol=1e-5)
         assert torch.allclose(marginals["level"].probs, module.level_responsibilities(x), atol=1e-5)
 
 
@@ -304,8 +319,10 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     The data are emitted by the leaves only, so the level prior is leaf-heavy, Dirichlet(0.1, 0.2, 8):
     with the symmetric Dirichlet(1) the internal nodes act as extra fine clusters and GROW
     fragments the coarse groups (dendrogram purity 0.47 over seeds 0-2, against 0.73 here).
-    Measured on this machine (CPU, 60 epochs, seed 0): dendrogram purity 0.79, NMI 0.87, against
-    k-means + Ward 0.96 — the paper's GROW / PRUNE / MERGE do not reach the baseline (a leaf that
+    Measured on this machine (CPU, 60 epochs, seed 0): dendrogram purity 0.71, NMI 0.84 (0.79 / 0.88
+    before the inner paths left the objective and the sticks and Adam rows were fixed; over seeds
+    0-2 the mean went 0.73 -> 0.76), against k-means + Ward 0.96 — the paper's GROW / PRUNE / MERGE
+    do not reach the baseline (``structure="elbo"`` does better: see the next test) (a leaf that
     covers two fine clusters is never split; ``benchmarks/hierarchy_recovery.py`` measures the gap
     at three noise levels, with an oracle that clusters the true latents). What is asserted is
     what a broken model, heuristic, level prior or metric would lose.
@@ -332,5 +349,287 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     assert len(model.tree.leaves()) >= 6
     assert purity > 0.65 and purity > 4 * random_purity
     assert nmi(labels, assigned) > 0.75
-    # the leaves carry the data, not the internal nodes: the leaf-heavy prior took effect
-    assert model.level_responsibilities(data).mean(0)[-1] > 0.9
+    # the leaves carry the data, not the internal nodes: the leaf-heavy prior took effect (0.88 at
+    # seed 0 since the inner paths left the objective; 1/3 under a symmetric prior)
+    assert model.level_responsibilities(data).mean(0)[-1] > 0.8
+
+
+def test_a_branch_grown_after_a_prune_comes_after_its_older_sibling():
+    """Freed ids are reused, but the stick-breaking orders siblings by creation (bug: by id)."""
+    module = tiny_hcrl(True)  # paths (0, 1, 2) and (0, 3, 4)
+    assert module.prune(2) == [2, 1]
+    assert module.grow(0) == [1, 2]  # the new branch reuses the freed ids
+    v = torch.tensor([0.5, 0.2, 0.5, 0.7, 0.6, 0.5, 0.5, 0.5])
+    probs = module.path_index().log_path_probs(v).exp()
+    paths = module.tree.paths()
+    assert probs[paths.index((0, 3, 4))] == pytest.approx(0.7 * 0.6)  # the older branch: π_3 = v_3
+    assert probs[paths.index((0, 1, 2))] == pytest.approx(0.2 * (1 - 0.7) * 0.5)  # π_1 = v_1 (1 - v_3)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "clipped_adam"])
+def test_reset_rows_make_adam_step_as_if_the_rows_were_new(optimizer):
+    """After reset_optimizer_rows, row 0 follows a fresh Adam fed the same gradients; row 1 is untouched."""
+    from pyro.optim.clipped_adam import ClippedAdam
+
+    from pyro_hc.infer.row_reset import reset_optimizer_rows
+
+    def make(params):
+        return torch.optim.Adam(params, lr=0.01) if optimizer == "adam" else ClippedAdam(params, lr=0.01)
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(2, 3))
+    opt = make([weight])
+    gradients = torch.randn(80, 2, 3) * torch.tensor([[1.0], [30.0]])
+    for g in gradients[:50]:
+        weight.grad = g.clone()
+        opt.step()
+    fresh = torch.nn.Parameter(weight.detach()[0].clone())
+    fresh_opt = make([fresh])
+    untouched = torch.nn.Parameter(weight.detach()[1].clone())
+    untouched_opt = make([untouched])
+    untouched_opt.load_state_dict({"state": {0: {k: (v[1].clone() if torch.is_tensor(v) and v.dim() else
+                                                     v.clone() if torch.is_tensor(v) else v)
+                                                 for k, v in opt.state[weight].items()}},
+                                   "param_groups": [dict(opt.state_dict()["param_groups"][0], params=[0])]})
+    reset_optimizer_rows(opt, weight, [0])
+    for g in gradients[50:]:
+        weight.grad, fresh.grad, untouched.grad = g.clone(), g[0].clone(), g[1].clone()
+        opt.step(), fresh_opt.step(), untouched_opt.step()
+        assert torch.allclose(weight.detach()[0], fresh.detach(), atol=1e-6)
+        assert torch.allclose(weight.detach()[1], untouched.detach(), atol=1e-6)
+
+
+def test_grown_rows_take_adams_first_step():
+    """A branch grown at epoch end starts Adam afresh: its first update is ≈ lr per coordinate
+    (stale state: zero moments with the shared step count give ≈ 0.5 lr here, 3-6 lr later on)."""
+    from pyro_hc.heuristics import NCRPHeuristics
+    from pyro_hc.infer import SVIEngine
+
+    torch.manual_seed(0)
+    with local_params():
+        module = HCRLModule(n_features=5, latent_dim=2, hidden_dims=(4,), likelihood="bernoulli", depth=3,
+                            capacity=8, stick_concentration=1.0, level_concentration=1.0, per_datum_levels=True)
+        with torch.no_grad():  # v_1 ≈ 0: the root's inner path holds the data, so GROW branches there
+            module.stick_a_unconstrained[1] = math.log(1e-4)
+            module.stick_b_unconstrained[1] = math.log(1e4)
+        grow = NCRPHeuristics(grow_every=1, lock_epochs=100, enabled_moves=("grow",), seed=0)
+        engine = SVIEngine(module, loss="trace_enum", lr=0.01, callbacks=[grow], progress=False)
+        x = torch.rand(40, 5)
+        engine.fit(x, epochs=1, batch_size=4, seed=0)  # 10 steps, then GROW
+        assert module.tree.children(0) == [1, 3]
+        engine.callbacks = [engine.history]  # no more moves
+        before = module.node_locs_unconstrained.detach().clone()
+        engine.fit(x, epochs=1, batch_size=40, seed=0)  # one step
+        step = (module.node_locs_unconstrained.detach() - before)[[3, 4]].abs()
+    assert torch.allclose(step, torch.full_like(step, 0.01), rtol=0.02), step
+
+
+@pytest.mark.parametrize("per_datum_levels", [True, False])
+def test_no_gradient_reaches_an_internal_node_through_an_inner_path(per_datum_levels):
+    """With the level observed at the leaves, an internal node u could only emit through an inner
+    path (which reused u's Gaussian below u): its parameters' gradient must be exactly zero."""
+    module = tiny_hcrl(per_datum_levels)  # internal nodes 0, 1, 3; leaves 2, 4
+    x = torch.rand(6, 5)
+    leaf_level = torch.full((6,), 2, dtype=torch.long)
+    with local_params():
+        model = poutine.condition(module.model, data={"level": leaf_level})
+        loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, module.guide, x)
+        loss.backward()
+    for name in ("node_locs_unconstrained", "node_scales_unconstrained"):
+        grad = getattr(module, name).grad
+        assert torch.equal(grad[[0, 1, 3]], torch.zeros_like(grad[[0, 1, 3]])), (name, grad)
+        assert bool((grad[[2, 4]] != 0).all())  # the leaves do train
+    # the inner paths are still scored, for GROW's proposals
+    with torch.no_grad():
+        proposals = module.path_responsibilities(x)
+    assert proposals.shape == (6, 5) and bool((proposals[:, 2:] > 0).all())
+
+
+# ELBO-tested structure moves ---------------------------------------------------------------------
+
+def brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nodes=None, q_sticks=None):
+    """The embedding-space ELBO by its definition, one datum, path, level and node at a time.
+
+    q(μ_i, λ_i) and q(v_c) default to their closed-form optima; pass them (dicts node -> NormalGamma
+    / (α, β)) to evaluate elsewhere.
+    """
+    from torch.distributions import Beta, kl_divergence
+
+    from pyro_hc.distributions import sibling_order
+
+    paths = tree.paths()
+    n, k_paths, levels = resp.shape
+    node_weights = {node: torch.zeros(n, dtype=resp.dtype) for node in tree.nodes()}
+    for i in range(n):
+        for k, path in enumerate(paths):
+            for level in range(levels):
+                node_weights[path[level]][i] = node_weights[path[level]][i] + resp[i, k, level]
+    if q_nodes is None:
+        q_nodes = {}
+        for node, w in node_weights.items():
+            stats = (w.sum(), w @ z_loc, w @ (z_loc**2 + z_var))
+            q_nodes[node] = prior.posterior(*stats)
+    mass = {node: resp.new_zeros(()) for node in tree.nodes()}
+    for k, path in enumerate(paths):
+        for node in path:
+            mass[node] = mass[node] + resp[:, k, :].sum()
+    if q_sticks is None:
+        q_sticks = {}
+        for parent in tree.internal_nodes():
+            children = sibling_order(tree, parent)
+            for position, child in enumerate(children):
+                later = sum((mass[c] for c in children[position + 1:]), resp.new_zeros(()))
+                q_sticks[child] = (1 + mass[child], gamma + later)
+    e_log_v = {c: torch.digamma(a) - torch.digamma(a + b) for c, (a, b) in q_sticks.items()}
+    e_log_1mv = {c: torch.digamma(b) - torch.digamma(a + b) for c, (a, b) in q_sticks.items()}
+    elbo = resp.new_zeros(())
+    for k, path in enumerate(paths):
+        log_path = resp.new_zeros(())
+        for node in path[1:]:
+            siblings = sibling_order(tree, tree.parent(node))
+            log_path = log_path + e_log_v[node] + sum((e_log_1mv[j] for j in siblings[: siblings.index(node)]),
+                                                      resp.new_zeros(()))
+        for i in range(n):
+            for level in range(levels):
+                r = resp[i, k, level]
+                ell = q_nodes[path[level]].expected_log_likelihood(z_loc[i], z_var[i]).sum()
+                elbo = elbo + r * (ell + log_path + log_eta[i, level]) - (r * torch.log(r) if r > 0 else 0.0)
+    for node, q in q_nodes.items():
+        elbo = elbo - kl_divergence(q, prior).sum()
+    for child, (a, b) in q_sticks.items():
+        elbo = elbo - kl_divergence(Beta(a, b), Beta(torch.tensor(1.0, dtype=a.dtype), torch.tensor(gamma, dtype=a.dtype)))
+    return elbo
+
+
+def tiny_structure_problem(seed=0):
+    from pyro_hc.distributions import NormalGamma
+    from pyro_hc.models._ncrp import add_child_in_order, chain_tree
+
+    generator = torch.Generator().manual_seed(seed)
+    tree = chain_tree(3)  # 0 -> 1 -> 2
+    add_child_in_order(tree, 1)  # leaf 3
+    n, d = 7, 2
+    resp = torch.rand(n, 2, 3, generator=generator, dtype=torch.float64) + 0.05
+    resp = resp / resp.sum((1, 2), keepdim=True)
+    z_loc = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    z_var = torch.rand(n, d, generator=generator, dtype=torch.float64) * 0.3 + 0.05
+    log_eta = torch.log_softmax(torch.randn(n, 3, generator=generator, dtype=torch.float64), -1)
+    prior = NormalGamma(torch.tensor([0.1, -0.2], dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64),
+                        torch.tensor(1.5, dtype=torch.float64), torch.tensor([0.7, 1.2], dtype=torch.float64))
+    return tree, resp, z_loc, z_var, log_eta, prior, 1.7
+
+
+def test_tree_elbo_closed_form_equals_the_brute_force_elbo():
+    from pyro_hc.heuristics.elbo_moves import tree_elbo
+    from pyro_hc.distributions import path_index
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem()
+    path_nodes = path_index(tree, capacity=8).path_nodes[:2]
+    closed = tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, gamma)
+    assert float(closed) == pytest.approx(float(brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma)),
+                                          rel=1e-9, abs=1e-8)
+
+
+def test_closed_form_node_and_stick_posteriors_are_stationary_points_of_the_elbo():
+    from pyro_hc.distributions import NormalGamma
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(1)
+    base = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma)
+    # the optimal q's, as free leaves of the graph
+    q_nodes, leaves = {}, []
+    for node in tree.nodes():
+        w = torch.zeros(resp.shape[0], dtype=resp.dtype)
+        for k, path in enumerate(tree.paths()):
+            for level in range(3):
+                if path[level] == node:
+                    w = w + resp[:, k, level]
+        post = prior.posterior(w.sum(), w @ z_loc, w @ (z_loc**2 + z_var))
+        params = [t.detach().clone().requires_grad_() for t in (post.loc, post.precision_scale, post.concentration, post.rate)]
+        leaves += params
+        q_nodes[node] = NormalGamma(*params)
+    masses = {c: resp[:, [k for k, p in enumerate(tree.paths()) if c in p], :].sum() for c in tree.nodes()}
+    q_sticks = {1: (1 + masses[1], gamma + 0 * masses[1]), 2: (1 + masses[2], gamma + masses[3]), 3: (1 + masses[3], gamma + 0 * masses[3])}
+    q_sticks = {c: tuple(t.detach().clone().requires_grad_() for t in ab) for c, ab in q_sticks.items()}
+    leaves += [t for ab in q_sticks.values() for t in ab]
+    elbo = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nodes, q_sticks)
+    assert float(elbo.detach()) == pytest.approx(float(base), rel=1e-10)
+    grads = torch.autograd.grad(elbo, leaves)
+    assert max(float(g.abs().max()) for g in grads) < 1e-8
+    # and a nudge away from them lowers the ELBO
+    nudged = {node: NormalGamma(q.loc + 0.1, q.precision_scale, q.concentration, q.rate) for node, q in q_nodes.items()}
+    assert float(brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, nudged, q_sticks).detach()) < float(elbo.detach())
+
+
+def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos():
+    from pyro_hc.heuristics.elbo_moves import birth_delta, merge_delta, refined_birth_delta
+    from pyro_hc.models._ncrp import add_child_in_order
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(2)
+    before = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma)
+    split = torch.rand(resp.shape[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    # birth on path (0, 1, 2): leaf 2 keeps `split` of each datum's share of the path, a new leaf the rest
+    delta = birth_delta(tree, 0, split, resp, z_loc, z_var, prior, gamma)
+    grown = tree.copy()
+    new = add_child_in_order(grown, 1)
+    rows = {path: resp[:, k] for k, path in enumerate(tree.paths())}
+    rows[(0, 1, new)] = rows[(0, 1, 2)] * (1 - split[:, None])
+    rows[(0, 1, 2)] = rows[(0, 1, 2)] * split[:, None]
+    resp_after = torch.stack([rows[path] for path in grown.paths()], 1)
+    after = brute_force_tree_elbo(grown, resp_after, z_loc, z_var, log_eta, prior, gamma)
+    assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+    # without refinement the callback's ΔELBO is the same; the refined one scores valid q's too
+    unrefined, _ = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=0)
+    assert float(unrefined) == pytest.approx(float(delta), rel=1e-8, abs=1e-8)
+    refined, weights = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=3)
+    assert math.isfinite(float(refined)) and weights.shape == (resp.shape[0], 2)
+    # merge of leaf 3 into leaf 2 (the reverse kind of move), on the original tree
+    delta = merge_delta(tree, 0, 1, resp, z_loc, z_var, prior, gamma)
+    merged = tree.copy()
+    merged.remove_leaf(3)
+    after = brute_force_tree_elbo(merged, (resp[:, 0] + resp[:, 1])[:, None], z_loc, z_var, log_eta, prior, gamma)
+    assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+
+
+def test_elbo_structure_splits_separated_blobs_and_refuses_to_merge_them_back():
+    """Three separated blobs, one leaf at the start: the first birth raises the ELBO (accepted), and
+    merging the two leaves it made would lower it (rejected)."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 3, 3, 3, 0, 0], [-3, -3, -3, -3, 0, 0], [0, 0, 0, 0, 4, -4]])
+    labels = torch.arange(3).repeat_interleave(60)
+    config = dict(depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=5, capacity=16, structure="elbo",
+                  likelihood="gaussian", level_concentration=(0.1, 0.2, 8.0))
+    x = centres[labels] + 0.5 * torch.randn(180, 6, generator=generator)
+    model = pyro_hc.get_model("hcrl2", **config).fit(x, epochs=4, batch_size=32, seed=0, progress=False)
+    births = [e for e in model.tree.events if e["kind"] == "birth"]
+    merges = [e for e in model.tree.events if e["kind"] == "merge"]
+    assert births[0]["accepted"] and births[0]["delta_elbo"] > 10
+    assert merges and not merges[0]["accepted"] and merges[0]["delta_elbo"] < -10
+
+
+@pytest.mark.slow
+def test_hcrl2_elbo_structure_recovers_the_fine_clusters_on_synthetic_tree_data():
+    """The recovery test's setting with ``structure="elbo"``: HCRL2 is not told the number of leaves.
+
+    Measured on this machine (2-core CPU, one thread, 30 + 60 epochs, seeds 0 / 1 / 2): dendrogram
+    purity 0.94 / 0.90 / 0.82 with 9 / 9 / 10 leaves, against k-means + Ward on the same run's
+    embedding given the true k 0.95 / 0.93 / 0.92; ``structure="paper"`` 0.71 / 0.87 / 0.71.
+    Seed 0 is asserted, with slack: above what the paper's search reaches at this seed (0.71), near
+    the two-stage baseline on the model's own embedding, with a leaf count near the truth.
+    """
+    from pyro_hc.baselines import kmeans_ward_tree
+    from pyro_hc.metrics import dendrogram_purity
+
+    torch.set_num_threads(1)
+    data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.5, separation=4.0, n_per_leaf=60, seed=0)
+    labels = data.y.numpy()
+    model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=4, hidden_dims=(64,), pretrain_epochs=30,
+                              stick_concentration=3.0, level_concentration=(0.1, 0.2, 8.0), structure="elbo")
+    model.fit(data, epochs=60, batch_size=32, seed=0, progress=False)
+    purity = dendrogram_purity(model.tree, model.predict(data).numpy(), labels)
+    baseline_tree, baseline_leaves = kmeans_ward_tree(model.transform(data), data.n_classes)
+    baseline = dendrogram_purity(baseline_tree, baseline_leaves, labels)
+    print(f"HCRL2 (elbo) DP {purity:.3f}, k-means + Ward on its embedding {baseline:.3f}, {model.tree}")
+    assert purity > 0.8 and purity > baseline - 0.12
+    assert 7 <= len(model.tree.leaves()) <= 12
+    moves = [event for event in model.tree.events if event["kind"] in ("birth", "merge")]
+    assert all(event["delta_elbo"] > 0 for event in moves if event["accepted"])

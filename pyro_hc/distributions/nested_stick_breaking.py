@@ -7,8 +7,10 @@ construction (Wang & Blei 2009), truncated to the current tree as in HCRL's firs
 
     pi_i = v_i * prod_{earlier siblings j of i} (1 - v_j)
 
-where siblings are ordered by ascending node id (the order of
-:meth:`ClusterTree.children`).  The probability of a *full* (root-to-leaf) path is the
+where siblings are ordered by *creation* (:func:`sibling_order`: the ``"birth"`` node attribute
+that the nCRP models stamp on every node they add, else ascending node id).  Node ids are
+reused after a removal, so ordering by id would let a child grown after a prune jump ahead of
+its older siblings and take their prior mass.  The probability of a *full* (root-to-leaf) path is the
 product of ``pi_i`` over its non-root nodes.  The mass that the truncation leaves for a new
 child below an internal node ``u`` forms one *inner path* per internal node::
 
@@ -39,7 +41,24 @@ from torch.distributions.utils import clamp_probs
 
 from ..tree import ClusterTree, dataclass_to
 
-__all__ = ["NestedStickBreaking", "PathIndex", "path_index"]
+__all__ = ["BIRTH", "NestedStickBreaking", "PathIndex", "path_index", "sibling_order"]
+
+#: Node attribute holding a node's creation rank (an integer, increasing over the tree's life).
+BIRTH = "birth"
+
+
+def sibling_order(tree: ClusterTree, parent: int) -> list[int]:
+    """The children of ``parent`` in the order of the stick-breaking: by creation.
+
+    Creation is read from the :data:`BIRTH` node attribute; if any child lacks it, the children
+    are ordered by ascending id (the order of :meth:`ClusterTree.children`), as for a tree that
+    was built by hand.
+    """
+    children = tree.children(parent)
+    attributes = tree.graph.nodes
+    if all(BIRTH in attributes[child] for child in children):
+        return sorted(children, key=lambda child: (attributes[child][BIRTH], child))
+    return children
 
 
 @dataclass(frozen=True)
@@ -204,10 +223,10 @@ def path_index(
     n_full, n_inner = len(full_paths), len(inner_paths)
     n_paths = n_full + n_inner
 
-    # Earlier siblings of every non-root node (siblings ascending by id).
+    # Earlier siblings of every non-root node (siblings in creation order).
     earlier: dict[int, list[int]] = {}
     for parent in tree.internal_nodes():
-        children = tree.children(parent)
+        children = sibling_order(tree, parent)
         for position, child in enumerate(children):
             earlier[child] = children[:position]
 
@@ -270,6 +289,11 @@ class NestedStickBreaking(Categorical):
         sticks.shape[-1]``.
     validate_args : bool, optional
         Whether to validate ``sticks`` and the values given to ``log_prob``.
+    full_paths_only : bool, default False
+        If True, the support is the ``index.n_full`` full paths only and their probabilities are
+        renormalised: ``p(ζ = k | ζ is a full path)``, the prior of the truncated tree's mixture
+        (the inner paths' mass is the part of the nCRP no grown node explains; a model that
+        trains only on grown nodes conditions it away).
     logits : Tensor, optional
         Only without ``sticks`` and ``index``: a categorical over paths with these logits. Pyro
         builds enumerated sites' posteriors this way (``TraceEnum_ELBO.compute_marginals``).
@@ -292,8 +316,10 @@ class NestedStickBreaking(Categorical):
         index: PathIndex | None = None,
         validate_args: bool | None = None,
         *,
+        full_paths_only: bool = False,
         logits: Tensor | None = None,
     ) -> None:
+        self.full_paths_only = bool(full_paths_only)
         if logits is not None and sticks is None and index is None:
             # Pyro rebuilds enumerated sites' posteriors as ``type(d)(logits=...)``
             # (TraceEnum_ELBO.compute_marginals): a categorical over paths with no sticks.
@@ -307,10 +333,14 @@ class NestedStickBreaking(Categorical):
             raise TypeError("sticks must be a floating-point tensor")
         self.sticks = sticks
         self.index = index
-        super().__init__(logits=index.log_path_probs(sticks), validate_args=validate_args)
+        logits = index.log_path_probs(sticks)
+        if self.full_paths_only:
+            logits = logits[..., : index.n_full]  # Categorical renormalises its logits
+        super().__init__(logits=logits, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):  # noqa: D102 (see Distribution.expand)
         new = self._get_checked_instance(NestedStickBreaking, _instance)
+        new.full_paths_only = self.full_paths_only
         batch_shape = torch.Size(batch_shape)
         if self.sticks is None:  # a posterior over paths built from logits
             new.sticks, new.index, new.arg_constraints = None, None, {}

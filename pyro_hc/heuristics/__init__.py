@@ -5,6 +5,9 @@ training loop.
 
 - :class:`NCRPHeuristics`: GROW / PRUNE / MERGE of HCRL's Algorithm 1 (Shin, Song & Moon, 2020)
   for models with a nested stick-breaking tree (:class:`NCRPTreeModel`).
+- :class:`ELBOStructureMoves`: leaf births and merges accepted only when they raise the ELBO, with
+  conjugate node priors (Hughes & Sudderth's memoized-VI moves), for HCRL's ``structure="elbo"``.
+  (It imports :mod:`pyro_hc.distributions` for the Normal–Gamma node prior.)
 - :class:`DeepECTHeuristics`: DeepECT's split and prune (Mautz, Plant & Böhm, 2020) and its
   node-weight moving average, for models with a DeepECT cluster tree (:class:`DeepECTTreeModel`).
 - :class:`LeafPruning`: CoHiClust's pruning of the leaf with the lowest expected share of the data
@@ -13,7 +16,8 @@ training loop.
 
 from .cohiclust import LeafMassModel, LeafPruning, prune_leaf
 from .deepect import DeepECTHeuristics, DeepECTTreeModel
+from .elbo_moves import ELBOStructureMoves
 from .ncrp import MOVES, NCRPHeuristics, NCRPTreeModel
 
-__all__ = ["NCRPHeuristics", "NCRPTreeModel", "MOVES", "DeepECTHeuristics", "DeepECTTreeModel",
+__all__ = ["NCRPHeuristics", "NCRPTreeModel", "MOVES", "ELBOStructureMoves", "DeepECTHeuristics", "DeepECTTreeModel",
            "LeafPruning", "LeafMassModel", "prune_leaf"]

@@ -381,6 +381,10 @@ class NCRPHeuristics(Callback):
             )
         tree = module.tree
         self.lock_counter = 0 if changed else self.lock_counter + 1
+        reset_rows = getattr(module, "reset_node_optimizer_state", None)
+        optimizer = getattr(state.engine, "optimizer", None)
+        if changed and reset_rows is not None and optimizer is not None:
+            reset_rows(optimizer)  # new or reused node rows start Adam afresh
         logs.update(
             n_paths=float(len(tree.leaves())),
             n_inner_paths=float(len(tree.internal_nodes())),

@@ -14,11 +14,23 @@ import warnings
 import torch
 from pyro.nn import PyroModule
 
-from ..distributions import PathIndex, path_index
+from ..distributions import BIRTH, PathIndex, path_index
 from ..infer import distributed
+from ..infer.row_reset import reset_optimizer_rows
 from ..tree import ClusterTree
 
-__all__ = ["NCRPTreeModule", "chain_tree"]
+__all__ = ["NCRPTreeModule", "add_child_in_order", "chain_tree"]
+
+
+def add_child_in_order(tree: ClusterTree, parent: int) -> int:
+    """Add a child under ``parent`` stamped with the next creation rank (:data:`~pyro_hc.distributions.BIRTH`).
+
+    The stick-breaking orders siblings by this rank, not by id: ids are reused after a removal,
+    ranks never are, so a new child always comes after its older siblings.
+    """
+    attributes = tree.graph.nodes
+    rank = 1 + max((attributes[node][BIRTH] for node in tree.nodes() if BIRTH in attributes[node]), default=0)
+    return tree.add_child(parent, **{BIRTH: rank})
 
 
 def chain_tree(depth: int) -> ClusterTree:
@@ -26,9 +38,10 @@ def chain_tree(depth: int) -> ClusterTree:
     if depth < 2:
         raise ValueError(f"an nCRP tree needs depth >= 2 levels (root and leaves), got {depth}")
     tree = ClusterTree()
+    tree.graph.nodes[tree.root][BIRTH] = 0
     node = tree.root
     for _ in range(depth - 1):
-        node = tree.add_child(node)
+        node = add_child_in_order(tree, node)
     return tree
 
 
@@ -37,8 +50,12 @@ class NCRPTreeModule(PyroModule):
 
     Subclasses define ``_init_node(node, parent, target)``, which initialises the parameter rows of
     a node GROW has just created (``target``: mean and spread of its data in the embedding, or
-    None), and ``path_responsibilities(x)``, which the heuristics read.
+    None), ``path_responsibilities(x)``, which the heuristics read, and ``node_parameter_names``,
+    the parameters indexed by node id (whose optimiser state is reset row by row for every new or
+    reused node, see :meth:`reset_node_optimizer_state`).
     """
+
+    node_parameter_names: tuple[str, ...] = ()
 
     def __init__(self, depth: int, capacity: int) -> None:
         super().__init__()
@@ -53,6 +70,25 @@ class NCRPTreeModule(PyroModule):
         self._observed: tuple[torch.Tensor, ...] | None = None
         self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None  # per path: (Gumbel score, embedding)
         self._embedding_memo: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fresh_rows: set[int] = set()  # node rows (re)initialised since the optimiser last heard
+
+    def mark_fresh_rows(self, nodes) -> None:
+        """Record node ids whose parameter rows were just (re)initialised."""
+        self._fresh_rows.update(int(node) for node in nodes)
+
+    def reset_node_optimizer_state(self, optimizer: torch.optim.Optimizer) -> list[int]:
+        """Restart Adam (moments and step count) on the rows of every node (re)initialised since the
+        last call, in each of ``node_parameter_names``; returns those node ids.
+
+        A fresh row otherwise keeps the tensor's shared step count with zero moments (its first
+        steps ≈ 3–6 × the learning rate) and a reused row its former second moment (nearly frozen).
+        """
+        rows = sorted(self._fresh_rows)
+        self._fresh_rows = set()
+        if rows:
+            for name in self.node_parameter_names:
+                reset_optimizer_rows(optimizer, getattr(self, name), rows)
+        return rows
 
     # the tree's tensors ---------------------------------------------------------------------
 
@@ -114,8 +150,9 @@ class NCRPTreeModule(PyroModule):
         new_nodes = []
         parent = node
         for _ in range(levels_needed):
-            child = self.tree.add_child(parent)
+            child = add_child_in_order(self.tree, parent)
             self._init_node(child, parent, target)
+            self.mark_fresh_rows([child])
             new_nodes.append(child)
             parent = child
         return new_nodes
@@ -188,6 +225,35 @@ class NCRPTreeModule(PyroModule):
         mean = weighted[inner_row] / mass[inner_row]
         var = (weighted_sq[inner_row] / mass[inner_row] - mean.square()).clamp_min(1e-6)
         return self._anchors[1][inner_row], var.sqrt()
+
+    # moves accepted on the ELBO (called by pyro_hc.heuristics.ELBOStructureMoves) --------------
+
+    def _set_node_gaussian(self, node: int, mean: torch.Tensor, std: torch.Tensor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support ELBO-tested structure moves")
+
+    @torch.no_grad()
+    def split_leaf(self, leaf: int, keep: tuple[torch.Tensor, torch.Tensor],
+                   new: tuple[torch.Tensor, torch.Tensor]) -> int:
+        """Birth: a new sibling leaf of ``leaf``; ``keep`` and ``new`` are the ``(mean, std)`` of the
+        two halves of the leaf's data. Returns the new leaf's id."""
+        if not self.tree.is_leaf(leaf) or self.tree.level(leaf) != self.depth - 1:
+            raise ValueError(f"node {leaf} is not a leaf at full depth")
+        parent = self.tree.parent(leaf)
+        child = add_child_in_order(self.tree, parent)
+        self._init_node(child, parent, new)
+        self._set_node_gaussian(child, *new)
+        self._set_node_gaussian(leaf, *keep)
+        self.mark_fresh_rows([leaf, child])
+        return child
+
+    @torch.no_grad()
+    def merge_leaves(self, keep: int, drop: int, merged: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Merge of two sibling leaves: ``drop`` leaves the tree, ``keep`` takes the Gaussian of both's data."""
+        if self.tree.parent(keep) != self.tree.parent(drop) or keep == drop:
+            raise ValueError(f"leaves {keep} and {drop} are not two siblings")
+        self.tree.remove_leaf(drop)
+        self._set_node_gaussian(keep, *merged)
+        self.mark_fresh_rows([keep])
 
     def prune(self, leaf: int) -> list[int]:
         """Remove the full path ending at ``leaf`` and the parents it leaves childless."""

@@ -22,6 +22,7 @@ from ..distributions import NestedStickBreaking, dirichlet_laplace_approximation
 from ..estimator import ClusterEstimator
 from ..nn import Decoder, NormalEncoder
 from ..heuristics import NCRPHeuristics
+from ..heuristics.elbo_moves import ELBOStructureMoves
 from ..infer import Callback, local_params
 from ._ncrp import NCRPTreeModule
 from ._plate import data_plate
@@ -29,6 +30,9 @@ from ._registry import register_model
 from .pretrain import AutoencoderPretraining
 
 __all__ = ["HCRL1", "HCRL2", "HCRLModule"]
+
+#: the structure searches: HCRL's Algorithm 1, or moves accepted on the ELBO
+STRUCTURES = ("paper", "elbo")
 
 # sticks are kept inside (0, 1) so that log v and log(1 - v) stay finite under float32
 STICK_EPS = 1e-6
@@ -67,15 +71,26 @@ class HCRLModule(NCRPTreeModule):
         x_n   ~ Bernoulli(f_θ(z_n))             (or Normal for "gaussian" data)
 
     ζ and l are enumerated and summed out exactly by ``TraceEnum_ELBO`` — a tighter bound than
-    the paper's mean-field ``q(ζ|x) q(l|x)`` (Eq. 4). An *inner* path ends at an internal node u
-    and stands for a branch not yet grown under u; its levels below u reuse u's Gaussian (the
-    path table repeats its last node), so the mass it collects is the data u's subtree explains
-    worse than any existing child — exactly what GROW samples on.
+    the paper's mean-field ``q(ζ|x) q(l|x)`` (Eq. 4).
+
+    **Inner paths are not mixture components of the training objective.** The objective is the
+    truncated tree's mixture over its *full* paths, ``p(ζ_n = k | ζ_n is a full path, v)``
+    (nested stick-breaking renormalised over the full paths, ``NestedStickBreaking(...,
+    full_paths_only=True)``). An inner path ends at an internal node u and stands for a branch
+    not yet grown under u; it is scored only to propose births (:meth:`path_responsibilities`,
+    read by GROW under ``torch.no_grad``), with the stick mass the truncation leaves under u and
+    u's Gaussian, detached, as the predictive of the unborn branch. So no gradient reaches u
+    through an inner path. (Before, the inner path reused u's trainable Gaussian at every lower
+    level and its leftover stick mass gave it real weight: internal nodes shrank onto one fine
+    cluster each and acted as phantom leaves.)
 
     Guide (Eq. 4): ``q(v_i) = Beta(a_i, b_i)``; amortised Normal ``q(z|x)``; amortised Normal
     ``q(h|x)`` on the level logits (HCRL2) or a global Normal ``q(h)`` (HCRL1). Node Gaussians
     are point-estimated parameters, as in the paper.
     """
+
+    node_parameter_names = ("node_locs_unconstrained", "node_scales_unconstrained",
+                            "stick_a_unconstrained", "stick_b_unconstrained")
 
     def __init__(
         self,
@@ -120,14 +135,14 @@ class HCRLModule(NCRPTreeModule):
         nodes = self.active_sticks()
         ones = torch.ones(len(nodes), device=nodes.device)
         v = pyro.sample("sticks", dist.Beta(ones, self.stick_concentration * ones).to_event(1))  # phase 1 prior
-        path_prior = NestedStickBreaking(self._sticks(v, nodes), paths)
+        path_prior = NestedStickBreaking(self._sticks(v, nodes), paths, full_paths_only=True)
         level_prior = dist.Normal(self.level_prior_loc, self.level_prior_scale).to_event(1)  # phase 2 (Laplace)
         if not self.per_datum_levels:
             level_logits = pyro.sample("level_logits", level_prior)  # HCRL1: one η for all data
         with data_plate(x, index, num_data):
             if self.per_datum_levels:
                 level_logits = pyro.sample("level_logits", level_prior)  # HCRL2: η_n per datum
-            path = pyro.sample("path", path_prior)  # phase 1: ζ_n ~ nCRP
+            path = pyro.sample("path", path_prior)  # phase 1: ζ_n ~ nCRP, on the grown (full) paths
             level = pyro.sample("level", dist.Categorical(logits=level_logits))  # phase 3: l_n ~ Mult(η_n)
             node = paths.path_nodes[path, level]  # (levels, paths, 1) under enumeration
             z = pyro.sample("z", dist.Normal(self.node_locs[node], self.node_scales[node]).to_event(1))  # phase 4
@@ -161,28 +176,51 @@ class HCRLModule(NCRPTreeModule):
             return torch.log_softmax(self.level_encoder(x)[0], -1)
         return torch.log_softmax(self.level_loc, -1).expand(x.shape[0], -1)
 
-    def joint_log_responsibilities(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised ``log q(ζ_n = k, l_n = l)``, ``B x K x L``, at ``z = E q(z|x)`` unless given."""
+    def expected_level_proportions(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """``E[η_n | x_n]`` by Monte Carlo over ``q(h|x)`` (HCRL2) or the global ``q(h)`` (HCRL1), ``B x L``."""
+        if self.per_datum_levels:
+            loc, scale = self.level_encoder(x)
+        else:
+            loc, scale = self.level_loc.expand(x.shape[0], -1), self.level_scale.expand(x.shape[0], -1)
+        return torch.softmax(dist.Normal(loc, scale).sample((num_samples,)), -1).mean(0)
+
+    def joint_log_responsibilities(self, x: torch.Tensor, z: torch.Tensor | None = None,
+                                   inner_paths: bool = False) -> torch.Tensor:
+        """Unnormalised ``log q(ζ_n = k, l_n = l)``, ``B x K x L``, at ``z = E q(z|x)`` unless given.
+
+        ``K`` is the full paths (the training objective's mixture: prior renormalised over them),
+        or with ``inner_paths=True`` the full then the inner paths under the untruncated stick
+        mass, an inner path's unborn levels scored by its last node's Gaussian, detached (the
+        birth proposals of GROW; never part of the objective).
+        """
         paths = self.path_index()
         if z is None:
             z = self.embed(x)
         log_path = paths.log_path_probs(self.expected_sticks())  # K
         node = paths.path_nodes  # K x L
-        component = dist.Normal(self.node_locs[node], self.node_scales[node]).log_prob(z[:, None, None, :]).sum(-1)
+        locs, scales = self.node_locs[node], self.node_scales[node]
+        if inner_paths:
+            unborn = ~paths.path_mask[..., None]  # an inner path's levels below its last node
+            locs = torch.where(unborn, locs.detach(), locs)
+            scales = torch.where(unborn, scales.detach(), scales)
+        else:
+            log_path = torch.log_softmax(log_path[: paths.n_full], -1)
+            locs, scales = locs[: paths.n_full], scales[: paths.n_full]
+        component = dist.Normal(locs, scales).log_prob(z[:, None, None, :]).sum(-1)
         return log_path[:, None] + self.level_log_proportions(x)[:, None, :] + component
 
     def path_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
-        """``q(ζ_n)`` over full then inner paths, ``B x K`` (read by GROW / PRUNE / MERGE)."""
-        return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x), -1), -1)
+        """Birth proposals over full then inner paths, ``B x K`` (read by GROW / PRUNE / MERGE):
+        the posterior over paths if the unborn branches below each internal node were a component."""
+        return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x, inner_paths=True), -1), -1)
 
     def level_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         """``q(l_n)`` over the levels, ``B x L``."""
         return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x), -2), -1)
 
     def leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """``log q(ζ_n = full path k | ζ_n is a full path)``, ``B x n_full`` (``tree.leaves()`` order)."""
-        joint = torch.logsumexp(self.joint_log_responsibilities(x), -1)[:, : self.path_index().n_full]
-        return torch.log_softmax(joint, -1)
+        """``log q(ζ_n = full path k)``, ``B x n_full`` (``tree.leaves()`` order)."""
+        return torch.log_softmax(torch.logsumexp(self.joint_log_responsibilities(x), -1), -1)
 
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z, h | v̄) − log q(z, h | x)`` for ``num_samples`` draws, ``S x B``.
@@ -205,10 +243,10 @@ class HCRLModule(NCRPTreeModule):
             log_eta = torch.log_softmax(h, -1)  # S x B x L
         else:
             log_eta = torch.log_softmax(self.level_loc, -1).expand(num_samples, x.shape[0], -1)
-        log_path = paths.log_path_probs(self.expected_sticks())
-        node = paths.path_nodes
+        log_path = torch.log_softmax(paths.log_path_probs(self.expected_sticks())[: paths.n_full], -1)
+        node = paths.path_nodes[: paths.n_full]
         component = dist.Normal(self.node_locs[node], self.node_scales[node]).log_prob(
-            z[:, :, None, None, :]).sum(-1)  # S x B x K x L
+            z[:, :, None, None, :]).sum(-1)  # S x B x K x L (full paths)
         log_pz = torch.logsumexp(log_path[:, None] + log_eta[:, :, None, :] + component, dim=(-2, -1))
         return log_w + log_pz
 
@@ -228,13 +266,21 @@ class HCRLModule(NCRPTreeModule):
         self.stick_b_unconstrained[node] = float(np.log(self.stick_concentration))
 
 
+    @torch.no_grad()
+    def _set_node_gaussian(self, node: int, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Place node ``node``'s Gaussian (an ELBO-tested move's posterior mean and spread)."""
+        self.node_locs_unconstrained[node] = mean
+        self.node_scales_unconstrained[node] = std.clamp_min(1e-3).log()
+
+
 class _HCRL(ClusterEstimator):
     """Shared estimator of HCRL1 and HCRL2 (see :class:`HCRLModule` for the model).
 
     Training follows Algorithm 1: autoencoder pretraining, one path of ``depth`` Gaussians
     initialised at the embedding's mean and spread, then SVI epochs after each of which the
-    GROW / PRUNE / MERGE heuristics (:class:`~pyro_hc.heuristics.NCRPHeuristics`) may change
-    the tree.
+    structure search may change the tree: the paper's GROW / PRUNE / MERGE
+    (:class:`~pyro_hc.heuristics.NCRPHeuristics`, ``structure="paper"``, the default) or leaf
+    births and merges accepted on the ELBO (``structure="elbo"``; see ``structure`` below).
 
     Parameters
     ----------
@@ -266,6 +312,24 @@ class _HCRL(ClusterEstimator):
         3 at the default). The paper does not say how it parameterises or schedules them.
     epochs, batch_size, lr, lr_decay, lr_decay_every, pretrain_epochs, pretrain_lr:
         As for VaDE.
+    structure:
+        How the tree is learnt. ``"paper"``: HCRL's Algorithm 1, GROW / PRUNE / MERGE
+        (:class:`~pyro_hc.heuristics.NCRPHeuristics`, with ``grow_every``, ``lock_epochs``,
+        ``prune_threshold``, ``merge_threshold``). ``"elbo"``: leaf births and leaf merges accepted
+        only when they raise the ELBO of the tree's mixture in the embedding, with conjugate
+        Normal–Gamma node priors and Beta stick posteriors in closed form from per-node sufficient
+        statistics (:class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`; Hughes & Sudderth's
+        memoized VI moves); every proposal is logged with its ΔELBO in ``tree.events``. The node
+        Gaussians the SVI steps train stay point estimates; an accepted move places them at the
+        conjugate posterior's mean and spread. Only leaves are born or merged: the coarse levels
+        stay as grown from the initial path (one node per level), so the dendrogram over the
+        leaves is flat below it.
+    elbo_lock_epochs:
+        ``structure="elbo"`` only: epochs of training before the first move and after each epoch
+        that changed the tree.
+    elbo_birth_margin:
+        ``structure="elbo"`` only: nats by which a birth must raise the ELBO to be accepted
+        (see :class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`).
     """
 
     loss = "trace_enum"
@@ -294,6 +358,9 @@ class _HCRL(ClusterEstimator):
         lr_decay_every: int = 10,
         pretrain_epochs: int = 50,
         pretrain_lr: float = 1e-3,
+        structure: str = "paper",
+        elbo_lock_epochs: int = 1,
+        elbo_birth_margin: float = 0.0,
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -316,6 +383,9 @@ class _HCRL(ClusterEstimator):
         self.lr_decay_every = lr_decay_every
         self.pretrain_epochs = pretrain_epochs
         self.pretrain_lr = pretrain_lr
+        self.structure = structure
+        self.elbo_lock_epochs = elbo_lock_epochs
+        self.elbo_birth_margin = elbo_birth_margin
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.depth < 2:
@@ -331,6 +401,12 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"node_lr_factor must be positive, got {self.node_lr_factor}")
         if self.stick_lr_factor is not None and not self.stick_lr_factor > 0:
             raise ValueError(f"stick_lr_factor must be positive (or None: as node_lr_factor), got {self.stick_lr_factor}")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
+        if isinstance(self.elbo_lock_epochs, bool) or not isinstance(self.elbo_lock_epochs, int) or self.elbo_lock_epochs < 0:
+            raise ValueError(f"elbo_lock_epochs must be an integer >= 0, got {self.elbo_lock_epochs!r}")
+        if not self.elbo_birth_margin >= 0:
+            raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
 
     def _build_module(self) -> HCRLModule:
         spec = self.data_spec_
@@ -338,8 +414,13 @@ class _HCRL(ClusterEstimator):
                           self.capacity, self.stick_concentration, self.level_concentration,
                           self.per_datum_levels)
 
-    def heuristics(self, seed: int | None = None) -> NCRPHeuristics:
-        """The GROW / PRUNE / MERGE callback configured like this model."""
+    def heuristics(self, seed: int | None = None) -> NCRPHeuristics | ELBOStructureMoves:
+        """The structure-learning callback configured like this model: GROW / PRUNE / MERGE
+        (``structure="paper"``) or the ELBO-tested births and merges (``structure="elbo"``)."""
+        if self.structure == "elbo":
+            return ELBOStructureMoves(stick_concentration=self.stick_concentration, lock_epochs=self.elbo_lock_epochs,
+                                      max_leaves=self.max_leaves, capacity=self.capacity,
+                                      birth_margin=self.elbo_birth_margin)
         return NCRPHeuristics(grow_every=self.grow_every, lock_epochs=self.lock_epochs,
                               prune_threshold=self.prune_threshold, merge_threshold=self.merge_threshold,
                               max_leaves=self.max_leaves, seed=seed)
@@ -379,17 +460,9 @@ class _HCRL(ClusterEstimator):
 
     def level_proportions(self, data, num_samples: int = 64) -> torch.Tensor:
         """``E[η_n | x_n]`` (HCRL2, Monte Carlo over ``q(h|x)``) or the global ``E[η]`` (HCRL1), ``N x L``."""
-        x = self._prepare_input(data)
         module = self.module_
-
-        def expected_eta(batch: torch.Tensor) -> torch.Tensor:
-            if module.per_datum_levels:
-                loc, scale = module.level_encoder(batch)
-            else:
-                loc, scale = module.level_loc.expand(batch.shape[0], -1), module.level_scale.expand(batch.shape[0], -1)
-            return torch.softmax(dist.Normal(loc, scale).sample((num_samples,)), -1).mean(0)
-
-        return self._batched(expected_eta, x)
+        return self._batched(lambda batch: module.expected_level_proportions(batch, num_samples),
+                             self._prepare_input(data))
 
     @torch.no_grad()
     def decode_nodes(self) -> tuple[list[int], torch.Tensor]:

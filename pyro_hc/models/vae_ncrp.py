@@ -46,6 +46,9 @@ class VAENCRPModule(NCRPTreeModule):
     ``q(α_i) = Normal(m_i, s_i² I)`` per node, amortised Normal ``q(z|x)``.
     """
 
+    node_parameter_names = ("node_mean_locs_unconstrained", "node_mean_scales_unconstrained",
+                            "stick_a_unconstrained", "stick_b_unconstrained")
+
     def __init__(
         self,
         n_features: int,
@@ -138,6 +141,21 @@ class VAENCRPModule(NCRPTreeModule):
 
     def path_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.path_log_likelihoods(self.embed(x)), -1)
+
+    def _leaf_level(self, x: torch.Tensor) -> torch.Tensor:
+        """One-hot on the deepest level, ``B x depth``: only leaves emit (an inner path's z comes from
+        the new leaf it stands for)."""
+        eta = torch.zeros(x.shape[0], self.depth, device=x.device)
+        eta[:, -1] = 1.0
+        return eta
+
+    def level_responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``q(l_n)``: all of it on the leaf level, ``B x depth`` (VAE-nCRP's leaves alone emit)."""
+        return self._leaf_level(x)
+
+    def expected_level_proportions(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """VAE-nCRP has no level proportions: η is the leaf level's indicator, ``B x depth``."""
+        return self._leaf_level(x)
 
     def leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
         n_full = self.path_index().n_full

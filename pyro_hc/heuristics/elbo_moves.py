@@ -1,0 +1,495 @@
+"""Structure moves accepted only when they raise the ELBO: leaf birth and leaf merge for nCRP trees.
+
+Memoized variational inference (Hughes & Sudderth, NIPS 2013; Hughes, Kim & Sudderth, AISTATS
+2015) proposes births and merges of mixture components and keeps one only if the ELBO, computed
+in closed form from per-component sufficient statistics, goes up. Here the components are the
+nodes of an nCRP tree in the embedding of a VAE (HCRL), and the ELBO is that of the tree's
+mixture over (path, level) in the embedding, with the encoder's ``q(z|x) = Normal(z̄, s²)`` held
+fixed and two Bayesian ingredients the point-estimated model lacks — the *Occam factor* that lets
+the ELBO prefer fewer components:
+
+* every node's Gaussian gets a conjugate Normal–Gamma prior (one per coordinate,
+  :class:`~pyro_hc.distributions.NormalGamma`, centred on the embedding's mean) and its optimal
+  ``q(μ, λ)``; its part of the ELBO is then ``log Z(posterior) − log Z(prior) − (N/2) log 2π``
+  from the statistics ``N_i = Σ r``, ``Σ r E z``, ``Σ r E z²`` of the data it emits;
+* the sticks ``v_c ~ Beta(1, γ)`` get their optimal ``q(v_c) = Beta(1 + M_c, γ + M_{>c})``
+  (``M_c``: mass of the paths through ``c``; ``M_{>c}``: of its later siblings, in creation
+  order), whose part of the ELBO is ``log B(1 + M_c, γ + M_{>c}) − log B(1, γ)``;
+
+plus the entropy of the responsibilities ``q(ζ_n, l_n)`` and their level term (unchanged by the
+moves below). :func:`tree_elbo` computes the whole; :func:`birth_delta` and :func:`merge_delta`
+the change a move makes, from the statistics of the nodes it touches only.
+
+Moves (:class:`ELBOStructureMoves`, an engine callback run at epoch end):
+
+birth
+    Split a leaf in two: a two-component Gaussian mixture fitted by a few EM steps to the
+    leaf's data (weights: the path's responsibilities, points: ``E q(z|x)``), initialised by the
+    sign of the projection on the principal axis. The second component becomes a new sibling
+    leaf, after its older siblings in the stick-breaking.
+merge
+    Fold a leaf into a sibling leaf. Candidate pairs: the nearest by the symmetrised KL
+    divergence between the two leaves' Gaussians.
+
+Every proposal, accepted or rejected, is logged in the tree's event log with its ΔELBO.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..distributions import BIRTH, NormalGamma, sibling_order
+from ..infer import distributed
+from ..infer.callbacks import Callback, FitState
+from ..tree import ClusterTree
+
+__all__ = ["ELBOStructureMoves", "birth_delta", "merge_delta", "node_prior", "propose_split", "refine_responsibilities",
+           "refined_birth_delta", "tree_elbo"]
+
+
+def _xlogx(x: Tensor) -> Tensor:
+    return torch.where(x > 0, x * x.clamp_min(1e-30).log(), torch.zeros_like(x))
+
+
+def node_prior(z_loc: Tensor, z_var: Tensor, precision_scale: float = 0.1, concentration: float = 1.0,
+               variance_fraction: float = 0.1) -> NormalGamma:
+    """The nodes' Normal–Gamma prior, per coordinate, from the embedding of the data.
+
+    Mean at the embedding's mean; ``κ`` pseudo-observations on μ; λ's prior mean is
+    ``1 / (variance_fraction · total variance)`` with ``concentration`` (``a``) setting its weight.
+    """
+    mean = z_loc.mean(0)
+    variance = (z_loc.square() + z_var).mean(0) - mean.square()
+    rate = concentration * variance_fraction * variance.clamp_min(1e-6)
+    return NormalGamma(mean, torch.full_like(mean, precision_scale), torch.full_like(mean, concentration), rate)
+
+
+def _node_evidence(prior: NormalGamma, count: Tensor, sum_z: Tensor, sum_z2: Tensor) -> Tensor:
+    """Each node's part of the ELBO, summed over coordinates: ``[...]`` from ``count [...]``, sums ``[..., d]``."""
+    return prior.log_evidence(count[..., None], sum_z, sum_z2).sum(-1)
+
+
+def _stick_term(masses: Tensor, gamma: float) -> Tensor:
+    """``Σ_c log B(1 + M_c, γ + M_{>c}) − log B(1, γ)`` for one sibling group, masses in creation order."""
+    later = masses.flip(-1).cumsum(-1).flip(-1) - masses
+    a, b = 1.0 + masses, gamma + later
+    log_beta = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+    return (log_beta - (math.lgamma(1.0) + math.lgamma(gamma) - math.lgamma(1.0 + gamma))).sum(-1)
+
+
+def _statistics(weights: Tensor, z_loc: Tensor, z_sq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``Σ w``, ``Σ w E z``, ``Σ w E z²`` per column of ``weights [N, C]``."""
+    return weights.sum(0), weights.T @ z_loc, weights.T @ z_sq
+
+
+def _emission_matrix(tree: ClusterTree, path_nodes: Tensor, dtype, device) -> tuple[Tensor, list[int]]:
+    """``[K·L, nodes]`` one-hot: which node (``tree.nodes()`` order) emits at each (path, level)."""
+    nodes = tree.nodes()
+    column = {node: i for i, node in enumerate(nodes)}
+    cells = path_nodes.reshape(-1)
+    onehot = torch.zeros(len(cells), len(nodes), dtype=dtype, device=device)
+    onehot[torch.arange(len(cells)), torch.as_tensor([column[int(i)] for i in cells])] = 1.0
+    return onehot, nodes
+
+
+def refine_responsibilities(tree: ClusterTree, path_nodes: Tensor, rows: Sequence[int], resp: Tensor, z_loc: Tensor,
+                            z_var: Tensor, log_eta: Tensor, prior: NormalGamma, steps: int) -> Tensor:
+    """A few partial E-steps: each datum's mass on the full paths ``rows`` is redistributed over
+    those paths' (path, level) cells under the nodes' conjugate posteriors (the other paths' cells
+    stay as they are). Any ``q`` gives a valid ELBO; this one lets the data a move touches
+    re-choose their level and path under the proposed structure ("refined briefly")."""
+    n, k, levels = resp.shape
+    onehot, _ = _emission_matrix(tree, path_nodes, resp.dtype, resp.device)
+    rows = torch.as_tensor(list(rows), dtype=torch.long, device=resp.device)
+    mass = resp[:, rows, :].sum((1, 2))  # N
+    z_sq = z_loc.square() + z_var
+    log_eta = log_eta.expand(n, levels)
+    for _ in range(steps):
+        count, sum_z, sum_z2 = _statistics(resp.reshape(n, k * levels) @ onehot, z_loc, z_sq)
+        post = prior.posterior(count[:, None], sum_z, sum_z2)  # nodes x d
+        ell = post.expected_log_likelihood(z_loc[:, None, :], z_var[:, None, :]).sum(-1)  # N x nodes
+        cell_ell = (ell @ onehot.T).reshape(n, k, levels)[:, rows, :]  # N x |rows| x L
+        path_mass = resp[:, rows, :].sum((0, 2))
+        log_prior = (path_mass.clamp_min(1e-8) / path_mass.sum().clamp_min(1e-8)).log()
+        logits = cell_ell + log_prior[None, :, None] + log_eta[:, None, :]
+        shares = torch.softmax(logits.reshape(n, -1), -1).reshape(logits.shape)
+        resp = resp.clone()
+        resp[:, rows, :] = shares * mass[:, None, None]
+    return resp
+
+
+def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
+              log_eta: Tensor, prior: NormalGamma, gamma: float) -> Tensor:
+    """The ELBO of the tree's mixture in the embedding at the optimal node and stick posteriors.
+
+    Parameters
+    ----------
+    tree:
+        The tree; its full paths (``tree.paths()`` order) index ``resp``'s second dimension.
+    path_nodes:
+        ``long [K, L]``: node id of every full path at every level.
+    resp:
+        ``[N, K, L]`` responsibilities ``q(ζ_n = k, l_n = l)`` (rows sum to one).
+    z_loc, z_var:
+        ``[N, d]`` mean and variance of ``q(z_n | x_n)``.
+    log_eta:
+        ``[N, L]`` (or ``[L]``) expected log level proportions ``E log η_{n,l}``.
+    prior, gamma:
+        The nodes' Normal–Gamma prior and the sticks' ``Beta(1, γ)`` concentration.
+    """
+    n, k, levels = resp.shape
+    onehot, nodes = _emission_matrix(tree, path_nodes, resp.dtype, resp.device)
+    node_weights = resp.reshape(n, k * levels) @ onehot  # N x nodes: what each node emits
+    count, sum_z, sum_z2 = _statistics(node_weights, z_loc, z_loc.square() + z_var)
+    total = _node_evidence(prior, count, sum_z, sum_z2).sum()
+    path_mass = resp.sum((0, 2))  # K
+    through = {node: 0.0 for node in nodes}
+    for row, path in enumerate(tree.paths()):
+        for node in path:
+            through[node] = through[node] + path_mass[row]
+    for parent in tree.internal_nodes():
+        masses = torch.stack([torch.as_tensor(through[c], dtype=resp.dtype) for c in sibling_order(tree, parent)])
+        total = total + _stick_term(masses, gamma)
+    entropy = -_xlogx(resp).sum()
+    levels_term = (resp * log_eta.expand(n, levels)[:, None, :]).sum()
+    return total + entropy + levels_term
+
+
+def _group_masses(tree: ClusterTree, parent: int, path_mass: Tensor, paths: Sequence[tuple[int, ...]]) -> tuple[
+        list[int], Tensor]:
+    """The children of ``parent`` in creation order and the path mass through each."""
+    children = sibling_order(tree, parent)
+    position = {c: i for i, c in enumerate(children)}
+    masses = torch.zeros(len(children), dtype=path_mass.dtype, device=path_mass.device)
+    for row, path in enumerate(paths):
+        if parent in path[:-1]:
+            child = path[path.index(parent) + 1]
+            masses[position[child]] += path_mass[row]
+    return children, masses
+
+
+def birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
+                prior: NormalGamma, gamma: float) -> Tensor:
+    """ΔELBO of splitting full path ``row``'s leaf in two: datum n's share of the path goes to the
+    old leaf with fraction ``split[n]``, the rest to a new last sibling.
+
+    Only the leaf's node term, its sibling group's sticks and the entropy change; the ancestors
+    emit what they emitted (the datum's level on the path is kept).
+    """
+    paths = tree.paths()
+    leaf, parent = paths[row][-1], paths[row][-2]
+    z_sq = z_loc.square() + z_var
+    leaf_weight = resp[:, row, -1]
+    weights = torch.stack([leaf_weight, leaf_weight * split, leaf_weight * (1 - split)], -1)
+    count, sum_z, sum_z2 = _statistics(weights, z_loc, z_sq)
+    node = _node_evidence(prior, count, sum_z, sum_z2)
+    path_weight = resp[:, row, :].sum(-1)
+    children, masses = _group_masses(tree, parent, resp.sum((0, 2)), paths)
+    kept = float((path_weight * split).sum())
+    new_masses = torch.cat([masses, masses.new_tensor([float(masses[children.index(leaf)]) - kept])])
+    new_masses[children.index(leaf)] = kept
+    sticks = _stick_term(new_masses, gamma) - _stick_term(masses, gamma)
+    entropy = -(path_weight * (_xlogx(split) + _xlogx(1 - split))).sum()
+    return node[1] + node[2] - node[0] + sticks + entropy
+
+
+def merge_delta(tree: ClusterTree, keep_row: int, drop_row: int, resp: Tensor, z_loc: Tensor, z_var: Tensor,
+                prior: NormalGamma, gamma: float) -> Tensor:
+    """ΔELBO of folding the leaf of full path ``drop_row`` into that of ``keep_row`` (sibling leaves):
+    every datum's share of the dropped path goes to the kept one, level by level."""
+    paths = tree.paths()
+    keep, drop, parent = paths[keep_row][-1], paths[drop_row][-1], paths[keep_row][-2]
+    if paths[drop_row][-2] != parent:
+        raise ValueError(f"leaves {keep} and {drop} are not siblings")
+    z_sq = z_loc.square() + z_var
+    a, b = resp[:, keep_row, -1], resp[:, drop_row, -1]
+    count, sum_z, sum_z2 = _statistics(torch.stack([a, b, a + b], -1), z_loc, z_sq)
+    node = _node_evidence(prior, count, sum_z, sum_z2)
+    children, masses = _group_masses(tree, parent, resp.sum((0, 2)), paths)
+    merged = masses.clone()
+    merged[children.index(keep)] += masses[children.index(drop)]
+    merged = torch.cat([merged[: children.index(drop)], merged[children.index(drop) + 1:]])
+    sticks = _stick_term(merged, gamma) - _stick_term(masses, gamma)
+    r1, r2 = resp[:, keep_row, :], resp[:, drop_row, :]
+    entropy = (_xlogx(r1) + _xlogx(r2) - _xlogx(r1 + r2)).sum()
+    return node[2] - node[0] - node[1] + sticks + entropy
+
+
+def refined_birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
+                        log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int) -> tuple[Tensor, Tensor]:
+    """ΔELBO of a leaf birth after ``steps`` partial E-steps on the split path's data, before and
+    after (:func:`refine_responsibilities`); both sides are refined alike, so what the E-steps
+    improve in the current tree's ``q`` is not credited to the move. With ``steps=0`` it equals :func:`birth_delta`. Also returns the two leaves'
+    refined leaf-level weights ``[N, 2]`` (old leaf, new leaf), to place their Gaussians."""
+    paths = tree.paths()
+    parent = paths[row][-2]
+    before_nodes = torch.as_tensor(paths, dtype=torch.long, device=resp.device)
+    before = refine_responsibilities(tree, before_nodes, [row], resp, z_loc, z_var, log_eta, prior, steps)
+    grown = tree.copy()
+    rank = 1 + max((grown.graph.nodes[v].get(BIRTH, 0) for v in grown.nodes()), default=0)
+    new_leaf = grown.add_child(parent, **{BIRTH: rank})
+    after_paths = grown.paths()
+    columns = {path: resp[:, i] for i, path in enumerate(paths)}
+    columns[paths[row][:-1] + (new_leaf,)] = resp[:, row] * (1 - split[:, None])
+    columns[paths[row]] = resp[:, row] * split[:, None]
+    after = torch.stack([columns[path] for path in after_paths], 1)
+    after_nodes = torch.as_tensor(after_paths, dtype=torch.long, device=resp.device)
+    pair = [after_paths.index(paths[row]), after_paths.index(paths[row][:-1] + (new_leaf,))]
+    after = refine_responsibilities(grown, after_nodes, pair, after, z_loc, z_var, log_eta, prior, steps)
+    delta = (tree_elbo(grown, after_nodes, after, z_loc, z_var, log_eta, prior, gamma)
+             - tree_elbo(tree, before_nodes, before, z_loc, z_var, log_eta, prior, gamma))
+    return delta, after[:, pair, -1]
+
+
+@torch.no_grad()
+def propose_split(z_loc: Tensor, z_var: Tensor, weight: Tensor, steps: int = 20) -> Tensor:
+    """Fraction of each datum for the first of two diagonal Gaussians fitted to ``weight``-ed points.
+
+    EM on ``E q(z|x)`` (each point's variance added to the components'), started from the sign of
+    the projection on the weighted principal axis; ``steps`` EM iterations.
+    """
+    total = weight.sum().clamp_min(1e-12)
+    mean = (weight[:, None] * z_loc).sum(0) / total
+    centred = z_loc - mean
+    cov = (weight[:, None] * centred).T @ centred / total
+    axis = torch.linalg.eigh(cov)[1][:, -1]
+    split = (centred @ axis > 0).to(z_loc.dtype)
+    for _ in range(steps):
+        parts = torch.stack([split, 1 - split], -1) * weight[:, None]  # N x 2
+        mass = parts.sum(0).clamp_min(1e-8)
+        locs = parts.T @ z_loc / mass[:, None]
+        variances = (parts.T @ (z_loc.square() + z_var) / mass[:, None] - locs.square()).clamp_min(1e-6)
+        log_p = (mass / mass.sum()).log() - 0.5 * (
+            variances.log()[None] + ((z_loc[:, None, :] - locs[None]).square() + z_var[:, None, :]) / variances[None]
+        ).sum(-1)
+        split = torch.softmax(log_p, -1)[:, 0]
+    return split
+
+
+class ELBOStructureMoves(Callback):
+    """Leaf births and merges accepted only when they raise the ELBO (see the module docstring).
+
+    Needs a model with a ``tree``, an ``encoder`` returning ``(loc, scale)`` of ``q(z|x)``,
+    ``joint_log_responsibilities(x, z)`` (``B x K x L`` over the full paths), ``level_log_proportions(x)``,
+    ``path_index()``, ``split_leaf(leaf, keep, new)``, ``merge_leaves(keep, drop, merged)`` (targets:
+    ``(mean, std)`` in the embedding) and optionally ``reset_node_optimizer_state(optimizer)``.
+
+    Parameters
+    ----------
+    stick_concentration:
+        γ of the sticks' Beta(1, γ) prior (the model's).
+    lock_epochs:
+        Epochs the tree is left alone at the start and after each epoch that changed it.
+    max_leaves:
+        No birth while the tree has this many leaves.
+    capacity:
+        The model's node capacity: no birth that would exceed it.
+    min_mass:
+        A leaf holding less mass than this is not split.
+    merge_pairs:
+        How many sibling pairs (nearest by symmetrised KL of their Gaussians) are tried per epoch.
+    prior_precision_scale, prior_concentration, prior_variance_fraction:
+        The nodes' Normal–Gamma prior (:func:`node_prior`).
+    split_steps:
+        EM steps refining a birth proposal.
+    birth_margin:
+        A birth is accepted when its ΔELBO exceeds this many nats (0: whenever it raises the ELBO).
+        The embedding moves between epochs, so a birth that only just pays can be undone by a merge
+        a few epochs later, and the two then alternate.
+    refine_steps:
+        Partial E-steps over (path, level) on the split path's data, before and after a birth,
+        before the ΔELBO is read (:func:`refined_birth_delta`): data emitted by an ancestor may
+        move to the new leaves.
+    encoder_variance:
+        Whether the statistics use ``E z² = z̄² + s²`` of the encoder's ``q(z|x)`` (the ELBO at the
+        current encoder) or treat ``z̄ = E q(z|x)`` as observed points (default). The encoder's
+        variance follows the prior: before a split it is as wide as the unsplit node (on
+        three separated blobs, s ≈ 0.84 against clusters 0.2–0.3 wide), so at its pre-move value
+        the ELBO undervalues every split, while after the move SVI shrinks it. The default scores
+        the structure the embedding supports, as k-means + Ward on ``E q(z|x)`` does.
+    """
+
+    def __init__(self, stick_concentration: float = 1.0, lock_epochs: int = 1, max_leaves: int | None = None,
+                 capacity: int | None = None, min_mass: float = 10.0, merge_pairs: int = 10,
+                 prior_precision_scale: float = 0.1, prior_concentration: float = 1.0,
+                 prior_variance_fraction: float = 0.1, split_steps: int = 20,
+                 encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0) -> None:
+        if stick_concentration <= 0:
+            raise ValueError(f"stick_concentration must be positive, got {stick_concentration}")
+        if lock_epochs < 0 or merge_pairs < 0 or split_steps < 1 or min_mass < 0:
+            raise ValueError("need lock_epochs >= 0, merge_pairs >= 0, split_steps >= 1, min_mass >= 0")
+        for name, value in (("prior_precision_scale", prior_precision_scale),
+                            ("prior_concentration", prior_concentration),
+                            ("prior_variance_fraction", prior_variance_fraction)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.stick_concentration = float(stick_concentration)
+        self.lock_epochs = int(lock_epochs)
+        self.max_leaves = max_leaves
+        self.capacity = capacity
+        self.min_mass = float(min_mass)
+        self.merge_pairs = int(merge_pairs)
+        self.prior_settings = dict(precision_scale=float(prior_precision_scale),
+                                   concentration=float(prior_concentration),
+                                   variance_fraction=float(prior_variance_fraction))
+        self.split_steps = int(split_steps)
+        self.encoder_variance = bool(encoder_variance)
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+        self.refine_steps = int(refine_steps)
+        if not birth_margin >= 0:
+            raise ValueError(f"birth_margin must be >= 0, got {birth_margin}")
+        self.birth_margin = float(birth_margin)
+        self.lock_counter = 0
+        self._buffers: dict[str, Tensor] | None = None
+        self._version: int | None = None
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self._buffers, self._version = None, None
+
+    @torch.no_grad()
+    def on_step_end(self, state: FitState) -> None:
+        module, x = state.module, state.batch_x
+        if self._version is not None and module.tree.version != self._version:
+            raise RuntimeError("the tree changed during the epoch; ELBOStructureMoves edits it at epoch end only")
+        loc, scale = module.encoder(x)
+        joint = module.joint_log_responsibilities(x, z=loc)  # B x K x L over the full paths
+        resp = torch.softmax(joint.reshape(joint.shape[0], -1), -1).reshape(joint.shape)
+        log_eta = module.level_log_proportions(x)
+        z_var = scale.square() if self.encoder_variance else torch.zeros_like(scale)
+        rows = {"z_loc": loc, "z_var": z_var, "resp": resp, "log_eta": log_eta}
+        if self._buffers is None:
+            n = int(state.num_data)
+            self._buffers = {name: torch.zeros((n, *value.shape[1:]), dtype=value.dtype, device=value.device)
+                             for name, value in rows.items()}
+            self._buffers["seen"] = torch.zeros(n, dtype=torch.bool, device=loc.device)
+            self._version = module.tree.version
+        index = state.batch_index.to(device=loc.device, dtype=torch.long)
+        for name, value in rows.items():
+            self._buffers[name].index_copy_(0, index, value)
+        self._buffers["seen"][index] = True
+
+    @torch.no_grad()
+    def on_epoch_end(self, state: FitState) -> None:
+        if self._buffers is None:
+            return
+        module = state.module
+        tree = module.tree
+        if tree.version != self._version:
+            raise RuntimeError("the tree changed after the epoch's last step; the statistics no longer match it")
+        if self.lock_counter < self.lock_epochs:
+            self.lock_counter += 1
+            state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0)
+            return
+        if distributed.is_distributed():  # each datum was seen by one rank: the sums are the whole epoch's
+            seen = self._buffers["seen"].to(self._buffers["z_loc"].dtype)
+            distributed.all_reduce_sum_(seen, *(self._buffers[name] for name in ("z_loc", "z_var", "resp", "log_eta")))
+            self._buffers["seen"] = seen > 0
+        seen = self._buffers["seen"]
+        z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
+        prior = node_prior(z_loc, z_var, **self.prior_settings)
+        gamma = self.stick_concentration
+        paths = tree.paths()
+        epoch, step = state.epoch, state.step
+        merges = self._merge(module, tree, paths, resp, z_loc, z_var, prior, gamma, epoch, step)
+        log_eta = self._buffers["log_eta"][seen]
+        births = 0 if merges else self._births(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma,
+                                               epoch, step)
+        changed = bool(births or merges)
+        if changed:
+            self.lock_counter = 0
+            reset = getattr(module, "reset_node_optimizer_state", None)
+            optimizer = getattr(state.engine, "optimizer", None)
+            if reset is not None and optimizer is not None:
+                reset(optimizer)
+        state.logs.update(n_paths=float(len(module.tree.leaves())), births=float(births), merges=float(merges))
+
+    # the moves ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _posterior_gaussian(prior: NormalGamma, weight: Tensor, z_loc: Tensor, z_var: Tensor) -> tuple[Tensor, Tensor]:
+        count, sum_z, sum_z2 = _statistics(weight[:, None], z_loc, z_loc.square() + z_var)
+        post = prior.posterior(count[:, None], sum_z, sum_z2)
+        return post.loc[0], (post.rate / post.concentration).sqrt()[0]  # mean, E[1/λ]^{1/2}-ish spread
+
+    def _births(self, module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step) -> int:
+        leaf_room = None if self.max_leaves is None else self.max_leaves - len(paths)
+        proposals: list[tuple[float, int, Tensor]] = []
+        for row, path in enumerate(paths):
+            weight = resp[:, row, -1]
+            if float(weight.sum()) < self.min_mass:
+                continue
+            split = propose_split(z_loc, z_var, weight, self.split_steps)
+            delta, weights = refined_birth_delta(tree, row, split, resp, z_loc, z_var, log_eta, prior, gamma,
+                                                 self.refine_steps)
+            proposals.append((float(delta), row, weights))
+        proposals.sort(key=lambda item: -item[0])
+        births = 0
+        for delta, row, weights in proposals:
+            leaf = paths[row][-1]
+            room = (leaf_room is None or births < leaf_room) and (
+                self.capacity is None or len(module.tree) < self.capacity)
+            accepted = delta > self.birth_margin and room
+            new_leaf = None
+            if accepted:
+                keep = self._posterior_gaussian(prior, weights[:, 0], z_loc, z_var)
+                new = self._posterior_gaussian(prior, weights[:, 1], z_loc, z_var)
+                new_leaf = module.split_leaf(leaf, keep, new)
+                births += 1
+            module.tree.log_event("birth", [leaf] if new_leaf is None else [leaf, new_leaf], epoch=epoch, step=step,
+                                  leaf=leaf, delta_elbo=delta, accepted=accepted)
+        return births
+
+    def _merge(self, module, tree, paths, resp, z_loc, z_var, prior, gamma, epoch, step) -> int:
+        if self.merge_pairs == 0:
+            return 0
+        pairs = []
+        for parent in tree.internal_nodes():
+            rows = [row for row, path in enumerate(paths) if len(path) >= 2 and path[-2] == parent]
+            for i, a in enumerate(rows):
+                for b in rows[i + 1:]:
+                    pairs.append((a, b))
+        if not pairs:
+            return 0
+        # nearest pairs by the symmetrised KL of the leaves' current Gaussians
+        means, spreads = [], []
+        for row in range(len(paths)):
+            mean, spread = self._posterior_gaussian(prior, resp[:, row, -1], z_loc, z_var)
+            means.append(mean)
+            spreads.append(spread)
+        means, var = torch.stack(means), torch.stack(spreads).square()
+        a_rows = torch.as_tensor([a for a, _ in pairs])
+        b_rows = torch.as_tensor([b for _, b in pairs])
+        diff = (means[a_rows] - means[b_rows]).square()
+        sym_kl = 0.5 * ((var[a_rows] + diff) / var[b_rows] + (var[b_rows] + diff) / var[a_rows] - 2).sum(-1)
+        order = torch.argsort(sym_kl)[: self.merge_pairs].tolist()
+        candidates = []
+        for index in order:
+            a, b = pairs[index]
+            keep_row, drop_row = (a, b) if float(resp[:, a].sum()) >= float(resp[:, b].sum()) else (b, a)
+            delta = float(merge_delta(tree, keep_row, drop_row, resp, z_loc, z_var, prior, gamma))
+            candidates.append((delta, paths[keep_row][-1], paths[drop_row][-1], keep_row, drop_row))
+        best = max(candidates, key=lambda item: item[0])
+        accept = best[0] > 0
+        if accept:
+            _, keep, drop, keep_row, drop_row = best
+            merged = self._posterior_gaussian(prior, resp[:, keep_row, -1] + resp[:, drop_row, -1], z_loc, z_var)
+            module.merge_leaves(keep, drop, merged)
+        for candidate in candidates:
+            delta, keep, drop = candidate[:3]
+            module.tree.log_event("merge", [keep, drop], epoch=epoch, step=step, keep=keep, drop=drop,
+                                  delta_elbo=delta, accepted=bool(accept and candidate is best))
+        return int(accept)
+
+    # persistence --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lock_counter": self.lock_counter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lock_counter = int(state["lock_counter"])
