@@ -38,7 +38,7 @@ from torch import nn
 
 from ..estimator import ClusterEstimator
 from ..heuristics.cohiclust import LeafPruning
-from ..infer import Callback, FitState, distributed
+from ..infer import Callback, FitState, distributed, load_checkpoint
 from ..tree import ClusterTree
 from ._registry import register_model
 from ..nn import AUGMENTATIONS, BACKBONES, STEMS, BatchAugment, make_backbone, make_head
@@ -481,6 +481,10 @@ class CoHiClust(ClusterEstimator):
         When pruning starts (an epoch of the tree phase, 0-based) and how often it removes a leaf.
     amp, channels_last:
         bfloat16 autocast of the backbone on CUDA, channels-last images (see :class:`CoHiClustModule`).
+    pretrained:
+        Path of a saved CoHiClust (``model.save``) whose backbone ``g`` and contrastive head ``φ``
+        this one starts from, skipping the SimCLR phase (fit one with ``epochs=0`` to make one), so
+        several tree runs can share one pretraining.
     """
 
     def __init__(
@@ -510,6 +514,7 @@ class CoHiClust(ClusterEstimator):
         channels_last: bool = False,
         r1: str = "depth_decayed",
         stem: str = "auto",
+        pretrained: str | None = None,
     ) -> None:
         self.depth = depth
         self.n_leaves = n_leaves
@@ -536,6 +541,7 @@ class CoHiClust(ClusterEstimator):
         self.channels_last = channels_last
         self.r1 = r1
         self.stem = stem
+        self.pretrained = pretrained
 
     # configuration -----------------------------------------------------------------------------
 
@@ -591,7 +597,9 @@ class CoHiClust(ClusterEstimator):
     def _fit(self, x, *, epochs, batch_size, seed, progress, callbacks: Sequence[Callback]) -> None:
         module = self.module_
         optim = dict(lr=self.lr, weight_decay=self.weight_decay)
-        if self.pretrain_epochs > 0:
+        if self.pretrained is not None:
+            self._load_pretrained(self.pretrained)
+        elif self.pretrain_epochs > 0:
             self._run(SimCLRPretraining(module), x, phase="pretrain", epochs=self.pretrain_epochs,
                       batch_size=batch_size, seed=seed, progress=progress, callbacks=[BatchNormStatsSync()], **optim)
         target = self._target_leaves()
@@ -607,6 +615,19 @@ class CoHiClust(ClusterEstimator):
                 f"leaf every {self.prune_every} epoch(s) from epoch {self.prune_start} of the {epochs} tree epochs; "
                 "train longer or start pruning earlier", RuntimeWarning, stacklevel=3,
             )
+
+    def _load_pretrained(self, path: str) -> None:
+        """Copy the backbone and contrastive head of a saved CoHiClust into this model's module."""
+        payload = load_checkpoint(path, map_location=self.device_)
+        if payload.get("model") != self.name:
+            raise ValueError(f"{path} holds a {payload.get('model')!r} model, not a CoHiClust")
+        prefixes = ("backbone.", "contrastive_head.")
+        networks = {k: v for k, v in payload["module"].items() if k.startswith(prefixes)}
+        own = {k: v for k, v in self.module_.state_dict().items() if k.startswith(prefixes)}
+        if set(networks) != set(own) or any(v.shape != own[k].shape for k, v in networks.items()):
+            raise ValueError(f"the backbone in {path} does not match backbone={self.backbone!r}, "
+                             f"contrastive_head={self.contrastive_head!r} and these images")
+        self.module_.load_state_dict(networks, strict=False)
 
     # fitted model ------------------------------------------------------------------------------
 
