@@ -385,7 +385,7 @@ def auto_grow_interval(total_steps: int, max_leaves: int, paper_interval: int = 
     after 9,000 steps; on a small data set the same 500 steps can exceed the whole run. Here the
     ``max_leaves − 2`` splits after the first one are spread over the first half of the training
     budget, and never more than ``paper_interval`` apart: on MNIST's paper budget this is the
-    paper's 500, on the 1,797 ``digits`` at 100 epochs (700 steps) it is 19 steps (≈ 2.7 epochs;
+    paper's 500, on the 1,797 ``digits`` at 100 epochs (800 steps) it is 22 steps (2.75 epochs;
     ClustPy splits every 2 epochs).
     """
     splits = max(int(max_leaves) - 2, 1)
