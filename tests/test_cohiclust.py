@@ -379,6 +379,18 @@ def test_configuration_errors():
         CoHiClust().predict(data)
 
 
+def test_a_pretrained_backbone_is_reused(tmp_path):
+    data = pyro_hc.load_dataset("digits").subset(slice(0, 64))
+    config = dict(depth=2, n_leaves=3, backbone="small_cnn", batch_size=32)
+    pretrained = CoHiClust(**config, pretrain_epochs=1, epochs=0).fit(data, seed=0, progress=False)
+    path = pretrained.save(tmp_path / "simclr.pt")
+    model = CoHiClust(**config, pretrained=str(path), epochs=0).fit(data, seed=1, progress=False)
+    assert torch.equal(model.transform(data), pretrained.transform(data))
+    assert "pretrain" not in [r["phase"] for r in model.history_.records]
+    with pytest.raises(ValueError, match="does not match"):
+        CoHiClust(**{**config, "contrastive_head": "mlp"}, pretrained=str(path), epochs=0).fit(data, progress=False)
+
+
 def test_digits_small_cnn_beats_kmeans_on_raw_pixels(tmp_path):
     torch.set_num_threads(1)
     data = pyro_hc.load_dataset("digits")
