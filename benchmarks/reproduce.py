@@ -392,6 +392,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = str(pyro_hc.infer.resolve_device(args.device)).split(":")[0]
     suffix = "" if args.scale == 1 else f"_scale{args.scale:g}"
+    suffix += "".join(f"_{name}-{value}" for name, value in sorted(parse_overrides(args.set).items())
+                      if isinstance(value, (str, int, float)))
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"reproduce_{args.recipe}_{args.dataset}_{device}{suffix}.json")
     args.workdir = args.workdir or str(out.parent / "reproduce_work")
     record = run(args)
