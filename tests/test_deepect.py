@@ -376,8 +376,8 @@ def test_the_split_interval_follows_the_budget():
     assert auto_grow_interval(50_000, 20) == 500  # the paper's budget: the paper's interval
     assert auto_grow_interval(800, 20) == 22  # digits at 100 epochs of 8 steps: 18 splits in 400 steps
     assert auto_grow_interval(10, 20) == 1 and auto_grow_interval(100, 2) == 50
-    model = DeepECT(max_leaves=20, epochs=100)
-    assert model.resolved_grow_interval(1797, 100, 256) == 22
+    model = DeepECT(max_leaves=20)
+    assert model.resolved_grow_interval(1797, model.epochs, 256) == 33  # the defaults on digits: 1,200 steps
     assert model.resolved_grow_interval(70_000, 100, 256) == 500
     assert DeepECT(grow_interval=7).resolved_grow_interval(1797, 100, 256) == 7
 
