@@ -199,14 +199,15 @@ def _pretrain_simclr(model, x, epochs: dict[str, int], args, workdir: Path) -> N
                weight_decay=model.weight_decay)
 
 
-#: pretraining stages by kind: (the model's parameters that disable its own pretraining, the trainer)
-PRETRAINERS: dict[str, tuple[dict[str, Any], Callable]] = {
-    "autoencoder": ({"pretrain_epochs": 0, "layerwise_pretrain_epochs": 0}, _pretrain_autoencoder),
-    "simclr": ({"pretrain_epochs": 0}, _pretrain_simclr),
+#: pretraining stages by kind: (the model's parameters that disable its own pretraining, the trainer,
+#: the parameters only the main phase reads, which are left out of the pretraining's cache key)
+PRETRAINERS: dict[str, tuple[dict[str, Any], Callable, frozenset[str]]] = {
+    "autoencoder": ({"pretrain_epochs": 0, "layerwise_pretrain_epochs": 0}, _pretrain_autoencoder,
+                    frozenset({"augment", "max_leaves", "grow_interval", "prune_threshold", "lr", "grow_sample",
+                               "prune_check_every"})),
+    "simclr": ({"pretrain_epochs": 0}, _pretrain_simclr,
+               frozenset({"n_leaves", "prune_start", "prune_every", "r1", "beta1", "beta2", "depth", "tree_head"})),
 }
-#: parameters that only the main phase reads (left out of the pretraining cache key)
-MAIN_ONLY = {"augment", "max_leaves", "grow_interval", "prune_threshold", "lr", "n_leaves", "prune_start",
-             "prune_every", "r1", "beta1", "beta2", "grow_sample", "prune_check_every", "depth", "tree_head"}
 
 
 # scores -------------------------------------------------------------------------------------------------
@@ -286,8 +287,8 @@ def run(args) -> dict[str, Any]:
 
     pretrained = None
     if recipe.pretrain is not None:
-        disable, trainer = PRETRAINERS[recipe.pretrain]
-        shared = {k_: v for k_, v in params.items() if k_ not in MAIN_ONLY}
+        disable, trainer, main_only = PRETRAINERS[recipe.pretrain]
+        shared = {k_: v for k_, v in params.items() if k_ not in main_only}
         key = key_of({"model": recipe.model, "data": args.dataset, "split": recipe.split, "n": args.n,
                       "seed": args.seed, "params": shared, "epochs": {p: e for p, e in epochs.items() if p != "train"}})
         pretrained = workdir / f"pretrained-{key}.pt"
