@@ -20,8 +20,8 @@ from pyro_hc.hierarchy import class_distance_matrix, hierarchy_distance, node_di
 from pyro_hc.infer import FitState, local_params
 from pyro_hc.metrics import cluster_acc, nmi
 from pyro_hc.models.cohiclust import (
-    R1_FORMS, CoHiClust, CoHiClustModule, SimCLRPretraining, balance_loss, cohi_loss, complete_binary_tree, heap_ancestors,
-    level_probs, node_log_probs, nt_xent, routing_masks,
+    R1_FORMS, CoHiClust, CoHiClustModule, SimCLRPretraining, balance_loss, cohi_loss, complete_binary_tree,
+    heap_ancestors, level_probs, node_log_probs, nt_xent, routing_masks, simclr_crop_scale,
 )
 from pyro_hc.nn import BatchAugment, make_backbone
 
@@ -377,6 +377,16 @@ def test_configuration_errors():
         CoHiClust(backbone="small_cnn").fit(data.flat(), epochs=0, progress=False)
     with pytest.raises(NotFittedError):
         CoHiClust().predict(data)
+
+
+def test_simclr_crop_keeps_the_official_range_on_mnist_sized_images_and_a_few_pixels_on_tiny_ones():
+    assert simclr_crop_scale((1, 28, 28)) == (0.08, 1.0) and simclr_crop_scale((3, 32, 32)) == (0.08, 1.0)
+    low, high = simclr_crop_scale((1, 8, 8))
+    assert high == 1.0 and low == pytest.approx((6.7 / 8) ** 2) and math.sqrt(low) * 8 == pytest.approx(6.7)
+    assert simclr_crop_scale((1, 4, 4)) == (1.0, 1.0)
+    data = pyro_hc.load_dataset("digits").subset(slice(0, 20))
+    model = CoHiClust(depth=2, n_leaves=3, backbone="small_cnn", pretrain_epochs=0, epochs=0).fit(data, progress=False)
+    assert model.module_.augment.kind == "simclr" and model.module_.augment.crop_scale == simclr_crop_scale((1, 8, 8))
 
 
 def test_a_pretrained_backbone_is_reused(tmp_path):
