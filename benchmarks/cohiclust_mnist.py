@@ -65,10 +65,14 @@ def main() -> None:
     parser.add_argument("--prune-start", type=int, default=10, help="tree epoch of the first prune")
     parser.add_argument("--prune-every", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-3, help="official main.py: 1e-3")
+    parser.add_argument("--weight-decay", type=float, default=1e-6, help="official main.py: 1e-6")
     parser.add_argument("--temperature", type=float, default=0.5)
-    parser.add_argument("--crop-scale", default="0.5,1.0", help="area range of the random resized crop")
+    parser.add_argument("--augment", default="auto", help="simclr (official; auto), digits (ours), affine, none")
+    parser.add_argument("--crop-scale", default=None, help="area range of the random resized crop "
+                        "(default: 0.08,1 for simclr, 0.5,1 for digits)")
+    parser.add_argument("--r1", default="depth_decayed", choices=["depth_decayed", "uniform"])
+    parser.add_argument("--stem", default="auto", choices=list(pyro_hc.nn.STEMS), help="ResNet stem")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bfloat16 autocast of the backbone (default: on for CUDA)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -95,10 +99,10 @@ def main() -> None:
     if args.n is not None:
         data = data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.n])
     load_seconds = time.perf_counter() - started
-    crop_scale = tuple(float(s) for s in args.crop_scale.split(","))
+    crop_scale = None if args.crop_scale is None else tuple(float(s) for s in args.crop_scale.split(","))
     config = dict(depth=args.depth, n_leaves=args.n_leaves, backbone=args.backbone, crop_scale=crop_scale,
-                  temperature=args.temperature, pretrain_epochs=args.pretrain_epochs, lr=args.lr,
-                  weight_decay=args.weight_decay, prune_start=args.prune_start, prune_every=args.prune_every,
+                  augment=args.augment, r1=args.r1, stem=args.stem, temperature=args.temperature,
+                  pretrain_epochs=args.pretrain_epochs, lr=args.lr, weight_decay=args.weight_decay, prune_start=args.prune_start, prune_every=args.prune_every,
                   amp=amp, channels_last=channels_last)
     model = pyro_hc.get_model("cohiclust", **config)
     clock = PhaseClock()
@@ -135,7 +139,8 @@ def main() -> None:
                    "backbone": args.backbone, "depth": args.depth, "n_leaves": args.n_leaves,
                    "prune_start": args.prune_start, "prune_every": args.prune_every, "lr": args.lr,
                    "weight_decay": args.weight_decay, "temperature": args.temperature,
-                   "crop_scale": list(crop_scale), "amp_bf16": amp, "channels_last": channels_last,
+                   "crop_scale": list(model.module_.augment.crop_scale), "augment": model.module_.augment.kind,
+                   "r1": args.r1, "stem": args.stem, "amp_bf16": amp, "channels_last": channels_last,
                    "cuda_graphs": args.cuda_graphs},
         "metrics": scores,
         "paper": PAPER,

@@ -90,7 +90,7 @@ def run_dataset(name: str, args, device: str, workdir: Path, report) -> list[dic
     hidden = tuple(int(h) for h in args.hidden_dims.split(","))
     common = dict(max_leaves=args.max_leaves, grow_interval=args.grow_interval, latent_dim=args.latent_dim,
                   hidden_dims=hidden, batch_size=args.batch_size, lr=args.lr, pretrain_lr=args.pretrain_lr,
-                  corruption=args.corruption, grow_sample=args.grow_sample)
+                  corruption=args.corruption, grow_sample=args.grow_sample, reconstruction=args.reconstruction)
     fit = dict(device=args.device, seed=args.seed, progress=not args.no_progress, cuda_graphs=args.cuda_graphs)
     rows = []
 
@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--pretrain-lr", type=float, default=1e-4)
     parser.add_argument("--corruption", type=float, default=0.2)
+    parser.add_argument("--reconstruction", default="sum", choices=["sum", "mean"],
+                        help="Eq. 1 summed over pixels (the paper read literally) or their mean (authors' scripts)")
     parser.add_argument("--hidden-dims", default="500,500,2000")
     parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--grow-sample", type=int, default=10_000, help="points used to choose and split a leaf")
@@ -184,7 +186,7 @@ def write(args, device: str, results: list[dict], wall_seconds: float, final: bo
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.machine(),
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
         "budget": {k: getattr(args, k) for k in ("n", "pretrain_steps", "steps", "grow_interval", "max_leaves",
-                                                  "batch_size", "lr", "pretrain_lr", "corruption", "hidden_dims",
+                                                  "batch_size", "lr", "pretrain_lr", "corruption", "reconstruction", "hidden_dims",
                                                   "latent_dim", "grow_sample", "max_seconds", "seed", "cuda_graphs")},
         "wall_seconds": wall_seconds, "complete": final,
         "paper": PAPER,

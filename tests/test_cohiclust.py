@@ -20,8 +20,8 @@ from pyro_hc.hierarchy import class_distance_matrix, hierarchy_distance, node_di
 from pyro_hc.infer import FitState, local_params
 from pyro_hc.metrics import cluster_acc, nmi
 from pyro_hc.models.cohiclust import (
-    CoHiClust, CoHiClustModule, SimCLRPretraining, balance_loss, cohi_loss, complete_binary_tree, heap_ancestors,
-    level_probs, node_log_probs, nt_xent, routing_masks,
+    R1_FORMS, CoHiClust, CoHiClustModule, SimCLRPretraining, balance_loss, cohi_loss, complete_binary_tree,
+    heap_ancestors, level_probs, node_log_probs, nt_xent, routing_masks, simclr_crop_scale,
 )
 from pyro_hc.nn import BatchAugment, make_backbone
 
@@ -114,10 +114,56 @@ def test_cohi_loss_is_lowest_when_views_agree_and_data_disagree():
     assert swapped.item() == pytest.approx(2.0, abs=1e-6)
 
 
+def official_regularization(logits: torch.Tensor, depth: int) -> float:
+    """R1 as the official ``tree_losses.regularization_loss`` computes it, level by level, with loops."""
+    p = sigmoid(logits)
+    total = 0.0
+    for level in range(1, depth + 1):
+        for i in range(2**level // 2):  # the sibling pairs (2i, 2i + 1) of this level
+            means = []
+            for leaf_of_level in (2 * i, 2 * i + 1):
+                reach = torch.ones(logits.shape[0], dtype=torch.float64)
+                node = 2**level - 1 + leaf_of_level  # heap id
+                while node > 0:  # walk up: a left child multiplies by σ, a right one by 1 − σ
+                    parent = (node - 1) // 2
+                    reach = reach * (p[:, parent] if node == 2 * parent + 1 else 1 - p[:, parent])
+                    node = parent
+                means.append(float(reach.mean()))
+            total += -(1 / 2**level) * (0.5 * math.log(means[0]) + 0.5 * math.log(means[1]))
+    return total
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_depth_decayed_balance_loss_matches_the_official_code_by_hand(depth):
+    torch.manual_seed(depth)
+    logits = 2 * torch.randn(7, 2**depth - 1, dtype=torch.float64)
+    log_p = node_log_probs(logits, heap_ancestors(depth))
+    assert balance_loss(log_p).item() == pytest.approx(official_regularization(logits, depth), rel=1e-12)
+    # per level: the nodes of one depth d carry weight 2^-(d+1)
+    for d in range(depth):
+        nodes = torch.arange(2**d - 1, 2 ** (d + 1) - 1)
+        only = balance_loss(log_p, nodes).item()
+        below = official_regularization(logits, d + 1) - (official_regularization(logits, d) if d else 0.0)
+        assert only == pytest.approx(below, rel=1e-12), d
+
+
+def test_depth_decay_weakens_the_pull_on_the_parents_of_leaves():
+    """The uniform form's gradient on the last decisions is 2^T times the official one's (relative to the root)."""
+    torch.manual_seed(0)
+    depth = 3
+    logits = torch.randn(64, 2**depth - 1, dtype=torch.float64, requires_grad=True)
+    ratios = {}
+    for form in R1_FORMS:
+        (grad,) = torch.autograd.grad(balance_loss(node_log_probs(logits, heap_ancestors(depth)), form=form), logits)
+        deepest = grad[:, 2 ** (depth - 1) - 1:].abs().sum() / grad[:, 0].abs().sum()
+        ratios[form] = float(deepest)
+    assert ratios["uniform"] > 2 * ratios["depth_decayed"]
+
+
 def test_balance_loss_matches_frosst_hinton_by_hand():
     logits = torch.tensor([[0.3, -1.2, 2.0], [-0.7, 0.4, -0.1], [1.5, -0.3, 0.8], [0.0, 2.0, -2.0]],
                           dtype=torch.float64)
-    r1 = balance_loss(node_log_probs(logits, heap_ancestors(2)))
+    r1 = balance_loss(node_log_probs(logits, heap_ancestors(2)), form="uniform")
     p = sigmoid(logits)
     reach = [torch.ones(4, dtype=torch.float64), p[:, 0], 1 - p[:, 0]]  # P_h(x) of the internal nodes 0, 1, 2
     expected = 0.0
@@ -127,7 +173,7 @@ def test_balance_loss_matches_frosst_hinton_by_hand():
     assert r1.item() == pytest.approx(expected, abs=1e-12)
     assert r1.item() >= 3 * math.log(2) - 1e-12  # each node's cross-entropy is at least log 2
     # only the nodes named count
-    only_root = balance_loss(node_log_probs(logits, heap_ancestors(2)), torch.tensor([0]))
+    only_root = balance_loss(node_log_probs(logits, heap_ancestors(2)), torch.tensor([0]), form="uniform")
     alpha = float(p[:, 0].mean())
     assert only_root.item() == pytest.approx(-0.5 * math.log(alpha) - 0.5 * math.log(1 - alpha), abs=1e-12)
 
@@ -295,7 +341,20 @@ def test_resnet_backbone_has_a_small_image_stem():
         assert net(torch.rand(2, 1, 28, 28)).shape == (2, 512)
 
 
-@pytest.mark.parametrize("kind,shape", [("digits", (1, 8, 8)), ("simclr", (3, 12, 12))])
+def test_resnet_imagenet_stem_keeps_the_7x7_stride_2_convolution_and_max_pool():
+    net, features = make_backbone("resnet18", (1, 28, 28), stem="imagenet")
+    assert features == 512
+    assert net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2) and net.conv1.in_channels == 1
+    assert isinstance(net.maxpool, torch.nn.MaxPool2d)
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 28, 28)).shape == (2, 512)
+    with pytest.raises(ValueError, match="stem"):
+        make_backbone("resnet18", (1, 28, 28), stem="tiny")
+
+
+@pytest.mark.parametrize("kind,shape", [("digits", (1, 8, 8)), ("simclr", (3, 12, 12)), ("simclr", (1, 8, 8)),
+                                        ("affine", (1, 8, 8))])
 def test_augmentations_draw_parameters_per_image(kind, shape):
     torch.manual_seed(0)
     augment = BatchAugment(kind, crop_scale=(0.3, 1.0))
@@ -318,6 +377,28 @@ def test_configuration_errors():
         CoHiClust(backbone="small_cnn").fit(data.flat(), epochs=0, progress=False)
     with pytest.raises(NotFittedError):
         CoHiClust().predict(data)
+
+
+def test_simclr_crop_keeps_the_official_range_on_mnist_sized_images_and_a_few_pixels_on_tiny_ones():
+    assert simclr_crop_scale((1, 28, 28)) == (0.08, 1.0) and simclr_crop_scale((3, 32, 32)) == (0.08, 1.0)
+    low, high = simclr_crop_scale((1, 8, 8))
+    assert high == 1.0 and low == pytest.approx((6.7 / 8) ** 2) and math.sqrt(low) * 8 == pytest.approx(6.7)
+    assert simclr_crop_scale((1, 4, 4)) == (1.0, 1.0)
+    data = pyro_hc.load_dataset("digits").subset(slice(0, 20))
+    model = CoHiClust(depth=2, n_leaves=3, backbone="small_cnn", pretrain_epochs=0, epochs=0).fit(data, progress=False)
+    assert model.module_.augment.kind == "simclr" and model.module_.augment.crop_scale == simclr_crop_scale((1, 8, 8))
+
+
+def test_a_pretrained_backbone_is_reused(tmp_path):
+    data = pyro_hc.load_dataset("digits").subset(slice(0, 64))
+    config = dict(depth=2, n_leaves=3, backbone="small_cnn", batch_size=32)
+    pretrained = CoHiClust(**config, pretrain_epochs=1, epochs=0).fit(data, seed=0, progress=False)
+    path = pretrained.save(tmp_path / "simclr.pt")
+    model = CoHiClust(**config, pretrained=str(path), epochs=0).fit(data, seed=1, progress=False)
+    assert torch.equal(model.transform(data), pretrained.transform(data))
+    assert "pretrain" not in [r["phase"] for r in model.history_.records]
+    with pytest.raises(ValueError, match="does not match"):
+        CoHiClust(**{**config, "contrastive_head": "mlp"}, pretrained=str(path), epochs=0).fit(data, progress=False)
 
 
 def test_digits_small_cnn_beats_kmeans_on_raw_pixels(tmp_path):

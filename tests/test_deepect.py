@@ -21,8 +21,10 @@ from pyro_hc.heuristics import DeepECTHeuristics
 from pyro_hc.infer import Callback, FitState, SVIEngine, local_params
 from pyro_hc.models import get_model, load
 from pyro_hc.baselines import bisecting_kmeans_tree
-from pyro_hc.models.deepect import DeepECTModule, flat_assignments, flat_nodes
-from pyro_hc.nn import affine_images, random_affine
+from pyro_hc.models.deepect import (
+    DeepECT, DeepECTModule, LayerwisePretraining, auto_grow_interval, flat_assignments, flat_nodes,
+)
+from pyro_hc.nn import BatchAugment, MLPEncoder, MSEDecoder, affine_images, random_affine
 
 TINY = dict(hidden_dims=(16,), latent_dim=3, batch_size=32, lr=1e-3, pretrain_lr=1e-3)
 
@@ -35,11 +37,12 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_tree_module(augment=False, seed=0):
+def tiny_tree_module(augment=False, seed=0, reconstruction="sum"):
     """Root 0 -> (1, 2), 1 -> (3, 4): leaves 2, 3, 4 with fixed centers and weights (room for 4 leaves)."""
     torch.manual_seed(seed)
     with local_params():
-        module = DeepECTModule(n_features=16, latent_dim=2, hidden_dims=(5,), max_leaves=4, augment=augment)
+        module = DeepECTModule(n_features=16, latent_dim=2, hidden_dims=(5,), max_leaves=4, augment=augment,
+                               reconstruction=reconstruction)
     tree = module.tree
     a, b = tree.add_child(0), tree.add_child(0)
     c, d = tree.add_child(a), tree.add_child(a)
@@ -66,8 +69,8 @@ def hand_node_centers(module):
     return centers
 
 
-def hand_terms(module, x, x_aug=None):
-    """Eqs. 1, 2, 5 (and 7, 8, 9 with ``x_aug``) with Python loops over points and nodes."""
+def hand_terms(module, x, x_aug=None, features=1):
+    """Eqs. 1, 2, 5 (and 7, 8, 9 with ``x_aug``) with Python loops over points and nodes; Eq. 1 over ``features``."""
     enc, dec = module.encoder.embed, module.decoder.mean
     flat = x.reshape(x.shape[0], -1)
     centers = hand_node_centers(module)
@@ -99,7 +102,7 @@ def hand_terms(module, x, x_aug=None):
                 term = term + (p @ (centers[n] - v)).abs()
         dc.append(term / 4)  # |N| = 4 non-root nodes
     nc = sum((module.centers[n] - torch.stack(assigned[n]).mean(0)).norm() for n in leaves if assigned[n]) / 3
-    return torch.stack(rec), torch.stack(dc), nc, assigned
+    return torch.stack(rec) / features, torch.stack(dc), nc, assigned
 
 
 # the losses ----------------------------------------------------------------------------------
@@ -113,9 +116,9 @@ def test_split_node_centers_follow_eq3():
     assert torch.equal(got[5:], torch.zeros_like(got[5:]))  # unused ids stay zero
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_loss_terms_match_hand_computation(augment):
-    module = tiny_tree_module(augment)
+@pytest.mark.parametrize("augment,reconstruction", [(False, "sum"), (True, "sum"), (False, "mean"), (True, "mean")])
+def test_loss_terms_match_hand_computation(augment, reconstruction):
+    module = tiny_tree_module(augment, reconstruction=reconstruction)
     x = torch.rand(12, 1, 4, 4)
     with torch.no_grad():  # a leaf center at each of three points: every leaf gets points
         module.centers[[2, 3, 4]] = module.encoder.embed(x[:3]) + 0.01
@@ -125,7 +128,7 @@ def test_loss_terms_match_hand_computation(augment):
         x_aug = random_affine(x)
         torch.manual_seed(5)  # loss_terms draws the same transforms
     terms = module.loss_terms(x)
-    rec, dc, nc, assigned = hand_terms(module, x, x_aug)
+    rec, dc, nc, assigned = hand_terms(module, x, x_aug, features=16 if reconstruction == "mean" else 1)
     assert all(assigned.values()), "every leaf must receive points"
     assert torch.allclose(terms["rec"], rec, rtol=1e-5, atol=1e-5)
     assert torch.allclose(terms["dc"], dc, rtol=1e-5, atol=1e-5)
@@ -300,6 +303,15 @@ def test_random_affine_draws_one_transform_per_image():
     assert len({tuple(o.flatten().tolist()) for o in out}) == 6
 
 
+def test_the_shared_augmentation_module_is_deepects_affine_warp():
+    images = torch.rand(5, 1, 8, 8)
+    torch.manual_seed(3)
+    expected = random_affine(images, 15.0, 15.0, 2.0)
+    torch.manual_seed(3)
+    assert torch.equal(BatchAugment("affine")(images), expected)
+    assert DeepECTModule(64, 2, (5,), augment=True).augmentation.kind == "affine"
+
+
 # the estimator ------------------------------------------------------------------------------
 
 
@@ -360,6 +372,63 @@ def test_epochs_for_a_step_budget():
     assert model.history_["step"][-1] == 8 and "pretrain" not in model.history_["phase"]
 
 
+def test_the_split_interval_follows_the_budget():
+    assert auto_grow_interval(50_000, 20) == 500  # the paper's budget: the paper's interval
+    assert auto_grow_interval(800, 20) == 22  # digits at 100 epochs of 8 steps: 18 splits in 400 steps
+    assert auto_grow_interval(10, 20) == 1 and auto_grow_interval(100, 2) == 50
+    model = DeepECT(max_leaves=20)
+    assert model.resolved_grow_interval(1797, model.epochs, 256) == 33  # the defaults on digits: 1,200 steps
+    assert model.resolved_grow_interval(70_000, 100, 256) == 500
+    assert DeepECT(grow_interval=7).resolved_grow_interval(1797, 100, 256) == 7
+
+
+def test_the_default_schedule_reaches_max_leaves_on_small_data():
+    digits = pyro_hc.load_dataset("digits", n_samples=200)  # 7 steps an epoch: the paper's 500 would never split
+    model = get_model("deepect", max_leaves=6, epochs=6, pretrain_epochs=2, **TINY).fit(digits, progress=False, seed=0)
+    assert model.grow_interval_ == (6 * 7 // 2) // 4  # 4 splits after the root's in the first half of 42 steps
+    splits = [e for e in model.tree.events if e["kind"] == "split"]
+    assert len(splits) >= 5 and max(e["step"] for e in splits[:5]) <= 21  # max_leaves reached by half-time
+    with pytest.warns(RuntimeWarning, match="max_leaves"):  # the paper's fixed 500 steps: no split after the root's
+        fixed = get_model("deepect", max_leaves=6, grow_interval=500, epochs=6, pretrain_epochs=0, **TINY)
+        fixed.fit(digits, progress=False, seed=0)
+    assert len(fixed.tree.leaves()) == 2  # only the re-splits of a lone root (after a prune) happened
+
+
+def test_layerwise_pretraining_trains_one_layer_pair_on_the_frozen_lower_layers():
+    torch.manual_seed(0)
+    encoder, decoder = MLPEncoder(12, (8, 6), 3), MSEDecoder(3, (6, 8), 12, reduction="mean")
+    pair = LayerwisePretraining(encoder, decoder, layer=1, dropout=0.0)
+    assert {id(p) for p in pair.parameters()} == {id(p) for p in (*encoder.net[2].parameters(),
+                                                                  *decoder.net[2].parameters())}
+    x = torch.rand(5, 12)
+    with local_params():
+        loss = Trace_ELBO().differentiable_loss(pair.model, pair.guide, x)
+    h = torch.relu(encoder.net[0](x))  # the frozen first layer's output is the target
+    y = torch.relu(decoder.net[2](torch.relu(encoder.net[2](h))))
+    assert torch.allclose(loss, ((y - h) ** 2).mean(-1).sum(), rtol=1e-6)
+    last = LayerwisePretraining(encoder, decoder, layer=2, dropout=0.0)  # the embedding layer is linear
+    target = torch.relu(encoder.net[2](h))
+    z = encoder.net[4](target)
+    with local_params():
+        loss = Trace_ELBO().differentiable_loss(last.model, last.guide, x)
+    assert torch.allclose(loss, ((torch.relu(decoder.net[0](z)) - target) ** 2).mean(-1).sum(), rtol=1e-6)
+    first = LayerwisePretraining(encoder, decoder, layer=0, dropout=0.0)  # the output layer is linear
+    with local_params():
+        loss = Trace_ELBO().differentiable_loss(first.model, first.guide, x)
+    assert torch.allclose(loss, ((decoder.net[4](torch.relu(encoder.net[0](x))) - x) ** 2).mean(-1).sum(), rtol=1e-6)
+    with pytest.raises(ValueError, match="layer"):
+        LayerwisePretraining(encoder, decoder, layer=3)
+
+
+def test_layerwise_pretraining_runs_every_pair_then_fine_tunes():
+    digits = pyro_hc.load_dataset("digits", n_samples=100)
+    model = get_model("deepect", max_leaves=2, epochs=1, pretrain_epochs=1, layerwise_pretrain_epochs=2,
+                      **{**TINY, "hidden_dims": (16, 8)}).fit(digits, progress=False, seed=0)
+    phases = model.history_["phase"]
+    assert phases == ["pretrain_layer0"] * 2 + ["pretrain_layer1"] * 2 + ["pretrain_layer2"] * 2 + ["pretrain", "train"]
+    assert np.isfinite(model.history_["loss"]).all()
+
+
 def test_config_errors():
     digits = pyro_hc.load_dataset("digits", n_samples=50)
     with pytest.raises(ValueError, match="augment"):
@@ -369,6 +438,10 @@ def test_config_errors():
         get_model("deepect", max_leaves=1).fit(digits, progress=False)
     with pytest.raises(ValueError, match="activation"):
         get_model("deepect", activation="swish").fit(digits, progress=False)
+    with pytest.raises(ValueError, match="reconstruction"):
+        get_model("deepect", reconstruction="median").fit(digits, progress=False)
+    with pytest.raises(ValueError, match="pretrain_dropout"):
+        get_model("deepect", pretrain_dropout=1.0).fit(digits, progress=False)
 
 
 def test_augmented_training_runs_on_images():

@@ -7,7 +7,7 @@ has to import the other for a network, and no block is written twice.
 """
 
 from .augment import AUGMENTATIONS, BatchAugment, affine_images, random_affine
-from .backbones import BACKBONES, HEADS, SmallCNN, make_backbone, make_head
+from .backbones import BACKBONES, HEADS, STEMS, SmallCNN, make_backbone, make_head
 from .decoders import LIKELIHOODS, BatchedDecoder, Decoder, MSEDecoder
 from .encoders import BatchedEncoder, MLPEncoder, NormalEncoder
 from .mlp import BatchedLinear, BatchedMLP, Flatten, mlp
@@ -16,6 +16,6 @@ __all__ = [
     "mlp", "Flatten", "BatchedLinear", "BatchedMLP",
     "NormalEncoder", "BatchedEncoder", "MLPEncoder",
     "LIKELIHOODS", "Decoder", "BatchedDecoder", "MSEDecoder",
-    "BACKBONES", "HEADS", "SmallCNN", "make_backbone", "make_head",
+    "BACKBONES", "HEADS", "STEMS", "SmallCNN", "make_backbone", "make_head",
     "AUGMENTATIONS", "BatchAugment", "random_affine", "affine_images",
 ]

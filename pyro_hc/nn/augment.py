@@ -15,7 +15,7 @@ from torch import nn
 __all__ = ["AUGMENTATIONS", "BatchAugment", "random_affine", "affine_images"]
 
 #: the kinds :class:`BatchAugment` knows
-AUGMENTATIONS = ("digits", "simclr", "none")
+AUGMENTATIONS = ("simclr", "digits", "affine", "none")
 
 
 def random_affine(
@@ -96,27 +96,42 @@ class BatchAugment(nn.Module):
     ``rotation`` degrees and a shear of up to ``shear``; no flip (digits are not mirror-symmetric)
     and no colour change.
 
+    ``kind="affine"``: DeepECT + Aug's warp (Mautz et al. 2020, Sec. 2.8): :func:`random_affine` with
+    a rotation of up to ``rotation`` degrees, an x-shear of up to ``shear_angle`` degrees and a shift
+    of up to ``translate`` whole pixels; no crop, no flip, no colour change.
+
     ``kind="none"``: the identity (two "views" are the same image).
+
+    Every kind draws from the global torch generator, so ``torch.manual_seed`` reproduces a view.
     """
 
     def __init__(self, kind: str, crop_scale: tuple[float, float] = (0.08, 1.0), rotation: float = 15.0,
-                 shear: float = 0.15) -> None:
+                 shear: float = 0.15, shear_angle: float = 15.0, translate: float = 2.0) -> None:
         super().__init__()
         if kind not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTATIONS}")
         low, high = (float(s) for s in crop_scale)
         if not 0 < low <= high <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        for name, value in (("rotation", rotation), ("shear", shear), ("shear_angle", shear_angle),
+                            ("translate", translate)):
+            if float(value) < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.kind = kind
         self.crop_scale = (low, high)
         self.rotation = float(rotation)
         self.shear = float(shear)
+        self.shear_angle = float(shear_angle)
+        self.translate = float(translate)
         # RGB <-> YIQ for the hue shift, kept on the module's device (no host copy inside a step)
         to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
         self.register_buffer("to_yiq", to_yiq, persistent=False)
         self.register_buffer("from_yiq", torch.linalg.inv(to_yiq), persistent=False)
 
     def extra_repr(self) -> str:
+        if self.kind == "affine":
+            return (f"kind='affine', rotation={self.rotation}, shear_angle={self.shear_angle}, "
+                    f"translate={self.translate}")
         return f"kind={self.kind!r}, crop_scale={self.crop_scale}, rotation={self.rotation}, shear={self.shear}"
 
     @staticmethod
@@ -184,6 +199,8 @@ class BatchAugment(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
             return x
+        if self.kind == "affine":
+            return random_affine(x, self.rotation, self.shear_angle, self.translate)
         x = self._geometry(x)
         if self.kind == "simclr":
             x = self._colour(x)

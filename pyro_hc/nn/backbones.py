@@ -8,10 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "HEADS", "SmallCNN", "make_backbone", "make_head"]
+__all__ = ["BACKBONES", "HEADS", "STEMS", "SmallCNN", "make_backbone", "make_head"]
 
 #: backbones :func:`make_backbone` builds
 BACKBONES = ("resnet18", "resnet34", "resnet50", "small_cnn")
+#: ResNet stems :func:`make_backbone` builds
+STEMS = ("auto", "cifar", "imagenet")
 #: projection heads :func:`make_head` builds
 HEADS = ("linear", "mlp", "identity")
 
@@ -35,13 +37,18 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
-def make_backbone(name: str, image_shape: Sequence[int]) -> tuple[nn.Module, int]:
+def make_backbone(name: str, image_shape: Sequence[int], stem: str = "auto") -> tuple[nn.Module, int]:
     """``g``: a torchvision ResNet without its classifier, or :class:`SmallCNN`; returns it and ``N``.
 
-    For inputs of at most 32 × 32 pixels the ResNet stem is a 3 × 3 convolution with stride 1 and no
-    max-pool (the usual CIFAR variant); grayscale images get a one-channel stem.
+    ``stem`` (ResNets only): ``"cifar"`` makes the stem a 3 × 3 convolution with stride 1 and no
+    max-pool (the usual CIFAR variant); ``"imagenet"`` keeps torchvision's 7 × 7 stride-2 convolution
+    and 3 × 3 stride-2 max-pool (as the official CoHiClust code does, also on MNIST); ``"auto"`` is
+    ``"cifar"`` for inputs of at most 32 × 32 pixels and ``"imagenet"`` otherwise. Grayscale images
+    get a one-channel first convolution either way.
     """
     channels, height, width = image_shape
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
     if name == "small_cnn":
         net = SmallCNN(channels)
         return net, net.out_features
@@ -50,7 +57,7 @@ def make_backbone(name: str, image_shape: Sequence[int]) -> tuple[nn.Module, int
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)
-    if min(height, width) <= 32:
+    if stem == "cifar" or (stem == "auto" and min(height, width) <= 32):
         net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     elif channels != 3:

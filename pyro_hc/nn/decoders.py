@@ -104,12 +104,20 @@ class BatchedDecoder(PyroModule):
 
 
 class MSEDecoder(nn.Module):
-    """The mirrored decoder ``dec``: ``latent_dim -> reversed(hidden_dims) -> D``, linear output."""
+    """The mirrored decoder ``dec``: ``latent_dim -> reversed(hidden_dims) -> D``, linear output.
+
+    ``reduction`` scales the per-datum squared error: ``"sum"`` over the features (Eq. 1 of DeepECT
+    read literally) or ``"mean"`` over them (``torch.nn.MSELoss``, as the DeepECT authors' scripts and
+    ClustPy train).
+    """
 
     def __init__(self, latent_dim: int, hidden_dims: Sequence[int], n_features: int,
-                 activation: type[nn.Module] = nn.ReLU) -> None:
+                 activation: type[nn.Module] = nn.ReLU, reduction: str = "sum") -> None:
         super().__init__()
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"unknown reduction {reduction!r}; choose 'sum' or 'mean'")
         self.net = mlp([latent_dim, *hidden_dims, n_features], activation=activation)
+        self.reduction = reduction
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         """``dec(z)``, ``N x D``."""
@@ -118,5 +126,6 @@ class MSEDecoder(nn.Module):
     forward = mean
 
     def reconstruction_loss(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``‖x − dec(z)‖²₂`` per datum; its batch mean is Eq. 1."""
-        return (self.net(z) - x.reshape(x.shape[0], -1)).square().sum(-1)
+        """``‖x − dec(z)‖²₂`` per datum, or that over ``D`` with ``reduction="mean"``; its batch mean is Eq. 1."""
+        squared = (self.net(z) - x.reshape(x.shape[0], -1)).square()
+        return squared.mean(-1) if self.reduction == "mean" else squared.sum(-1)
