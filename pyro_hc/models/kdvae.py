@@ -327,7 +327,9 @@ class KDVAE(ClusterEstimator):
         Budget, networks and learning rate of the VaDE used for the initial clusters. ``vade_lr``
         is below VaDE's own 2e-3 because the budget is short: on digits, 10 ELBO epochs at 2e-3
         after 10 pretraining epochs take k-means in the embedding from ACC 0.75 to 0.64, while
-        20 at 5e-4 after 20 take it from 0.79 to 0.81. All four are unused with ``init_from``.
+        20 at 5e-4 after 20 take it from 0.79 to 0.81. This VaDE fits the paper's single GMM
+        (``init_candidates=1``); for a start chosen among candidates, fit a VaDE with its
+        selection and pass it as ``init_from``. All four are unused with ``init_from``.
     init_from:
         ``None`` (train a VaDE as above), a fitted VaDE, or the path of a saved one. A VaDE object
         is used, never changed; :meth:`save` records a path but not an object (it is not saved).
@@ -468,7 +470,7 @@ class KDVAE(ClusterEstimator):
         elif self.vade_epochs + self.vade_pretrain_epochs > 0:
             vade = VaDE(n_clusters=self.n_clusters, latent_dim=self.latent_dim, hidden_dims=self.vade_hidden_dims,
                         likelihood=self.data_spec_.likelihood, epochs=self.vade_epochs, batch_size=batch_size,
-                        lr=self.vade_lr, pretrain_epochs=self.vade_pretrain_epochs)
+                        lr=self.vade_lr, pretrain_epochs=self.vade_pretrain_epochs, init_candidates=1)
             vade.fit(x, device=self.device_, seed=seed, progress=progress, monitor_labels=labels)
         else:
             vade = None
@@ -478,7 +480,8 @@ class KDVAE(ClusterEstimator):
         if vade is not None:
             self.history_.records.extend({**r, "phase": f"vade_{r['phase']}"} for r in vade.history_.records)
             features = vade.transform(x)
-            record.update({f"vade_{k}": v for k, v in cluster_scores(labels, vade.predict(x).numpy()).items()})
+            if labels is not None:
+                record.update({f"vade_{k}": v for k, v in cluster_scores(labels, vade.predict(x).numpy()).items()})
         else:
             features = x.reshape(x.shape[0], -1).cpu()
         self.vade_ = vade
