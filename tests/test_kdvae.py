@@ -411,7 +411,8 @@ def test_init_from_reuses_a_vade_exactly_and_records_the_start(small_digits, tmp
     assert from_object.history_["phase"] == from_file.history_["phase"] == phases  # the VaDE's own epochs only
     init = from_object.history_.records[3]
     labels = small_digits.y.numpy()
-    assert init["acc"] == pytest.approx(cluster_acc(labels, expected)) and init["nmi"] == pytest.approx(nmi(labels, expected))
+    assert init["acc"] == pytest.approx(cluster_acc(labels, expected))
+    assert init["nmi"] == pytest.approx(nmi(labels, expected))
     assert init["vade_acc"] == pytest.approx(cluster_acc(labels, vade.predict(small_digits).numpy()))
     assert init["init_from"] == "VaDE object" and from_file.history_.records[3]["init_from"] == str(path)
     assert "acc" not in from_file.history_.records[3]  # no labels given

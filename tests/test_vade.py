@@ -276,7 +276,6 @@ def test_stacked_pretraining_trains_one_layer_pair_at_a_time(digits):
     with local_params():
         module = VaDEModule(64, 10, 4, (32, 16), "bernoulli")
     layer = LayerwiseDenoisingPretraining(module.encoder, module.decoder, depth=1, corruption=0.0)
-    before = {k: v.clone() for k, v in module.state_dict().items()}
     x = small.flat()[:20]
     with local_params():
         trace = poutine.trace(layer.model).get_trace(x)

@@ -276,7 +276,8 @@ class VaDE(ClusterEstimator):
         if self.init_selection == "heldout_likelihood" and self.autoencoder_candidates > 1:
             raise ValueError("init_selection='heldout_likelihood' compares GMMs on one embedding only; "
                              "with autoencoder_candidates > 1 use init_selection='elbo'")
-        if self.init_selection == "heldout_likelihood" and self.init_candidates > 1 and 5 * self.n_clusters > x.shape[0]:
+        heldout = self.init_selection == "heldout_likelihood" and self.init_candidates > 1
+        if heldout and 5 * self.n_clusters > x.shape[0]:
             raise ValueError(f"init_selection='heldout_likelihood' needs at least 5 * n_clusters = "
                              f"{5 * self.n_clusters} data points, got {x.shape[0]}")
         if not 0.0 <= self.pretrain_corruption < 1.0:
@@ -406,7 +407,10 @@ class VaDE(ClusterEstimator):
 
     def _autoencoder_loss(self, module: VaDEModule, x: torch.Tensor) -> float:
         """Mean reconstruction loss ``−log p(x | z = enc(x))`` per datum of the pretrained autoencoder."""
-        loss = self._batched(lambda b: module.decoder.reconstruction_loss(module.encoder.embed(b), b.reshape(b.shape[0], -1)), x)
+        def reconstruction_loss(batch: torch.Tensor) -> torch.Tensor:
+            return module.decoder.reconstruction_loss(module.encoder.embed(batch), batch.reshape(batch.shape[0], -1))
+
+        loss = self._batched(reconstruction_loss, x)
         return float(loss.mean())
 
     def _assign(self, module: VaDEModule, x: torch.Tensor) -> np.ndarray:
