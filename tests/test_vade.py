@@ -160,13 +160,16 @@ def test_history_records_both_phases_and_the_init(tiny_vade):
     assert phases == ["pretrain", "pretrain", "init", "train", "train"]
     assert all(np.isfinite(tiny_vade.history_["loss"]))
     init = tiny_vade.history_.records[2]
-    assert "acc" not in init and init["selected"] == 0 and init["init_selection"] is None  # no labels, no choice
+    assert "acc" not in init and init["init_selection"] == "elbo"  # no labels; the default choice of the start
+    scores = [c["score"] for c in init["candidates"]]
+    assert len(scores) == 5 and init["selected"] == int(np.argmax(scores))
     assert init["loss"] == init["autoencoder_loss"] > 0 and np.isfinite(init["gmm_log_likelihood"])
 
 
 def test_init_quality_is_recorded_and_monitor_labels_never_steer_training(digits):
     small = digits.subset(torch.arange(300))
-    config = {**TINY_VADE, "pretrain_epochs": 1, "lr_decay_every": 2}
+    # the paper's single GMM (no selection), so that the fit with epochs=0 stops exactly at the start
+    config = {**TINY_VADE, "pretrain_epochs": 1, "lr_decay_every": 2, "init_candidates": 1}
     watched = VaDE(**config).fit(small, epochs=3, seed=4, progress=False, monitor_labels=small.y)
     blind = VaDE(**config).fit(small, epochs=3, seed=4, progress=False)
     assert torch.equal(watched.predict_proba(small), blind.predict_proba(small))  # labels only watched
