@@ -94,13 +94,17 @@ class ClusterEstimator:
         progress: bool = True,
         callbacks: Sequence[Callback] = (),
         cuda_graphs: bool = False,
+        monitor_labels: Any = None,
     ) -> "ClusterEstimator":
         """Train on ``data``; ``epochs``/``batch_size`` override the configured ones. Returns ``self``.
 
         ``cuda_graphs=True`` replays each training step from a CUDA graph on a GPU (see
         :class:`~pyro_hc.infer.SVIEngine`); it changes speed, not the computation.
+        ``monitor_labels`` (``N`` class labels) are for monitoring only: models that support it
+        record the ACC / NMI of their intermediate clusterings in ``history_``; training never sees them.
         """
         x = as_tensor(data)
+        self._monitor_labels = _monitor_labels(monitor_labels, x.shape[0])
         likelihood = self._likelihood_for(data)
         validate_data(x, likelihood)
         epochs = self.epochs if epochs is None else int(epochs)
@@ -281,6 +285,17 @@ class ClusterEstimator:
         self.module_ = module.to(self.device_).eval()
         self.history_ = History(payload.get("history", []))
         self.fit_info_ = dict(payload.get("fit_info", {}))
+
+
+def _monitor_labels(labels: Any, n: int) -> np.ndarray | None:
+    """``fit``'s ``monitor_labels`` as an ``N`` integer array (or None), checked against the data."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"monitor_labels must be {n} integer class labels (one per datum), "
+                         f"got shape {labels.shape} and dtype {labels.dtype}")
+    return labels
 
 
 def evaluate(model: ClusterEstimator, dataset: Dataset) -> dict[str, float]:

@@ -317,7 +317,7 @@ def tiny_kdvae(small_digits):
 
 def test_registry_and_history(tiny_kdvae):
     assert isinstance(pyro_hc.get_model("kdvae"), KDVAE) and isinstance(pyro_hc.get_model("KDAE"), KDAE)
-    assert tiny_kdvae.history_["phase"] == ["vade_pretrain", "vade_train", "warmup", "train"]
+    assert tiny_kdvae.history_["phase"] == ["vade_pretrain", "vade_init", "vade_train", "init", "warmup", "train"]
     assert np.isfinite(tiny_kdvae.history_["loss"]).all()
     assert tiny_kdvae.init_labels_.shape == (300,)
 
@@ -376,7 +376,7 @@ def test_save_load_round_trip_gives_identical_predictions(tiny_kdvae, small_digi
 def test_other_variants_fit_and_round_trip(name, objective, small_digits, tmp_path):
     config = {**TINY_KDVAE, "objective": objective, "vade_epochs": 0, "vade_pretrain_epochs": 0}
     model = pyro_hc.get_model(name, **config).fit(small_digits, seed=0, progress=False)
-    assert model.history_["phase"] == ["warmup", "train"] and model.vade_ is None
+    assert model.history_["phase"] == ["init", "warmup", "train"] and model.vade_ is None
     assert np.isfinite(model.history_["loss"]).all()
     restored = load(model.save(tmp_path / f"{name}.pt"))
     assert type(restored) is type(model)
@@ -388,6 +388,46 @@ def test_other_variants_fit_and_round_trip(name, objective, small_digits, tmp_pa
                            leaves[(model.cluster_scores(small_digits) + log_alpha).argmax(-1)])
     else:  # the soft objective learns α (Eq. 1's KL(q(y|x) ‖ p(y)))
         assert not torch.allclose(model.module_.mixture_logits_unconstrained, torch.zeros(10))
+
+
+def test_init_from_reuses_a_vade_exactly_and_records_the_start(small_digits, tmp_path):
+    vade = pyro_hc.get_model("vade", n_clusters=10, latent_dim=3, hidden_dims=(16,), pretrain_epochs=1)
+    vade.fit(small_digits, epochs=1, seed=2, progress=False)
+    state = {k: v.clone() for k, v in vade.module_.state_dict().items()}
+    path = vade.save(tmp_path / "vade.pt")
+    config = {**TINY_KDVAE, "vade_epochs": 5, "vade_pretrain_epochs": 5}  # ignored: the VaDE is given
+    from_object = KDVAE(**config, init_from=vade).fit(small_digits, seed=0, progress=False,
+                                                      monitor_labels=small_digits.y)
+    from_file = KDAE(**config, init_from=path).fit(small_digits, seed=0, progress=False)
+    assert from_object.vade_ is vade  # used, not copied or retrained
+    for key, value in vade.module_.state_dict().items():
+        assert torch.equal(value, state[key]), key
+        assert torch.equal(from_file.vade_.module_.state_dict()[key], state[key]), key
+    # the initial clusters are k-means in exactly that VaDE's embedding
+    expected = KMeans(10, n_init=10, random_state=0).fit(vade.transform(small_digits).double().numpy()).labels_
+    assert np.array_equal(from_object.init_labels_.numpy(), expected)
+    assert np.array_equal(from_file.init_labels_.numpy(), expected)
+    phases = ["vade_pretrain", "vade_init", "vade_train", "init", "warmup", "train"]
+    assert from_object.history_["phase"] == from_file.history_["phase"] == phases  # the VaDE's own epochs only
+    init = from_object.history_.records[3]
+    labels = small_digits.y.numpy()
+    assert init["acc"] == pytest.approx(cluster_acc(labels, expected))
+    assert init["nmi"] == pytest.approx(nmi(labels, expected))
+    assert init["vade_acc"] == pytest.approx(cluster_acc(labels, vade.predict(small_digits).numpy()))
+    assert init["init_from"] == "VaDE object" and from_file.history_.records[3]["init_from"] == str(path)
+    assert "acc" not in from_file.history_.records[3]  # no labels given
+    assert "acc" in from_object.history_.records[-1]  # the main phase's last epoch is scored
+    # a saved k-DVAE keeps a path, not a VaDE object
+    assert load(from_object.save(tmp_path / "k.pt")).init_from is None
+    assert load(from_file.save(tmp_path / "kf.pt")).init_from == str(path)
+    with pytest.raises(pyro_hc.estimator.NotFittedError, match="init_from"):
+        KDVAE(**config, init_from=pyro_hc.get_model("vade")).fit(small_digits, progress=False)
+    with pytest.raises(ValueError, match="not a file"):
+        KDVAE(**config, init_from=tmp_path / "missing.pt").fit(small_digits, progress=False)
+    with pytest.raises(ValueError, match="not a VaDE"):
+        KDVAE(**config, init_from=tmp_path / "kf.pt").fit(small_digits, progress=False)
+    with pytest.raises(ValueError, match="features"):
+        KDVAE(**config, init_from=vade).fit(torch.rand(50, 10), progress=False)
 
 
 def test_bad_config_is_rejected(small_digits):

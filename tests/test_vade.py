@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -11,11 +12,13 @@ import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate, infer_discrete
 from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
 
 import pyro_hc
 from pyro_hc.estimator import NotFittedError
-from pyro_hc.infer import local_params
-from pyro_hc.models import VaDEModule, load
+from pyro_hc.infer import Callback, local_params
+from pyro_hc.models import VaDE, VaDEModule, load
+from pyro_hc.models.pretrain import LayerwiseDenoisingPretraining
 from pyro_hc.metrics import cluster_acc, nmi
 
 from .conftest import TINY_VADE
@@ -152,10 +155,144 @@ def test_same_seed_same_result(digits):
     assert a.history_["loss"] == b.history_["loss"]
 
 
-def test_history_records_both_phases(tiny_vade):
+def test_history_records_both_phases_and_the_init(tiny_vade):
     phases = tiny_vade.history_["phase"]
-    assert phases == ["pretrain", "pretrain", "train", "train"]
+    assert phases == ["pretrain", "pretrain", "init", "train", "train"]
     assert all(np.isfinite(tiny_vade.history_["loss"]))
+    init = tiny_vade.history_.records[2]
+    assert "acc" not in init and init["init_selection"] == "elbo"  # no labels; the default choice of the start
+    scores = [c["score"] for c in init["candidates"]]
+    assert len(scores) == 5 and init["selected"] == int(np.argmax(scores))
+    assert init["loss"] == init["autoencoder_loss"] > 0 and np.isfinite(init["gmm_log_likelihood"])
+
+
+def test_init_quality_is_recorded_and_monitor_labels_never_steer_training(digits):
+    small = digits.subset(torch.arange(300))
+    # the paper's single GMM (no selection), so that the fit with epochs=0 stops exactly at the start
+    config = {**TINY_VADE, "pretrain_epochs": 1, "lr_decay_every": 2, "init_candidates": 1}
+    watched = VaDE(**config).fit(small, epochs=3, seed=4, progress=False, monitor_labels=small.y)
+    blind = VaDE(**config).fit(small, epochs=3, seed=4, progress=False)
+    assert torch.equal(watched.predict_proba(small), blind.predict_proba(small))  # labels only watched
+    init = next(r for r in watched.history_.records if r["phase"] == "init")
+    # the autoencoder's loss is recomputed on all the data: -log p(x | enc(x)) per datum
+    start = VaDE(**config).fit(small, epochs=0, seed=4, progress=False)  # stops where the main phase begins
+    module = start.module_
+    with torch.no_grad(), local_params():
+        flat = small.flat()
+        expected = module.decoder.reconstruction_loss(module.encoder.embed(flat), flat).mean()
+    assert init["autoencoder_loss"] == pytest.approx(float(expected), rel=1e-5)
+    # the GMM's log-likelihood and ACC / NMI are those of the mixture VaDE starts from
+    labels = small.y.numpy()
+    assigned = start.predict(small).numpy()
+    assert init["acc"] == pytest.approx(cluster_acc(labels, assigned), abs=0.01)
+    assert init["nmi"] == pytest.approx(nmi(labels, assigned), abs=0.01)
+    embedding = start.transform(small).double().numpy()
+    gmm = GaussianMixture(10, covariance_type="diag", n_init=10, reg_covar=1e-4, random_state=4).fit(embedding)
+    assert init["gmm_log_likelihood"] == pytest.approx(gmm.score(embedding), rel=1e-6)
+    # the main phase logs ACC / NMI every lr_decay_every epochs and at its end
+    train = [r for r in watched.history_.records if r["phase"] == "train"]
+    assert ["acc" in r for r in train] == [False, True, True]
+    assert train[-1]["acc"] == pytest.approx(cluster_acc(labels, watched.predict(small).numpy()))
+    with pytest.raises(ValueError, match="monitor_labels"):
+        VaDE(**config).fit(small, epochs=0, progress=False, monitor_labels=small.y[:10])
+
+
+def _planted_mixtures(embedding, seed, n_components, shifts):
+    """A fitted GMM, then copies of it whose means are shifted away from the data by ``shifts``."""
+    fitted = GaussianMixture(n_components, covariance_type="diag", reg_covar=1e-4, random_state=seed).fit(embedding)
+    planted = []
+    for shift in shifts:
+        gmm = copy.deepcopy(fitted)
+        gmm.means_ = fitted.means_ + shift * embedding.std(0)
+        gmm.heldout_log_likelihood_ = float(gmm.score(embedding))
+        planted.append(gmm)
+    return planted
+
+
+class PlantedVaDE(VaDE):
+    """VaDE whose candidate GMMs are planted: the unshifted one (index 2) is the best start."""
+
+    shifts = (8.0, 4.0, 0.0, 16.0)
+
+    def _candidate_mixtures(self, embedding, seed, n):
+        return _planted_mixtures(embedding, seed, self.n_clusters, self.shifts)
+
+
+@pytest.mark.parametrize("selection", ["elbo", "heldout_likelihood"])
+def test_selection_keeps_the_candidate_with_the_best_label_free_score(digits, selection):
+    small = digits.subset(torch.arange(300))
+    config = {**TINY_VADE, "pretrain_epochs": 3, "init_candidates": 4, "init_selection": selection,
+              "selection_epochs": 1}
+    model = PlantedVaDE(**config).fit(small, epochs=0, seed=0, progress=False, monitor_labels=small.y)
+    init = next(r for r in model.history_.records if r["phase"] == "init")
+    scores = [c["score"] for c in init["candidates"]]
+    assert len(scores) == 4 and init["selected"] == int(np.argmax(scores)) == 2
+    assert init["selection_score"] == max(scores) and init["init_selection"] == selection
+    assert len(set(scores)) == 4  # the candidates really were scored apart
+    assert [r["phase"] for r in model.history_.records] == ["pretrain"] * 3 + ["init"]  # warm-ups not recorded
+    module = model.module_
+    if selection == "heldout_likelihood":  # the kept mixture is exactly the winner's, no warm-up
+        embedding = model.transform(small).double().numpy()
+        winner = _planted_mixtures(embedding, 0, 10, PlantedVaDE.shifts)[2]
+        assert np.allclose(module.cluster_locs.detach().numpy(), winner.means_, atol=1e-5)
+        assert init["selection_score"] == pytest.approx(winner.score(embedding))
+    else:  # the kept state is the warmed-up winner: its ELBO, recomputed with the same noise, is the score
+        with torch.random.fork_rng(), torch.no_grad(), local_params():
+            torch.manual_seed(0)
+            elbo = module.log_importance_weights(small.x, 4).mean(0).mean()
+        assert float(elbo) == pytest.approx(init["selection_score"], rel=1e-4)
+        assert "acc_after_warmup" in init["candidates"][0]
+
+
+def test_selection_over_autoencoder_seeds_and_bad_settings(digits):
+    small = digits.subset(torch.arange(200))
+    model = VaDE(**{**TINY_VADE, "pretrain_epochs": 1, "autoencoder_candidates": 2, "init_candidates": 2,
+                    "selection_epochs": 1}).fit(small, epochs=1, seed=0, progress=False)
+    init = next(r for r in model.history_.records if r["phase"] == "init")
+    assert [(c["autoencoder"], c["gmm"]) for c in init["candidates"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert len({c["autoencoder_loss"] for c in init["candidates"]}) == 2  # two different autoencoders
+    assert model.history_["phase"] == ["pretrain", "init", "train"]  # only the winner's pretraining kept
+    for bad, match in [({"init_selection": "best"}, "init_selection"), ({"init_candidates": 0}, "init_candidates"),
+                       ({"pretrain": "greedy"}, "pretrain"), ({"adam_eps": 0.0}, "adam_eps"),
+                       ({"init_selection": "heldout_likelihood", "autoencoder_candidates": 2}, "one embedding")]:
+        with pytest.raises(ValueError, match=match):
+            VaDE(**{**TINY_VADE, **bad}).fit(small, epochs=0, progress=False)
+
+
+def test_keras_optimiser_options_set_adam_eps_and_floor_the_decayed_lr(digits):
+    small = digits.subset(torch.arange(200))
+    seen = []
+
+    class Eps(Callback):
+        def on_step_end(self, state):
+            seen.append({g["eps"] for g in state.engine.optimizer.param_groups})
+
+    model = VaDE(**{**TINY_VADE, "pretrain_epochs": 1, "lr": 2e-3, "lr_decay": 0.5, "lr_decay_every": 1,
+                    "lr_floor": 4e-4, "adam_eps": 1e-4}).fit(small, epochs=5, seed=0, progress=False, callbacks=[Eps()])
+    lrs = [r["lr"] for r in model.history_.records if r["phase"] == "train"]
+    assert lrs == pytest.approx([1e-3, 5e-4, 4e-4, 4e-4, 4e-4])  # max(lr * decay, floor) after each epoch
+    assert seen and all(eps == {1e-4} for eps in seen)
+
+
+def test_stacked_pretraining_trains_one_layer_pair_at_a_time(digits):
+    small = digits.subset(torch.arange(200))
+    with local_params():
+        module = VaDEModule(64, 10, 4, (32, 16), "bernoulli")
+    layer = LayerwiseDenoisingPretraining(module.encoder, module.decoder, depth=1, corruption=0.0)
+    x = small.flat()[:20]
+    with local_params():
+        trace = poutine.trace(layer.model).get_trace(x)
+        h1 = torch.relu(module.encoder.trunk[0](x))
+        code = torch.relu(module.encoder.trunk[2](h1))
+        expected = -(torch.relu(module.decoder.net[2](code)) - h1).pow(2).sum(-1)  # inner pair: squared error
+        assert torch.allclose(trace.nodes["reconstruction"]["fn"].log_factor, expected, atol=1e-5)
+        trace.log_prob_sum().neg().backward()
+    trained = {name for name, p in module.named_parameters() if p.grad is not None}
+    assert trained == {"encoder.trunk.2.weight", "encoder.trunk.2.bias", "decoder.net.2.weight", "decoder.net.2.bias"}
+    model = VaDE(**{**TINY_VADE, "hidden_dims": (32, 16), "pretrain": "stacked", "pretrain_layer_epochs": 1,
+                    "pretrain_epochs": 1}).fit(small, epochs=1, seed=0, progress=False)
+    assert model.history_["phase"] == ["pretrain_layer0", "pretrain_layer1", "pretrain_layer2", "pretrain",
+                                       "init", "train"]
 
 
 def test_unfitted_model_raises_clear_error(digits):

@@ -13,6 +13,8 @@ stacked weights ``k x in x out`` and one ``torch.baddbmm`` per layer
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -21,13 +23,13 @@ from pyro.nn import PyroModule, PyroParam
 from sklearn.cluster import KMeans
 from torch import nn
 
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, NotFittedError
 from ..infer import Callback, local_params
 from ..nn import BatchedDecoder, BatchedEncoder
 from ..tree import ClusterTree
 from ._plate import data_plate
 from ._registry import register_model
-from .vade import VaDE
+from .vade import ClusterMonitor, VaDE, cluster_scores
 
 __all__ = [
     "KDVAE", "KDAE", "KDVAEModule", "KL_ESTIMATORS",
@@ -287,7 +289,10 @@ class KDVAE(ClusterEstimator):
     1. Pretrain VaDE (:class:`~pyro_hc.models.vade.VaDE`, its own D-500-500-2000-10 networks by
        default) for ``vade_pretrain_epochs`` autoencoder + ``vade_epochs`` ELBO epochs, and run
        k-means (``n_init=10``) in its embedding for the initial clusters (Sec. 4.2). With both
-       budgets at 0 VaDE is skipped and k-means runs on the raw inputs.
+       budgets at 0 VaDE is skipped and k-means runs on the raw inputs. ``init_from`` (a fitted
+       :class:`~pyro_hc.models.vade.VaDE` or the file it was saved to) skips the VaDE training and
+       runs k-means in that VaDE's embedding, its parameters used as they are: one good VaDE
+       (e.g. chosen by its label-free initialisation selection) serves every variant.
     2. Warm each of the ``k`` autoencoders up on its initial cluster (``warmup_epochs``).
     3. Maximise the ``objective`` ("hard": Eq. 6; "soft": Eq. 1 with ``y`` enumerated) by SVI
        (``epochs``), Adam with the learning rate multiplied by ``lr_decay`` every ``lr_decay_every``
@@ -322,10 +327,20 @@ class KDVAE(ClusterEstimator):
         Budget, networks and learning rate of the VaDE used for the initial clusters. ``vade_lr``
         is below VaDE's own 2e-3 because the budget is short: on digits, 10 ELBO epochs at 2e-3
         after 10 pretraining epochs take k-means in the embedding from ACC 0.75 to 0.64, while
-        20 at 5e-4 after 20 take it from 0.79 to 0.81.
+        20 at 5e-4 after 20 take it from 0.79 to 0.81. This VaDE fits the paper's single GMM
+        (``init_candidates=1``); for a start chosen among candidates, fit a VaDE with its
+        selection and pass it as ``init_from``. All four are unused with ``init_from``.
+    init_from:
+        ``None`` (train a VaDE as above), a fitted VaDE, or the path of a saved one. A VaDE object
+        is used, never changed; :meth:`save` records a path but not an object (it is not saved).
 
     Besides the shared fitted attributes, ``fit`` leaves ``vade_`` (the initialising VaDE, or None)
     and ``init_labels_`` (the k-means clusters, ``N`` labels); they are not saved by :meth:`save`.
+    ``history_`` holds the VaDE's epochs (phases ``vade_*``, copied from ``init_from``'s too), one
+    ``"init"`` record (``loss``: the k-means inertia per datum) and the warm-up and main epochs;
+    with ``fit(..., monitor_labels=y)`` the ``"init"`` record has the starting clusters' ``acc`` /
+    ``nmi`` and the VaDE's own (``vade_acc`` / ``vade_nmi``), and the main phase logs ``acc`` /
+    ``nmi`` every ``lr_decay_every`` epochs and at its end.
     :meth:`transform` gives each datum's ``z̄`` in the latent space of its assigned cluster, and
     :meth:`sample` draws new data from one cluster's decoder.
     """
@@ -357,6 +372,7 @@ class KDVAE(ClusterEstimator):
         vade_pretrain_epochs: int = 20,
         vade_hidden_dims: Sequence[int] = (500, 500, 2000),
         vade_lr: float = 5e-4,
+        init_from: str | Path | VaDE | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.objective = objective
@@ -375,6 +391,7 @@ class KDVAE(ClusterEstimator):
         self.vade_pretrain_epochs = vade_pretrain_epochs
         self.vade_hidden_dims = tuple(vade_hidden_dims)
         self.vade_lr = vade_lr
+        self.init_from = init_from
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.objective not in OBJECTIVES:
@@ -390,6 +407,35 @@ class KDVAE(ClusterEstimator):
         for name, value in budgets.items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.init_from is not None and not isinstance(self.init_from, (str, Path, VaDE)):
+            raise ValueError(f"init_from must be a fitted VaDE or the path of a saved one, "
+                             f"got {type(self.init_from).__name__}")
+
+    def _initialising_vade(self) -> VaDE:
+        """``init_from`` as a fitted VaDE (loaded from its file if a path)."""
+        vade = self.init_from
+        if isinstance(vade, (str, Path)):
+            from ._registry import load
+
+            if not Path(vade).is_file():
+                raise ValueError(f"init_from={str(vade)!r} is not a file")
+            vade = load(vade, device=self.device_)
+            if not isinstance(vade, VaDE):
+                raise ValueError(f"init_from={str(self.init_from)!r} holds a {type(vade).__name__}, not a VaDE")
+        if not hasattr(vade, "module_"):
+            raise NotFittedError("init_from is an unfitted VaDE; fit it (or pass the file it was saved to) first")
+        if vade.data_spec_.n_features != self.data_spec_.n_features:
+            raise ValueError(f"init_from's VaDE was fitted to data with {vade.data_spec_.n_features} features, "
+                             f"these have {self.data_spec_.n_features}")
+        return vade
+
+    def _checkpoint_header(self) -> dict[str, Any]:
+        """The shared header; a VaDE object in ``init_from`` is not saved (a path is)."""
+        header = super()._checkpoint_header()
+        init_from = header["config"].get("init_from")
+        header["config"] = {**header["config"],
+                            "init_from": str(init_from) if isinstance(init_from, (str, Path)) else None}
+        return header
 
     def _build_module(self) -> KDVAEModule:
         spec = self.data_spec_
@@ -404,25 +450,46 @@ class KDVAE(ClusterEstimator):
             self._run(warmup, x, phase="warmup", epochs=self.warmup_epochs, batch_size=batch_size, seed=seed,
                       progress=progress, lr=self.warmup_lr)
         objective = module if self.variational else KAutoencoderObjective(module)
+        labels = getattr(self, "_monitor_labels", None)
+        if labels is not None:
+            monitor = ClusterMonitor(lambda _: self._batched(lambda b: self._leaf_log_proba(b).argmax(-1), x).numpy(),
+                                     labels, epochs, self.lr_decay_every)
+            callbacks = [monitor, *callbacks]
         self._run(objective, x, phase="train", loss=self.loss, epochs=epochs,
                   batch_size=batch_size, seed=seed, progress=progress, callbacks=callbacks, lr=self.lr,
                   lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every)
 
     def _initial_clusters(self, x: torch.Tensor, *, batch_size: int, seed: int | None, progress: bool) -> torch.Tensor:
-        """VaDE pretraining, then k-means in its embedding (Sec. 4.2); sets ``vade_`` and ``init_labels_``."""
-        if self.vade_epochs + self.vade_pretrain_epochs > 0:
+        """VaDE (trained here, or ``init_from``), then k-means in its embedding (Sec. 4.2).
+
+        Sets ``vade_`` and ``init_labels_`` and appends the ``"init"`` record to the history.
+        """
+        labels = getattr(self, "_monitor_labels", None)
+        if self.init_from is not None:
+            vade = self._initialising_vade()
+        elif self.vade_epochs + self.vade_pretrain_epochs > 0:
             vade = VaDE(n_clusters=self.n_clusters, latent_dim=self.latent_dim, hidden_dims=self.vade_hidden_dims,
                         likelihood=self.data_spec_.likelihood, epochs=self.vade_epochs, batch_size=batch_size,
-                        lr=self.vade_lr, pretrain_epochs=self.vade_pretrain_epochs)
-            vade.fit(x, device=self.device_, seed=seed, progress=progress)
-            self.history_.records.extend({**r, "phase": f"vade_{r['phase']}"} for r in vade.history_.records)
-            self.vade_ = vade
-            features = vade.transform(x)
+                        lr=self.vade_lr, pretrain_epochs=self.vade_pretrain_epochs, init_candidates=1)
+            vade.fit(x, device=self.device_, seed=seed, progress=progress, monitor_labels=labels)
         else:
-            self.vade_ = None
+            vade = None
+        record: dict[str, Any] = {"phase": "init", "epoch": 0, "step": 0,
+                                  "init_from": None if self.init_from is None else
+                                  str(self.init_from) if isinstance(self.init_from, (str, Path)) else "VaDE object"}
+        if vade is not None:
+            self.history_.records.extend({**r, "phase": f"vade_{r['phase']}"} for r in vade.history_.records)
+            features = vade.transform(x)
+            if labels is not None:
+                record.update({f"vade_{k}": v for k, v in cluster_scores(labels, vade.predict(x).numpy()).items()})
+        else:
             features = x.reshape(x.shape[0], -1).cpu()
+        self.vade_ = vade
         kmeans = KMeans(self.n_clusters, n_init=10, random_state=seed).fit(features.double().numpy())
         self.init_labels_ = torch.as_tensor(kmeans.labels_, dtype=torch.long)
+        record["loss"] = record["kmeans_inertia"] = float(kmeans.inertia_) / x.shape[0]
+        record.update(cluster_scores(labels, kmeans.labels_))
+        self.history_.records.append(record)
         return self.init_labels_
 
     def _leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
