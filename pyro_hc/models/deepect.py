@@ -19,6 +19,7 @@ when the tree changes. Growing and pruning are engine callbacks
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -614,6 +615,8 @@ class DeepECT(ClusterEstimator):
             raise ValueError(f"grow_sample must be >= 2 or None, got {self.grow_sample}")
         if self.pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+        if self.pretrained is not None and not os.path.isfile(self.pretrained):
+            raise FileNotFoundError(f"pretrained={self.pretrained!r}: no such model file")
 
     def _build_module(self) -> DeepECTModule:
         return DeepECTModule(self.data_spec_.n_features, self.latent_dim, self.hidden_dims, self.activation,

@@ -331,6 +331,7 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"node_lr_factor must be positive, got {self.node_lr_factor}")
         if self.stick_lr_factor is not None and not self.stick_lr_factor > 0:
             raise ValueError(f"stick_lr_factor must be positive (or None: as node_lr_factor), got {self.stick_lr_factor}")
+        self.heuristics(0)  # GROW / PRUNE / MERGE settings, checked now rather than after pretraining
 
     def _build_module(self) -> HCRLModule:
         spec = self.data_spec_

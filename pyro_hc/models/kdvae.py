@@ -585,6 +585,7 @@ class KDAE(KDVAE):
     """
 
     variational = False
+    density_model = False  # no likelihood: the variance heads are never trained
 
     def _check_config(self, x: torch.Tensor) -> None:
         super()._check_config(x)
