@@ -50,7 +50,7 @@ from .infer.checkpoint import ModelFileError, load_checkpoint
 from .tree import ClusterTree
 
 __all__ = ["ClusterEstimator", "NotFittedError", "InvalidSettingError", "DataSpec", "evaluate", "as_tensor",
-           "setting_hints", "describe_hint"]
+           "setting_hints", "describe_hint", "as_setting_tuple"]
 
 FORMAT_VERSION = 1
 
@@ -141,6 +141,15 @@ def describe_hint(hint: Any) -> str:
     if origin in (Sequence, list, typing.Sequence) and args:
         return f"a list of {describe_hint(args[0]).removeprefix('an ').removeprefix('a ')}s"
     return getattr(hint, "__name__", str(hint))
+
+
+def as_setting_tuple(value: Any) -> Any:
+    """A list or tuple setting stored as a tuple; anything else stored as given (``fit`` then names it).
+
+    Constructors only store their configuration: a wrong value must reach ``fit``'s check, not
+    fail in ``tuple(5)``.
+    """
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def _at_least(name: str, value: Any, minimum: float) -> None:

@@ -349,8 +349,9 @@ class SVIEngine:
                         pending.append(loss)
                         for cb in self.callbacks:
                             cb.on_step_end(state)
-                    except ValueError as err:
-                        # distribution validation rejects NaN parameters: report where training broke,
+                    except (ValueError, RuntimeError) as err:
+                        # distribution validation rejects NaN parameters (a heuristic's sampling too):
+                        # report where training broke,
                         # first from the losses not yet read back (the earliest bad step), else here
                         if pending:
                             self._drain(pending, num_data, bar)
@@ -375,7 +376,7 @@ class SVIEngine:
                 try:
                     for cb in self.callbacks:
                         cb.on_epoch_end(state)
-                except ValueError as err:  # a heuristic evaluating a diverged model
+                except (ValueError, RuntimeError) as err:  # a heuristic evaluating a diverged model
                     self._raise_if_parameters_not_finite(err)
                     raise
                 # a structural move may have drawn random node initialisations: rank 0's are the ones kept
@@ -412,7 +413,7 @@ class SVIEngine:
             first_bad = int((~finite).nonzero()[0, 0])
             bad_step = self.step_count - len(pending) + first_bad + 1
             raise NonFiniteLossError(
-                f"{self.phase}: the loss became {values[first_bad].item()} at epoch {self.epoch}, "
+                f"{self.phase}: training diverged: the loss became {values[first_bad].item()} at epoch {self.epoch}, "
                 f"step {bad_step}; {_HINT}"
             )
         per_datum = values / num_data

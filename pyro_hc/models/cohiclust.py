@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..heuristics.cohiclust import LeafPruning
 from ..infer import Callback, FitState, distributed
 from ..tree import ClusterTree
@@ -652,7 +652,7 @@ class CoHiClust(ClusterEstimator):
         self.head_hidden = head_hidden
         self.projection_dim = projection_dim
         self.augment = augment
-        self.crop_scale = None if crop_scale is None else tuple(crop_scale)
+        self.crop_scale = as_setting_tuple(crop_scale)
         self.rotation = rotation
         self.shear = shear
         self.beta1 = beta1

@@ -31,7 +31,7 @@ from pyro.nn import PyroModule
 from sklearn.cluster import BisectingKMeans
 from torch import nn
 
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..heuristics.deepect import DeepECTHeuristics
 from ..infer import Callback, distributed, load_checkpoint
 from ..nn import mlp
@@ -573,7 +573,7 @@ class DeepECT(ClusterEstimator):
         self.prune_threshold = prune_threshold
         self.augment = augment
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.activation = activation
         self.epochs = epochs
         self.batch_size = batch_size

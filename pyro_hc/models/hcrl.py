@@ -19,7 +19,7 @@ from pyro.nn import PyroParam
 from torch.distributions import constraints
 
 from ..distributions import NestedStickBreaking, dirichlet_laplace_approximation
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..guides import NormalEncoder
 from ..heuristics import NCRPHeuristics
 from ..infer import Callback, local_params
@@ -297,7 +297,7 @@ class _HCRL(ClusterEstimator):
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.likelihood = likelihood
         self.capacity = capacity
         self.stick_concentration = stick_concentration

@@ -22,7 +22,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 from torch.distributions import constraints
 
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..infer import Callback, local_params
 from ..nn import BatchedLinear
 from ..tree import ClusterTree
@@ -449,7 +449,7 @@ class KDVAE(ClusterEstimator):
         self.n_clusters = n_clusters
         self.objective = objective
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.likelihood = likelihood
         self.epochs = epochs
         self.batch_size = batch_size
@@ -460,7 +460,7 @@ class KDVAE(ClusterEstimator):
         self.warmup_lr = warmup_lr
         self.vade_epochs = vade_epochs
         self.vade_pretrain_epochs = vade_pretrain_epochs
-        self.vade_hidden_dims = tuple(vade_hidden_dims)
+        self.vade_hidden_dims = as_setting_tuple(vade_hidden_dims)
         self.vade_lr = vade_lr
 
     def _check_config(self, x: torch.Tensor) -> None:

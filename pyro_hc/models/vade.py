@@ -16,7 +16,7 @@ from pyro.nn import PyroModule, PyroParam
 from sklearn.mixture import GaussianMixture
 from torch.distributions import constraints
 
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..guides import NormalEncoder
 from ..infer import Callback
 from ..tree import ClusterTree
@@ -129,7 +129,7 @@ class VaDE(ClusterEstimator):
     ) -> None:
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.likelihood = likelihood
         self.epochs = epochs
         self.batch_size = batch_size
