@@ -47,6 +47,7 @@ from . import metrics
 from .data import Dataset, validate_data
 from .infer import Callback, History, SVIEngine, local_params, resolve_device, save_checkpoint, set_seed
 from .infer.checkpoint import ModelFileError, load_checkpoint
+from .infer.engine import set_rng_state
 from .tree import ClusterTree
 
 __all__ = ["ClusterEstimator", "NotFittedError", "InvalidSettingError", "DataSpec", "evaluate", "as_tensor",
@@ -520,7 +521,10 @@ class ClusterEstimator:
                                      f"but this fit's phase number {ordinal} is {phase!r}")
             complete = plan.resume["complete"]
             self._resume_engine(plan, engine)
-            if complete:
+            if complete:  # the phase had ended: only its random state is left to continue from
+                pending, engine._pending_resume = engine._pending_resume, None
+                if pending.get("rng") is not None:
+                    set_rng_state(pending["rng"])
                 return engine
             remaining = epochs - engine.epoch
         engine.fit(x, epochs=remaining, batch_size=batch_size, seed=seed)
