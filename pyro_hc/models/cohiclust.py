@@ -691,6 +691,19 @@ class CoHiClust(ClusterEstimator):
             raise ValueError(f"prune_every must be >= 1, got {self.prune_every}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        for name in ("rotation", "shear", "beta2"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)!r}")
+        if self.beta1 is not None and not 0 <= self.beta1 < float("inf"):
+            raise ValueError(f"beta1 must be >= 0 and finite (or None: 2^-depth), got {self.beta1!r}")
+        for name in ("head_hidden", "projection_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r}")
+        for name, choices in (("tree_head", ("auto", "linear", "mlp")), ("contrastive_head", ("auto", *HEADS))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {choices}")
 
     def _resolved(self) -> dict:
         """The ``"auto"`` choices made concrete for the data's number of channels."""
