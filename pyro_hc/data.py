@@ -52,17 +52,23 @@ distribution format:
 
 The data root is never written to (it may be a read-only shared copy). Whatever has to be
 unpacked goes to the *cache*: the environment variable ``PYRO_HC_CACHE``, else
-``~/.cache/pyro_hc``. MNIST-like files are decompressed once into
-``<cache>/MNIST/raw/`` (``<cache>/FashionMNIST/raw/``), the layout torchvision reads; CIFAR
+``~/.cache/pyro_hc``. MNIST-like files from a data root are decompressed once into
+``<cache>/unpacked/<name>-<key>/MNIST/raw/`` (``FashionMNIST``), the layout torchvision reads, with
+``<key>`` a hash of the source folder: each root has its own copy, so loading from one root never
+replaces another's, and an empty or mistyped root is reported as missing rather than served
+whatever was unpacked last. Each file is checked (gzip stream, IDX header and length) before it
+replaces a cached copy, so a corrupt source never overwrites a good copy; ``<cache>/MNIST/raw/``
+itself holds torchvision downloads only. CIFAR
 archives are extracted into ``<cache>/<name>/``; the 20 Newsgroups TF-IDF matrix is computed once
-(~20 s) and kept, sparse, in ``<cache>/20newsgroups/``. ``download=True`` lets torchvision
-download a missing data set into the cache.
+(~20 s) and kept, sparse, in ``<cache>/20newsgroups/``. ``download=True`` lets torchvision download a
+missing data set into the cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -81,6 +87,8 @@ import networkx as nx
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._catalog import FILE_FORMATS
 
 __all__ = [
     "Dataset",
@@ -454,7 +462,6 @@ class Dataset:
 # ---------------------------------------------------------------------------------------------
 
 #: suffixes :meth:`Dataset.from_file` reads (and folders, as torchvision ImageFolder trees)
-FILE_FORMATS: tuple[str, ...] = (".npy", ".npz", ".pt", ".pth", ".csv", ".tsv")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -775,12 +782,35 @@ def _lacks(folder: Path, what: str) -> str:
     return "folder does not exist" if not folder.is_dir() else f"missing {what}"
 
 
-def _materialise(source: Path, target: Path) -> None:
+def _check_idx(source: Path, unpacked: Path) -> None:
+    """Raise ``ValueError`` unless ``unpacked`` is a whole IDX file (magic, dimensions, length)."""
+    size = unpacked.stat().st_size
+    with open(unpacked, "rb") as handle:
+        head = handle.read(4)
+        if len(head) == 4 and head[:2] == b"\x00\x00" and head[2] == 0x08 and 1 <= head[3] <= 4:
+            dims = handle.read(4 * head[3])
+            if len(dims) == 4 * head[3]:
+                shape = [int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4)]
+                expected = 4 + len(dims) + math.prod(shape)
+                if size == expected:
+                    return
+                raise ValueError(f"{source} is damaged or truncated: its IDX header promises {expected} bytes "
+                                 f"(shape {shape}), it holds {size}; the cached copy was left as it was")
+    raise ValueError(f"{source} is not an IDX file (bad header); the cached copy was left as it was")
+
+
+def _source_key(folder: Path) -> str:
+    """A short, stable name for a source folder (its resolved path hashed)."""
+    return hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+
+
+def _materialise(source: Path, target: Path, check: Callable[[Path, Path], None] | None = None) -> None:
     """Decompress (``.gz``) or copy ``source`` to ``target`` unless an up-to-date copy exists.
 
     A small JSON stamp next to ``target`` records the source path, size and modification time,
     so a changed source is unpacked again while an unchanged one costs a ``stat``. The copy is
-    written to a temporary file and renamed, so concurrent loaders never see half a file.
+    written to a temporary file, checked by ``check(source, temporary)`` and renamed, so
+    concurrent loaders never see half a file and a corrupt source never replaces a good copy.
     """
     stat = source.stat()
     record = {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -797,8 +827,14 @@ def _materialise(source: Path, target: Path) -> None:
     )
     try:
         opener: Callable[..., Any] = gzip.open if source.suffix == ".gz" else open
-        with opener(source, "rb") as fin, os.fdopen(handle, "wb") as fout:
-            shutil.copyfileobj(fin, fout, length=1 << 22)
+        try:
+            with opener(source, "rb") as fin, os.fdopen(handle, "wb") as fout:
+                shutil.copyfileobj(fin, fout, length=1 << 22)
+        except (OSError, EOFError, ValueError) as err:  # gzip.BadGzipFile is an OSError; zlib.error too
+            raise ValueError(f"{source} is damaged or truncated (cannot decompress it: {err}); "
+                             f"the cached copy {target} was left as it was") from err
+        if check is not None:
+            check(source, Path(temporary))
         os.chmod(temporary, 0o644)  # mkstemp creates 0600; a shared cache should stay readable
         os.replace(temporary, target)
     finally:
@@ -849,10 +885,14 @@ def _to_unit_float(images: Tensor) -> Tensor:
 
 
 def _mnist_like_root(name: str, tv_class: type, where: _Where) -> Path:
-    """Make ``<cache>/<ClassName>/raw/`` hold the decompressed IDX files; return the cache."""
+    """The torchvision root whose ``<ClassName>/raw/`` holds the decompressed IDX files of this source.
+
+    Files from the data root go to ``<cache>/unpacked/<name>-<key of the source folder>/``;
+    ``<cache>/<ClassName>/raw/`` serves only files torchvision downloaded (no source stamps).
+    """
     files = [Path(resource[0]).name.removesuffix(".gz") for resource in tv_class.resources]
     source_dir = where.data_root / name
-    raw_dir = where.cache_dir / tv_class.__name__ / "raw"
+    raw_dir = where.cache_dir / tv_class.__name__ / "raw"  # torchvision's download location
 
     sources: dict[str, Path] = {}
     for file in files:
@@ -861,11 +901,12 @@ def _mnist_like_root(name: str, tv_class: type, where: _Where) -> Path:
                 sources[file] = candidate
                 break
     if len(sources) == len(files):
+        unpacked_root = where.cache_dir / "unpacked" / f"{name}-{_source_key(source_dir)}"
         for file, source in sources.items():
-            _materialise(source, raw_dir / file)
-        return where.cache_dir
-    if all((raw_dir / file).is_file() for file in files):
-        return where.cache_dir  # unpacked earlier, e.g. by a download
+            _materialise(source, unpacked_root / tv_class.__name__ / "raw" / file, check=_check_idx)
+        return unpacked_root
+    if _downloaded(raw_dir, files):
+        return where.cache_dir  # downloaded earlier by torchvision
     if where.download:
         tv_class(str(where.cache_dir), train=True, download=True)
         return where.cache_dir
@@ -880,6 +921,11 @@ def _mnist_like_root(name: str, tv_class: type, where: _Where) -> Path:
         ],
         "the four IDX files (" + ", ".join(f + ".gz" for f in files) + ")",
     )
+
+
+def _downloaded(raw_dir: Path, files: Sequence[str]) -> bool:
+    """Whether ``raw_dir`` holds a torchvision download (not a copy unpacked from some data root)."""
+    return all((raw_dir / f).is_file() and not (raw_dir / f"{f}.source.json").exists() for f in files)
 
 
 def _load_mnist_like(
@@ -993,9 +1039,7 @@ def _mnist_like_present(name: str, tv_class_name: str) -> Callable[[_Where], boo
             (where.data_root / name / f"{f}.gz").is_file() or (where.data_root / name / f).is_file()
             for f in files
         )
-        return in_root or all(
-            (where.cache_dir / tv_class.__name__ / "raw" / f).is_file() for f in files
-        )
+        return in_root or _downloaded(where.cache_dir / tv_class.__name__ / "raw", files)
 
     return present
 

@@ -253,7 +253,9 @@ def test_mnist_like_files_are_unpacked_once_into_the_cache(tmp_path):
     )
     assert _snapshot(root / "mnist") == before, "the data root must never be written to"
 
-    unpacked = cache / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    # each source folder has its own unpacked copy (issue 18: the cache is keyed by source)
+    (unpacked,) = cache.glob("unpacked/mnist-*/MNIST/raw/train-images-idx3-ubyte")
+    assert not (cache / "MNIST").exists(), "the download location holds downloads only"
     assert unpacked.stat().st_size == 16 + 5 * 28 * 28
     stamp_time = unpacked.stat().st_mtime_ns
     load_dataset("mnist", root=root, split="train")
@@ -269,9 +271,10 @@ def test_mnist_like_files_are_unpacked_once_into_the_cache(tmp_path):
         fresh.x[:, 0].numpy(), new_arrays["train-images-idx3-ubyte"] / 255.0, atol=1e-7
     )
 
-    # Once unpacked (or downloaded), the cache alone suffices.
+    # An empty or mistyped root is missing data, not whatever was unpacked last (issue 18).
     empty_root = tmp_path / "elsewhere"
-    assert len(load_dataset("mnist", root=empty_root, split="train")) == 5
+    with pytest.raises(FileNotFoundError):
+        load_dataset("mnist", root=empty_root, split="train")
 
 
 def test_fashion_mnist_uses_its_own_folders(tmp_path):
@@ -281,7 +284,7 @@ def test_fashion_mnist_uses_its_own_folders(tmp_path):
         data.name == "fashion_mnist"
         and data.y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
     )
-    assert (tmp_path / "cache" / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte").is_file()
+    assert len(list((tmp_path / "cache").glob("unpacked/fashion_mnist-*/FashionMNIST/raw/train-labels-idx1-ubyte"))) == 1
     with pytest.raises(FileNotFoundError):
         load_dataset("mnist", root=tmp_path / "data")
 

@@ -404,6 +404,8 @@ class NCRPHeuristics(Callback):
             return 0
         node = inner_paths[column - len(full_paths)][-1]
         new_nodes = list(module.grow(node))
+        if not new_nodes:  # the tree is at capacity: the model warned and skipped the move
+            return 0
         module.tree.log_event("grow", new_nodes, epoch=state.epoch, step=state.step, parent=node)
         return 1
 

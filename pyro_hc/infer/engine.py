@@ -11,10 +11,12 @@ module's mode when it is built, so build modules inside :func:`~pyro_hc.infer.lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pyro.infer import ELBO
 from pyro.optim.clipped_adam import ClippedAdam
@@ -28,7 +30,8 @@ from .device import local_params
 from .elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 from .graphs import CapturedStep
 
-__all__ = ["SVIEngine", "NonFiniteLossError", "make_elbo", "OPTIMIZERS", "ELBOS"]
+__all__ = ["SVIEngine", "DivergenceError", "NonFiniteLossError", "make_elbo", "OPTIMIZERS", "ELBOS",
+           "rng_state", "set_rng_state"]
 
 OPTIMIZERS = ("adam", "clipped_adam")
 ELBOS = ("trace", "trace_enum")
@@ -46,8 +49,51 @@ class _ELBOLoss(torch.nn.Module):
         return self.elbo.differentiable_loss(self.module.model, self.module.guide, x, index, num_data)
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the phase, epoch and step."""
+class DivergenceError(FloatingPointError):
+    """Training diverged; the message names the phase, epoch and step and says what to change.
+
+    Raised when the loss grows ``divergence_factor`` times beyond its starting value (a loss that
+    "trains" to 1e20 is no result); its subclass :class:`NonFiniteLossError` when the loss, a
+    parameter or a distribution's parameter became NaN, infinite or left its support.
+    """
+
+
+class NonFiniteLossError(DivergenceError):
+    """The loss (or a parameter, or a distribution's parameter) became NaN or infinite."""
+
+
+_HINT = "lower the learning rate, check the data for extreme values, or use optimizer='clipped_adam'"
+
+
+def _is_invalid_parameter(err: ValueError) -> bool:
+    """torch.distributions' validation of a parameter (not of observed data): a sign of divergence."""
+    text = str(err)
+    return "Expected parameter" in text and "to satisfy the constraint" in text
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states (torch CPU and CUDA, NumPy, Python) as checkpointable tensors and tuples."""
+    mt, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (str(mt), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                  float(cached)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    mt, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((mt, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def make_elbo(loss: str | ELBO, max_plate_nesting: int = 1, num_particles: int = 1) -> ELBO:
@@ -99,6 +145,9 @@ class SVIEngine:
         learning rate changed. Needs ``optimizer="adam"``; ignored on the CPU, under
         ``torch.distributed`` and for modules with ``cuda_graph_safe = False``. A step that
         cannot be captured raises ``RuntimeError``.
+    divergence_factor:
+        Raise :class:`DivergenceError` when a step's per-datum loss exceeds this many times the
+        magnitude of the phase's first loss (at least 1); ``None`` turns the check off.
     """
 
     def __init__(
@@ -122,6 +171,7 @@ class SVIEngine:
         checkpoint_extra: dict[str, Any] | None = None,
         lr_multipliers: dict[str, float] | None = None,
         cuda_graphs: bool = False,
+        divergence_factor: float | None = 1e4,
     ) -> None:
         for method in ("model", "guide"):
             if not callable(getattr(module, method, None)):
@@ -163,6 +213,14 @@ class SVIEngine:
         self.cuda_graphs = bool(cuda_graphs and getattr(module, "cuda_graph_safe", True))
         self._captured: CapturedStep | None = None
         self.graph_captures = 0  # how many times a step was recorded (each tree or lr change costs one)
+        if divergence_factor is not None and not divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1 or None, got {divergence_factor}")
+        self.divergence_factor = divergence_factor
+        self.loss_baseline: float | None = None  # |per-datum loss| of the phase's first step
+        #: called with the engine after every completed epoch (history written, counters advanced)
+        self.epoch_end_hooks: list[Callable[["SVIEngine"], None]] = []
+        self.batcher: DeviceBatcher | None = None
+        self._pending_resume: dict[str, Any] | None = None  # RNG, batcher and callback states to apply
 
     def _loss_module(self) -> torch.nn.Module:
         """The loss as a module; in a multi-process run, wrapped in ``DistributedDataParallel``.
@@ -259,6 +317,7 @@ class SVIEngine:
             # identical (DDP averages the gradients; rank 0's structural initialisations are broadcast).
             torch.manual_seed((seed * 1_000_003 + self.epoch * 7919 + rank + 1) % 2**63)
         batcher = DeviceBatcher(num_data, batch_size, device=x.device, shuffle=True, seed=seed)
+        self.batcher = batcher
         state = FitState(engine=self, epoch=self.epoch, step=self.step_count, num_data=num_data)
         bar = tqdm(
             total=epochs * len(batcher), disable=not self.progress, desc=self.phase, unit="step", leave=False,
@@ -268,6 +327,7 @@ class SVIEngine:
         with local_params(), bar:
             for cb in self.callbacks:
                 cb.on_fit_start(state)
+            self._apply_pending_resume()
             for _ in range(epochs):
                 state.epoch, state.logs, state.epoch_loss = self.epoch, {}, None
                 for cb in self.callbacks:
@@ -282,18 +342,20 @@ class SVIEngine:
                     batch_x = x[index]
                     try:
                         loss = self._step(batch_x, index, num_data, batch_size)
-                    except ValueError as err:
-                        # distribution validation rejects NaN parameters: report where training broke,
+                        self.step_count += 1
+                        state.step, state.batch_index, state.batch_x, state.loss = (self.step_count, index,
+                                                                                    batch_x, loss)
+                        pending.append(loss)
+                        for cb in self.callbacks:
+                            cb.on_step_end(state)
+                    except (ValueError, RuntimeError) as err:
+                        # distribution validation rejects NaN parameters (a heuristic's sampling too):
+                        # report where training broke,
                         # first from the losses not yet read back (the earliest bad step), else here
                         if pending:
                             self._drain(pending, num_data, bar)
                         self._raise_if_parameters_not_finite(err)
                         raise
-                    self.step_count += 1
-                    state.step, state.batch_index, state.batch_x, state.loss = self.step_count, index, batch_x, loss
-                    pending.append(loss)
-                    for cb in self.callbacks:
-                        cb.on_step_end(state)
                     if len(pending) >= self.check_every:
                         epoch_total += self._drain(pending, num_data, bar)
                         epoch_batches += len(pending)
@@ -310,11 +372,17 @@ class SVIEngine:
                 if self.cuda_graphs:
                     state.logs["graph_captures"] = float(self.graph_captures)
                 self.scheduler.step()
-                for cb in self.callbacks:
-                    cb.on_epoch_end(state)
+                try:
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(state)
+                except (ValueError, RuntimeError) as err:  # a heuristic evaluating a diverged model
+                    self._raise_if_parameters_not_finite(err)
+                    raise
                 # a structural move may have drawn random node initialisations: rank 0's are the ones kept
                 distributed.broadcast_module_(self.module)
                 self.epoch += 1
+                for hook in self.epoch_end_hooks:
+                    hook(self)
                 if state.stop:
                     break
             for cb in self.callbacks:
@@ -329,6 +397,12 @@ class SVIEngine:
                 f"{self.phase}: parameters {bad[:5]} became NaN or infinite before epoch {self.epoch}, "
                 f"step {self.step_count + 1}; lower the learning rate or use optimizer='clipped_adam'"
             ) from cause
+        if isinstance(cause, ValueError) and _is_invalid_parameter(cause):
+            first = str(cause).split(" of distribution")[0].replace("Expected parameter ", "")
+            raise NonFiniteLossError(
+                f"{self.phase}: training diverged at epoch {self.epoch}, step {self.step_count + 1}: a "
+                f"distribution's parameter ({first}) became NaN or left its support; {_HINT}"
+            ) from cause
 
     def _drain(self, pending: list[torch.Tensor], num_data: int, bar: tqdm) -> float:
         """Read a run of step losses back to the host, check them, advance the bar; return their sum per datum."""
@@ -338,11 +412,22 @@ class SVIEngine:
             first_bad = int((~finite).nonzero()[0, 0])
             bad_step = self.step_count - len(pending) + first_bad + 1
             raise NonFiniteLossError(
-                f"{self.phase}: the loss became {values[first_bad].item()} at epoch {self.epoch}, "
-                f"step {bad_step}; lower the learning rate, check the data for extreme values, or "
-                f"use optimizer='clipped_adam'"
+                f"{self.phase}: training diverged: the loss became {values[first_bad].item()} at epoch {self.epoch}, "
+                f"step {bad_step}; {_HINT}"
             )
         per_datum = values / num_data
+        if self.loss_baseline is None:
+            self.loss_baseline = max(abs(float(per_datum[0])), 1.0)
+        if self.divergence_factor is not None:
+            too_big = per_datum.abs() > self.divergence_factor * self.loss_baseline
+            if bool(too_big.any()):
+                first_bad = int(too_big.nonzero()[0, 0])
+                raise DivergenceError(
+                    f"{self.phase}: training diverged at epoch {self.epoch}, step "
+                    f"{self.step_count - len(pending) + first_bad + 1}: the loss per datum reached "
+                    f"{per_datum[first_bad].item():.4g}, over {self.divergence_factor:g} times its start "
+                    f"({self.loss_baseline:.4g}); {_HINT}"
+                )
         bar.update(len(pending))
         bar.set_postfix(epoch=self.epoch, loss=f"{per_datum[-1].item():.4g}", refresh=False)
         return float(per_datum.sum())
@@ -362,7 +447,30 @@ class SVIEngine:
             "epoch": self.epoch,
             "step": self.step_count,
             "phase": self.phase,
+            "loss_baseline": self.loss_baseline,
+            "batcher": self.batcher.state_dict() if self.batcher is not None else None,
+            "callbacks": self._callback_states(),
+            "rng": rng_state(),
         }
+
+    def _callback_states(self) -> list[Any]:
+        """``state_dict()`` of every callback that has one (None for the others), in order."""
+        return [cb.state_dict() if callable(getattr(cb, "state_dict", None)) and cb is not self.history else None
+                for cb in self.callbacks]
+
+    def _apply_pending_resume(self) -> None:
+        """After ``on_fit_start``: the random, batch-order and callback states a resumed fit continues from."""
+        resume, self._pending_resume = self._pending_resume, None
+        if resume is None:
+            return
+        if resume.get("batcher") is not None and self.batcher is not None:
+            self.batcher.load_state_dict(resume["batcher"])
+        states = resume.get("callbacks") or []
+        for cb, cb_state in zip(self.callbacks, states):
+            if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
+                cb.load_state_dict(cb_state)
+        if resume.get("rng") is not None:
+            set_rng_state(resume["rng"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved, the tree included."""
@@ -375,6 +483,17 @@ class SVIEngine:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history.records[:] = state["history"]
         self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
+        self.loss_baseline = state.get("loss_baseline")
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` and make the next :meth:`fit` continue that fit exactly.
+
+        Besides :meth:`load_state_dict`: the batch order, the callbacks' states and the global
+        random states, applied when ``fit`` starts (after ``on_fit_start``). Call ``fit`` with the
+        same ``x``, ``batch_size`` and ``seed`` and the remaining epochs.
+        """
+        self.load_state_dict(state)
+        self._pending_resume = {key: state.get(key) for key in ("batcher", "callbacks", "rng")}
 
     def save_checkpoint(self, path: str | Path, epoch: int | None = None) -> Path:
         """Write :meth:`state_dict` to ``path`` atomically."""

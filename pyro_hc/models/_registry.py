@@ -58,11 +58,15 @@ def get_model(name: str, **config: Any):
 
 def load(path: str | Path, device: str | torch.device = "cpu"):
     """Restore a fitted model saved by ``model.save(path)`` (or a training checkpoint), tree included."""
-    from ..infer.checkpoint import load_checkpoint
+    from ..infer.checkpoint import ModelFileError, load_checkpoint
 
-    payload = load_checkpoint(path, map_location="cpu")
-    if "model" not in payload or "config" not in payload:
-        raise ValueError(f"{path} is not a pyro_hc model file (no 'model'/'config' entries)")
-    estimator = get_model(payload["model"], **payload["config"])
-    estimator._restore(payload, device=device)
+    payload = load_checkpoint(path, map_location="cpu")  # ModelFileError for an empty/truncated/damaged file
+    if not all(key in payload for key in ("model", "config", "data_spec", "module")):
+        raise ModelFileError(path, "foreign", "not a pyro_hc model file (no 'model'/'config'/'module' entries)")
+    try:
+        estimator = get_model(payload["model"], **payload["config"])
+        estimator._restore(payload, device=device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelFileError(path, "mismatch", f"not loadable: its parameters do not fit its {payload['model']!r} "
+                             f"configuration ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
     return estimator

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..heuristics.cohiclust import LeafPruning
 from ..infer import Callback, FitState, distributed, load_checkpoint
 from ..tree import ClusterTree
 from ._registry import register_model
-from ..nn import AUGMENTATIONS, BACKBONES, STEMS, BatchAugment, make_backbone, make_head
+from ..nn import AUGMENTATIONS, BACKBONES, HEADS, STEMS, BatchAugment, make_backbone, make_head
 from ._plate import data_plate
 
 __all__ = [
@@ -544,7 +544,7 @@ class CoHiClust(ClusterEstimator):
         self.head_hidden = head_hidden
         self.projection_dim = projection_dim
         self.augment = augment
-        self.crop_scale = None if crop_scale is None else tuple(crop_scale)
+        self.crop_scale = as_setting_tuple(crop_scale)
         self.rotation = rotation
         self.shear = shear
         self.beta1 = beta1
@@ -590,6 +590,19 @@ class CoHiClust(ClusterEstimator):
             raise ValueError(f"unknown r1 {self.r1!r}; choose one of {R1_FORMS}")
         if self.stem not in STEMS:
             raise ValueError(f"unknown stem {self.stem!r}; choose one of {STEMS}")
+        for name in ("rotation", "shear", "beta2"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)!r}")
+        if self.beta1 is not None and not 0 <= self.beta1 < float("inf"):
+            raise ValueError(f"beta1 must be >= 0 and finite (or None: 2^-depth), got {self.beta1!r}")
+        for name in ("head_hidden", "projection_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r}")
+        for name, choices in (("tree_head", ("auto", "linear", "mlp")), ("contrastive_head", ("auto", *HEADS))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {choices}")
 
     def _resolved(self) -> dict:
         """The ``"auto"`` choices made concrete for the data's number of channels."""

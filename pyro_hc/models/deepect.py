@@ -19,6 +19,7 @@ when the tree changes. Growing and pruning are engine callbacks
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..heuristics.deepect import DeepECTHeuristics
 from ..infer import Callback, distributed, load_checkpoint
 from ..baselines import SPLIT_ATTR
@@ -530,7 +531,7 @@ class DeepECT(ClusterEstimator):
         self.augment = augment
         self.reconstruction = reconstruction
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.activation = activation
         self.epochs = epochs
         self.batch_size = batch_size
@@ -579,6 +580,8 @@ class DeepECT(ClusterEstimator):
         if self.pretrain_epochs < 0 or self.layerwise_pretrain_epochs < 0:
             raise ValueError("pretrain_epochs and layerwise_pretrain_epochs must be >= 0, got "
                              f"{self.pretrain_epochs} and {self.layerwise_pretrain_epochs}")
+        if self.pretrained is not None and not os.path.isfile(self.pretrained):
+            raise FileNotFoundError(f"pretrained={self.pretrained!r}: no such model file")
 
     def _build_module(self) -> DeepECTModule:
         return DeepECTModule(self.data_spec_.n_features, self.latent_dim, self.hidden_dims, self.activation,

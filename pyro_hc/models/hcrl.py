@@ -19,7 +19,7 @@ from pyro.nn import PyroParam
 from torch.distributions import constraints
 
 from ..distributions import NestedStickBreaking, dirichlet_laplace_approximation
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..nn import Decoder, NormalEncoder
 from ..heuristics import NCRPHeuristics
 from ..heuristics.elbo_moves import ELBOStructureMoves
@@ -364,7 +364,7 @@ class _HCRL(ClusterEstimator):
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.likelihood = likelihood
         self.capacity = capacity
         self.stick_concentration = stick_concentration
@@ -407,6 +407,7 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"elbo_lock_epochs must be an integer >= 0, got {self.elbo_lock_epochs!r}")
         if not self.elbo_birth_margin >= 0:
             raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
+        self.heuristics(0)  # GROW / PRUNE / MERGE settings, checked now rather than after pretraining
 
     def _build_module(self) -> HCRLModule:
         spec = self.data_spec_

@@ -23,7 +23,7 @@ from pyro.nn import PyroModule, PyroParam
 from sklearn.cluster import KMeans
 from torch import nn
 
-from ..estimator import ClusterEstimator, NotFittedError
+from ..estimator import ClusterEstimator, NotFittedError, as_setting_tuple
 from ..infer import Callback, local_params
 from ..nn import BatchedDecoder, BatchedEncoder
 from ..tree import ClusterTree
@@ -378,7 +378,7 @@ class KDVAE(ClusterEstimator):
         self.objective = objective
         self.kl = kl
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.likelihood = likelihood
         self.epochs = epochs
         self.batch_size = batch_size
@@ -389,7 +389,7 @@ class KDVAE(ClusterEstimator):
         self.warmup_lr = warmup_lr
         self.vade_epochs = vade_epochs
         self.vade_pretrain_epochs = vade_pretrain_epochs
-        self.vade_hidden_dims = tuple(vade_hidden_dims)
+        self.vade_hidden_dims = as_setting_tuple(vade_hidden_dims)
         self.vade_lr = vade_lr
         self.init_from = init_from
 
@@ -567,6 +567,7 @@ class KDAE(KDVAE):
     """
 
     variational = False
+    density_model = False  # no likelihood: the variance heads are never trained
 
     def _check_config(self, x: torch.Tensor) -> None:
         super()._check_config(x)

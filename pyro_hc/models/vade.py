@@ -19,9 +19,9 @@ from sklearn.mixture import GaussianMixture
 from torch.distributions import constraints
 
 from .. import metrics
-from ..estimator import ClusterEstimator
-from ..nn import Decoder, NormalEncoder
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..infer import Callback, FitState
+from ..nn import Decoder, NormalEncoder
 from ..tree import ClusterTree
 from ._plate import data_plate
 from ._registry import register_model
@@ -261,7 +261,7 @@ class VaDE(ClusterEstimator):
     ) -> None:
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.likelihood = likelihood
         self.epochs = epochs
         self.batch_size = batch_size

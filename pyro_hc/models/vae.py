@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ..estimator import ClusterEstimator
+from ..estimator import ClusterEstimator, as_setting_tuple
 from ..nn import Decoder, NormalEncoder
 from ..infer import Callback
 from ..tree import ClusterTree
@@ -76,7 +76,7 @@ class VAE(ClusterEstimator):
         lr_decay_every: int = 10,
     ) -> None:
         self.latent_dim = latent_dim
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = as_setting_tuple(hidden_dims)
         self.likelihood = likelihood
         self.epochs = epochs
         self.batch_size = batch_size
