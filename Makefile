@@ -39,7 +39,7 @@ DEMO_ARGS ?= cohiclust --dataset digits --seed 0 --epochs 30 --batch-size 128 \
 # 2-core machine the demo took 38 s of CPU on one thread, and two threads had burnt 253 s of CPU in
 # 14 minutes without finishing.
 demo: $(VENV)/.installed  ## train CoHiClust on the bundled digits; print its metrics, its tree and k-means + Ward beside it
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pyro-hc fit $(DEMO_ARGS) --baseline --plot-tree --out runs/demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pyro-hc fit $(DEMO_ARGS) --baseline --plot-tree --overwrite --out runs/demo
 
 test: $(VENV)/.installed-test  ## the whole test suite (CI runs exactly this)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
