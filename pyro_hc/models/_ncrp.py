@@ -229,7 +229,9 @@ class NCRPTreeModule(PyroModule):
     # moves accepted on the ELBO (called by pyro_hc.heuristics.ELBOStructureMoves) --------------
 
     def _set_node_gaussian(self, node: int, mean: torch.Tensor, std: torch.Tensor) -> None:
-        raise NotImplementedError(f"{type(self).__name__} does not support ELBO-tested structure moves")
+        # HCRL's nodes are point Gaussians it can place; VAE-nCRP's node means are random variables
+        # with their own guides, which the ELBO-tested moves do not cover
+        raise TypeError(f"{type(self).__name__} does not support ELBO-tested structure moves (HCRL1 / HCRL2 do)")
 
     @torch.no_grad()
     def split_leaf(self, leaf: int, keep: tuple[torch.Tensor, torch.Tensor],
