@@ -365,8 +365,8 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from .estimator import evaluate
+def _open_run(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Dataset]:
+    """A saved run's record, model and data set (``evaluate`` and ``show``), announced in one line."""
     from .models import load
 
     run_dir = Path(args.run_dir)
@@ -374,6 +374,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = load(run_dir / MODEL_FILE)
     dataset = _run_dataset(record, args.split, args.data_root)
     print(f"{record['model']} on {record['dataset']} ({len(dataset)} points)")
+    return record, model, dataset
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .estimator import evaluate
+
+    _, model, dataset = _open_run(args)
     print(format_metrics(evaluate(model, dataset)))
     return 0
 
@@ -576,13 +583,7 @@ def _report_tree(model, dataset: Dataset, out: Path | None, model_name: str, *, 
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .models import load
-
-    run_dir = Path(args.run_dir)
-    record = _read_run(run_dir)
-    model = load(run_dir / MODEL_FILE)
-    dataset = _run_dataset(record, args.split, args.data_root)
-    print(f"{record['model']} on {record['dataset']} ({len(dataset)} points)")
+    record, model, dataset = _open_run(args)
     seed = record.get("fit", {}).get("seed") or 0
     _report_tree(model, dataset, None, record["model"], baseline=args.baseline, seed=seed)
     return 0
