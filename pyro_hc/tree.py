@@ -517,6 +517,34 @@ class ClusterTree:
         self._graph.remove_node(drop)
         self._mutated()
 
+    def move(self, node: int, new_parent: int) -> None:
+        """Re-parent ``node`` (with its whole subtree) below ``new_parent``.
+
+        Attributes are kept. A parent left without children stays in the tree (as a leaf).
+
+        Raises
+        ------
+        NodeNotFoundError
+            If either node is not in the tree.
+        ValueError
+            If ``node`` is the root, or ``new_parent`` is ``node`` or one of its descendants
+            (re-parenting would create a cycle).
+        """
+        node = self._require(node)
+        new_parent = self._require(new_parent)
+        if node == self._root:
+            raise ValueError(f"cannot move the root (node {node})")
+        structure = self._structure()
+        start = structure.position[node]
+        if start <= structure.position[new_parent] < start + structure.size[node]:
+            raise ValueError(f"cannot move node {node} below itself or its descendant {new_parent}")
+        old_parent = next(iter(self._graph.predecessors(node)))
+        if old_parent == new_parent:
+            return
+        self._graph.remove_edge(old_parent, node)
+        self._graph.add_edge(new_parent, node)
+        self._mutated()
+
     def replace_with_child(self, node: int) -> int:
         """Splice out a node that has exactly one child; the child takes its place.
 

@@ -28,7 +28,9 @@ def data():
 
 @pytest.fixture(scope="module")
 def fitted(data):
-    models = {name: pyro_hc.get_model(name, **TINY_NCRP).fit(data, epochs=4, **FIT)
+    # HCRL with the paper's GROW / PRUNE / MERGE, which branches within these 4 tiny epochs
+    paper = {"hcrl2": {"structure": "paper"}, "hcrl1": {"structure": "paper"}, "vae_ncrp": {}}
+    models = {name: pyro_hc.get_model(name, **TINY_NCRP, **paper[name]).fit(data, epochs=4, **FIT)
               for name in ("hcrl2", "hcrl1", "vae_ncrp")}
     for name in ("hcrl2", "hcrl1", "vae_ncrp"):
         assert len(models[name].tree.leaves()) >= 2, f"{name}: GROW never fired; the tests need a branching tree"

@@ -18,7 +18,8 @@ from pyro_hc import NotFittedError, plot  # noqa: E402
 from pyro_hc.cli import main  # noqa: E402
 from pyro_hc.tree import ClusterTree  # noqa: E402
 
-TINY_NCRP = dict(depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=1, capacity=16, lock_epochs=1)
+# the paper's GROW / PRUNE / MERGE: it grows a tree in 4 tiny epochs, which the plots need
+TINY_NCRP = dict(depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=1, capacity=16, lock_epochs=1, structure="paper")
 FIT = dict(batch_size=64, seed=0, progress=False)
 PLOTS = ["plot_tree", "plot_embedding", "plot_class_distance", "plot_history", "plot_node_samples",
          "plot_level_reconstructions"]

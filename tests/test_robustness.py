@@ -321,7 +321,7 @@ def test_cuda_graphs_and_amp_on_a_cpu_warn_and_are_recorded_off(small):
 
 
 def test_grow_at_capacity_warns_and_skips(small):
-    model = pyro_hc.get_model("hcrl1", **{**TINY["hcrl1"], "capacity": 4, "epochs": 6})
+    model = pyro_hc.get_model("hcrl1", **{**TINY["hcrl1"], "capacity": 4, "epochs": 6, "structure": "paper"})  # GROW
     with pytest.warns(RuntimeWarning, match="capacity of 4 nodes"):
         model.fit(small, progress=False)
     assert len(model.tree) <= 4 and not [e for e in model.tree.events if e["kind"] == "grow" and not e["nodes"]]

@@ -12,8 +12,8 @@
 
 from .logistic_normal import dirichlet_laplace_approximation
 from .normal_gamma import NormalGamma
-from .nested_stick_breaking import BIRTH, NestedStickBreaking, PathIndex, path_index, sibling_order
+from .nested_stick_breaking import BIRTH, NestedStickBreaking, PathIndex, add_child_in_order, path_index, sibling_order
 from .tree_drift import GaussianTreeDrift
 
-__all__ = ["BIRTH", "GaussianTreeDrift", "NestedStickBreaking", "NormalGamma", "PathIndex", "dirichlet_laplace_approximation",
-           "path_index", "sibling_order"]
+__all__ = ["BIRTH", "GaussianTreeDrift", "NestedStickBreaking", "NormalGamma", "PathIndex", "add_child_in_order",
+           "dirichlet_laplace_approximation", "path_index", "sibling_order"]

@@ -41,7 +41,7 @@ from torch.distributions.utils import clamp_probs
 
 from ..tree import ClusterTree, dataclass_to
 
-__all__ = ["BIRTH", "NestedStickBreaking", "PathIndex", "path_index", "sibling_order"]
+__all__ = ["BIRTH", "NestedStickBreaking", "PathIndex", "add_child_in_order", "path_index", "sibling_order"]
 
 #: Node attribute holding a node's creation rank (an integer, increasing over the tree's life).
 BIRTH = "birth"
@@ -59,6 +59,17 @@ def sibling_order(tree: ClusterTree, parent: int) -> list[int]:
     if all(BIRTH in attributes[child] for child in children):
         return sorted(children, key=lambda child: (attributes[child][BIRTH], child))
     return children
+
+
+def add_child_in_order(tree: ClusterTree, parent: int) -> int:
+    """Add a child under ``parent`` stamped with the next creation rank (:data:`BIRTH`).
+
+    The stick-breaking orders siblings by this rank, not by id: ids are reused after a removal,
+    ranks never are, so a new child always comes after its older siblings.
+    """
+    attributes = tree.graph.nodes
+    rank = 1 + max((attributes[node][BIRTH] for node in tree.nodes() if BIRTH in attributes[node]), default=0)
+    return tree.add_child(parent, **{BIRTH: rank})
 
 
 @dataclass(frozen=True)

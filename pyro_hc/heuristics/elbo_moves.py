@@ -1,4 +1,4 @@
-"""Structure moves accepted only when they raise the ELBO: leaf birth and leaf merge for nCRP trees.
+"""Structure moves accepted only when they raise the ELBO: births, merges and re-parenting on nCRP trees.
 
 Memoized variational inference (Hughes & Sudderth, NIPS 2013; Hughes, Kim & Sudderth, AISTATS
 2015) proposes births and merges of mixture components and keeps one only if the ELBO, computed
@@ -30,6 +30,16 @@ birth
 merge
     Fold a leaf into a sibling leaf. Candidate pairs: the nearest by the symmetrised KL
     divergence between the two leaves' Gaussians.
+ancestor birth
+    A new leaf below a node one level above the leaves, from the tighter half (a two-component
+    split) of the data that node's paths' *ancestors* emit: a cluster no leaf covers ends up with
+    the broad root and coarse Gaussians, where a leaf birth cannot see it.
+coarse moves (split internal, merge internal, re-parent)
+    A new sibling of an internal node adopts some of its children (two groups by 2-means of the
+    children's subtree means); two internal siblings become one; a subtree moves to another
+    internal node of its parent's level. Every datum keeps its ``q`` over (leaf, level), so only
+    the node and stick terms change and the ΔELBO is exact (:func:`relabel_delta`); the best
+    candidate of an epoch without leaf moves is applied if it raises the ELBO.
 
 Every proposal, accepted or rejected, is logged in the tree's event log with its ΔELBO.
 """
@@ -43,13 +53,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..distributions import BIRTH, NormalGamma, sibling_order
+from ..distributions import NormalGamma, add_child_in_order, sibling_order
 from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
-__all__ = ["ELBOStructureMoves", "birth_delta", "merge_delta", "node_prior", "propose_split", "refine_responsibilities",
-           "refined_birth_delta", "tree_elbo"]
+__all__ = ["ELBOStructureMoves", "ancestor_birth_delta", "birth_delta", "emission_weights", "merge_delta",
+           "merge_internal_tree", "node_prior", "propose_split", "refine_responsibilities",
+           "refined_birth_delta", "refined_merge_delta", "relabel_delta", "relabel_responsibilities",
+           "reparent_tree", "split_internal_tree", "subtree_weights", "tree_elbo"]
 
 
 def _xlogx(x: Tensor) -> Tensor:
@@ -228,22 +240,142 @@ def refined_birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor
     refined leaf-level weights ``[N, 2]`` (old leaf, new leaf), to place their Gaussians."""
     paths = tree.paths()
     parent = paths[row][-2]
-    before_nodes = torch.as_tensor(paths, dtype=torch.long, device=resp.device)
-    before = refine_responsibilities(tree, before_nodes, [row], resp, z_loc, z_var, log_eta, prior, steps)
     grown = tree.copy()
-    rank = 1 + max((grown.graph.nodes[v].get(BIRTH, 0) for v in grown.nodes()), default=0)
-    new_leaf = grown.add_child(parent, **{BIRTH: rank})
+    new_leaf = add_child_in_order(grown, parent)
     after_paths = grown.paths()
     columns = {path: resp[:, i] for i, path in enumerate(paths)}
     columns[paths[row][:-1] + (new_leaf,)] = resp[:, row] * (1 - split[:, None])
     columns[paths[row]] = resp[:, row] * split[:, None]
     after = torch.stack([columns[path] for path in after_paths], 1)
-    after_nodes = torch.as_tensor(after_paths, dtype=torch.long, device=resp.device)
     pair = [after_paths.index(paths[row]), after_paths.index(paths[row][:-1] + (new_leaf,))]
-    after = refine_responsibilities(grown, after_nodes, pair, after, z_loc, z_var, log_eta, prior, steps)
+    delta, after = _refined_delta(tree, resp, [row], grown, after, pair, z_loc, z_var, log_eta, prior, gamma, steps)
+    return delta, after[:, pair, -1]
+
+
+def _refined_delta(tree: ClusterTree, before: Tensor, rows_before: Sequence[int], grown: ClusterTree,
+                   after: Tensor, rows_after: Sequence[int], z_loc: Tensor, z_var: Tensor, log_eta: Tensor,
+                   prior: NormalGamma, gamma: float, steps: int) -> tuple[Tensor, Tensor]:
+    """``tree_elbo(grown, after) − tree_elbo(tree, before)`` after ``steps`` partial E-steps on the
+    rows each side's move touches (:func:`refine_responsibilities`), and the refined ``after``."""
+    before_nodes = torch.as_tensor(tree.paths(), dtype=torch.long, device=before.device)
+    after_nodes = torch.as_tensor(grown.paths(), dtype=torch.long, device=after.device)
+    before = refine_responsibilities(tree, before_nodes, rows_before, before, z_loc, z_var, log_eta, prior, steps)
+    after = refine_responsibilities(grown, after_nodes, rows_after, after, z_loc, z_var, log_eta, prior, steps)
     delta = (tree_elbo(grown, after_nodes, after, z_loc, z_var, log_eta, prior, gamma)
              - tree_elbo(tree, before_nodes, before, z_loc, z_var, log_eta, prior, gamma))
-    return delta, after[:, pair, -1]
+    return delta, after
+
+
+def refined_merge_delta(tree: ClusterTree, keep_row: int, drop_row: int, resp: Tensor, z_loc: Tensor, z_var: Tensor,
+                        log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int) -> Tensor:
+    """ΔELBO of a leaf merge (:func:`merge_delta`) after ``steps`` partial E-steps on the two paths
+    before and on the merged one after — scored as :func:`refined_birth_delta` scores a birth, so
+    that a birth and the merge that would undo it are judged by the same measure (with
+    ``steps=0`` it equals :func:`merge_delta`)."""
+    paths = tree.paths()
+    drop = paths[drop_row][-1]
+    merged = tree.copy()
+    merged.remove_leaf(drop)
+    columns = {path: resp[:, i] for i, path in enumerate(paths)}
+    columns[paths[keep_row]] = resp[:, keep_row] + resp[:, drop_row]
+    after_paths = merged.paths()
+    after = torch.stack([columns[path] for path in after_paths], 1)
+    delta, _ = _refined_delta(tree, resp, [keep_row, drop_row], merged, after, [after_paths.index(paths[keep_row])],
+                              z_loc, z_var, log_eta, prior, gamma, steps)
+    return delta
+
+
+def ancestor_birth_delta(tree: ClusterTree, parent: int, share: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
+                         log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int
+                         ) -> tuple[Tensor, Tensor, ClusterTree, int]:
+    """ΔELBO of a new leaf below ``parent`` (one level above the leaves) that takes, of every datum,
+    the fraction ``share[n]`` of what the ancestors of ``parent``'s paths emit for it (their cells
+    above the leaf level), after ``steps`` partial E-steps on those paths (both sides alike).
+
+    The leaf birth of :func:`birth_delta` splits what a leaf emits; data a missing cluster leaves
+    to the broad Gaussians of the root and the coarse nodes are seen by this move only. Returns
+    the ΔELBO, the new leaf's refined leaf-level weights ``[N]``, the grown tree and the new id.
+    """
+    paths = tree.paths()
+    rows = [row for row, path in enumerate(paths) if len(path) >= 2 and path[-2] == parent]
+    grown = tree.copy()
+    new_leaf = add_child_in_order(grown, parent)
+    columns = {path: resp[:, i] for i, path in enumerate(paths)}
+    ancestors = resp[:, rows, :-1]  # N x |rows| x (L-1)
+    for i, row in enumerate(rows):
+        column = resp[:, row].clone()
+        column[:, :-1] = ancestors[:, i] * (1 - share[:, None])
+        columns[paths[row]] = column
+    born = torch.zeros_like(resp[:, 0])
+    born[:, -1] = ancestors.sum((1, 2)) * share
+    columns[paths[rows[0]][:-1] + (new_leaf,)] = born
+    after_paths = grown.paths()
+    after = torch.stack([columns[path] for path in after_paths], 1)
+    after_rows = [after_paths.index(paths[row]) for row in rows] + [after_paths.index(paths[rows[0]][:-1] + (new_leaf,))]
+    delta, after = _refined_delta(tree, resp, rows, grown, after, after_rows, z_loc, z_var, log_eta, prior, gamma,
+                                  steps)
+    return delta, after[:, after_rows[-1], -1], grown, new_leaf
+
+
+# coarse moves: the same leaves and q over (leaf, level), other internal nodes on the paths --------
+
+
+def relabel_responsibilities(tree: ClusterTree, new_tree: ClusterTree, resp: Tensor) -> Tensor:
+    """``resp [N, K, L]`` over ``tree.paths()`` reordered to ``new_tree.paths()`` (the same leaves)."""
+    rows = {path[-1]: row for row, path in enumerate(tree.paths())}
+    return resp[:, [rows[path[-1]] for path in new_tree.paths()]]
+
+
+def split_internal_tree(tree: ClusterTree, node: int, moved: Sequence[int]) -> tuple[ClusterTree, int]:
+    """A copy of ``tree`` in which a new sibling of ``node`` (last in creation order) adopts ``moved``."""
+    new_tree = tree.copy()
+    sibling = add_child_in_order(new_tree, new_tree.parent(node))
+    for child in moved:
+        new_tree.move(child, sibling)
+    return new_tree, sibling
+
+
+def merge_internal_tree(tree: ClusterTree, keep: int, drop: int) -> ClusterTree:
+    """A copy of ``tree`` in which internal sibling ``drop``'s children move to ``keep``."""
+    new_tree = tree.copy()
+    new_tree.merge(keep, drop)
+    return new_tree
+
+
+def reparent_tree(tree: ClusterTree, node: int, new_parent: int) -> ClusterTree:
+    """A copy of ``tree`` with ``node``'s subtree below ``new_parent``."""
+    new_tree = tree.copy()
+    new_tree.move(node, new_parent)
+    return new_tree
+
+
+def relabel_delta(tree: ClusterTree, new_tree: ClusterTree, resp: Tensor, z_loc: Tensor, z_var: Tensor,
+                  log_eta: Tensor, prior: NormalGamma, gamma: float, base: Tensor | None = None) -> Tensor:
+    """ΔELBO of a coarse move (``new_tree`` has the same leaves; every datum keeps its ``q`` over
+    (leaf, level), so what an internal node emitted for a moved subtree's data is emitted by the
+    subtree's new ancestor). Exact: only the node and stick terms change, the entropy and level
+    terms do not. ``base``: ``tree``'s ELBO, when already known."""
+    if base is None:
+        base = tree_elbo(tree, torch.as_tensor(tree.paths(), device=resp.device), resp, z_loc, z_var, log_eta, prior,
+                         gamma)
+    after = relabel_responsibilities(tree, new_tree, resp)
+    new_nodes = torch.as_tensor(new_tree.paths(), device=resp.device)
+    return tree_elbo(new_tree, new_nodes, after, z_loc, z_var, log_eta, prior, gamma) - base
+
+
+def emission_weights(tree: ClusterTree, resp: Tensor) -> dict[int, Tensor]:
+    """What each node emits for each datum, ``{node: [N]}`` (``Σ`` of its (path, level) cells)."""
+    n, k, levels = resp.shape
+    onehot, nodes = _emission_matrix(tree, torch.as_tensor(tree.paths(), device=resp.device), resp.dtype, resp.device)
+    weights = resp.reshape(n, k * levels) @ onehot
+    return {node: weights[:, i] for i, node in enumerate(nodes)}
+
+
+def subtree_weights(tree: ClusterTree, node: int, resp: Tensor) -> Tensor:
+    """Each datum's mass on the cells of ``node``'s subtree (the paths through it, from its level down), ``[N]``."""
+    level = tree.level(node)
+    rows = [row for row, path in enumerate(tree.paths()) if len(path) > level and path[level] == node]
+    return resp[:, rows, level:].sum((1, 2))
 
 
 @torch.no_grad()
@@ -301,6 +433,14 @@ class ELBOStructureMoves(Callback):
         A birth is accepted when its ΔELBO exceeds this many nats (0: whenever it raises the ELBO).
         The embedding moves between epochs, so a birth that only just pays can be undone by a merge
         a few epochs later, and the two then alternate.
+    ancestor_births:
+        Also propose, below every node one level above the leaves, a new leaf from the data its
+        paths' ancestors emit (:func:`ancestor_birth_delta`): a cluster no leaf covers is left to
+        the broad Gaussians of the root and coarse nodes, where no leaf birth can see it.
+    coarse_moves:
+        In an epoch without leaf moves, try the coarse moves (split and merge of internal nodes,
+        re-parenting) and keep the best if it raises the ELBO (exact in closed form,
+        :func:`relabel_delta`).
     refine_steps:
         Partial E-steps over (path, level) on the split path's data, before and after a birth,
         before the ΔELBO is read (:func:`refined_birth_delta`): data emitted by an ancestor may
@@ -318,7 +458,8 @@ class ELBOStructureMoves(Callback):
                  capacity: int | None = None, min_mass: float = 10.0, merge_pairs: int = 10,
                  prior_precision_scale: float = 0.1, prior_concentration: float = 1.0,
                  prior_variance_fraction: float = 0.1, split_steps: int = 20,
-                 encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0) -> None:
+                 encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0,
+                 ancestor_births: bool = True, coarse_moves: bool = True) -> None:
         if stick_concentration <= 0:
             raise ValueError(f"stick_concentration must be positive, got {stick_concentration}")
         if lock_epochs < 0 or merge_pairs < 0 or split_steps < 1 or min_mass < 0:
@@ -345,6 +486,8 @@ class ELBOStructureMoves(Callback):
         if not birth_margin >= 0:
             raise ValueError(f"birth_margin must be >= 0, got {birth_margin}")
         self.birth_margin = float(birth_margin)
+        self.ancestor_births = bool(ancestor_births)
+        self.coarse_moves = bool(coarse_moves)
         self.lock_counter = 0
         self._buffers: dict[str, Tensor] | None = None
         self._version: int | None = None
@@ -384,7 +527,7 @@ class ELBOStructureMoves(Callback):
             raise RuntimeError("the tree changed after the epoch's last step; the statistics no longer match it")
         if self.lock_counter < self.lock_epochs:
             self.lock_counter += 1
-            state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0)
+            state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0, coarse_moves=0.0)
             return
         if distributed.is_distributed():  # each datum was seen by one rank: the sums are the whole epoch's
             seen = self._buffers["seen"].to(self._buffers["z_loc"].dtype)
@@ -396,18 +539,22 @@ class ELBOStructureMoves(Callback):
         gamma = self.stick_concentration
         paths = tree.paths()
         epoch, step = state.epoch, state.step
-        merges = self._merge(module, tree, paths, resp, z_loc, z_var, prior, gamma, epoch, step)
         log_eta = self._buffers["log_eta"][seen]
+        merges = self._merge(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
         births = 0 if merges else self._births(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma,
                                                epoch, step)
-        changed = bool(births or merges)
+        coarse = 0
+        if self.coarse_moves and not (merges or births):
+            coarse = self._coarse(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
+        changed = bool(births or merges or coarse)
         if changed:
             self.lock_counter = 0
             reset = getattr(module, "reset_node_optimizer_state", None)
             optimizer = getattr(state.engine, "optimizer", None)
             if reset is not None and optimizer is not None:
                 reset(optimizer)
-        state.logs.update(n_paths=float(len(module.tree.leaves())), births=float(births), merges=float(merges))
+        state.logs.update(n_paths=float(len(module.tree.leaves())), births=float(births), merges=float(merges),
+                          coarse_moves=float(coarse))
 
     # the moves ---------------------------------------------------------------------------------
 
@@ -428,13 +575,44 @@ class ELBOStructureMoves(Callback):
             delta, weights = refined_birth_delta(tree, row, split, resp, z_loc, z_var, log_eta, prior, gamma,
                                                  self.refine_steps)
             proposals.append((float(delta), row, weights))
+        if self.ancestor_births:
+            levels = resp.shape[-1]
+            for parent in tree.internal_nodes():
+                if tree.level(parent) != levels - 2:
+                    continue
+                rows = [row for row, path in enumerate(paths) if path[-2] == parent]
+                emitted = resp[:, rows, :-1].sum((1, 2))  # what the ancestors emit on parent's paths
+                if float(emitted.sum()) < self.min_mass:
+                    continue
+                split = propose_split(z_loc, z_var, emitted, self.split_steps)
+                share = split if self._spread(z_loc, z_var, emitted * split) <= self._spread(
+                    z_loc, z_var, emitted * (1 - split)) else 1 - split  # the tighter half: a missing cluster
+                delta, weight, _, _ = ancestor_birth_delta(tree, parent, share, resp, z_loc, z_var, log_eta, prior,
+                                                           gamma, self.refine_steps)
+                proposals.append((float(delta), -1 - parent, weight[:, None]))
         proposals.sort(key=lambda item: -item[0])
         births = 0
+        # an ancestor birth and a leaf birth below the same parent may claim the same data (the
+        # E-steps let both take what the ancestors emit): in one epoch, a parent gets either one
+        # ancestor birth or any number of leaf births, whichever comes first by ΔELBO
+        ancestor_parents, leaf_parents = set(), set()
         for delta, row, weights in proposals:
-            leaf = paths[row][-1]
             room = (leaf_room is None or births < leaf_room) and (
                 self.capacity is None or len(module.tree) < self.capacity)
-            accepted = delta > self.birth_margin and room
+            parent = -1 - row if row < 0 else paths[row][-2]
+            conflict = parent in ancestor_parents or (row < 0 and parent in leaf_parents)
+            accepted = delta > self.birth_margin and room and not conflict
+            if accepted:
+                (ancestor_parents if row < 0 else leaf_parents).add(parent)
+            if row < 0:  # an ancestor birth below node -1 - row
+                new_leaf = None
+                if accepted:
+                    new_leaf = module.add_leaf(parent, self._posterior_gaussian(prior, weights[:, 0], z_loc, z_var))
+                    births += 1
+                module.tree.log_event("ancestor_birth", [parent] if new_leaf is None else [parent, new_leaf],
+                                      epoch=epoch, step=step, parent=parent, delta_elbo=delta, accepted=accepted)
+                continue
+            leaf = paths[row][-1]
             new_leaf = None
             if accepted:
                 keep = self._posterior_gaussian(prior, weights[:, 0], z_loc, z_var)
@@ -445,7 +623,88 @@ class ELBOStructureMoves(Callback):
                                   leaf=leaf, delta_elbo=delta, accepted=accepted)
         return births
 
-    def _merge(self, module, tree, paths, resp, z_loc, z_var, prior, gamma, epoch, step) -> int:
+    @staticmethod
+    def _spread(z_loc: Tensor, z_var: Tensor, weight: Tensor) -> float:
+        """Total weighted variance of the points (``E z²`` minus the squared mean, summed over coordinates)."""
+        total = weight.sum().clamp_min(1e-12)
+        mean = weight @ z_loc / total
+        return float((weight @ (z_loc.square() + z_var) / total - mean.square()).sum())
+
+    def _coarse(self, module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step) -> int:
+        """The best coarse move, if it raises the ELBO: split an internal node (a new sibling adopts
+        some of its children, grouped by 2-means of the children's subtree means), merge two internal
+        siblings, or re-parent a subtree to another internal node of its parent's level. Each is
+        exact in closed form (:func:`relabel_delta`)."""
+        levels = resp.shape[-1]
+        device = resp.device
+        base = tree_elbo(tree, torch.as_tensor(paths, device=device), resp, z_loc, z_var, log_eta, prior, gamma)
+        candidates: list[tuple[float, str, dict]] = []
+
+        def consider(kind: str, new_tree: ClusterTree, **info) -> None:
+            delta = float(relabel_delta(tree, new_tree, resp, z_loc, z_var, log_eta, prior, gamma, base))
+            candidates.append((delta, kind, dict(info, new_tree=new_tree)))
+
+        coarse = [u for u in tree.internal_nodes() if 1 <= tree.level(u) <= levels - 2]
+        room = self.capacity is None or len(tree) < self.capacity
+        for node in coarse:  # split
+            children = tree.children(node)
+            if len(children) < 2 or not room:
+                continue
+            weights = torch.stack([subtree_weights(tree, child, resp) for child in children], 1)  # N x C
+            mass = weights.sum(0)
+            if float(mass.min()) <= 0:
+                continue
+            means = weights.T @ z_loc / mass[:, None]
+            side = propose_split(means, torch.zeros_like(means), mass) > 0.5
+            moved = [child for child, s in zip(children, side.tolist()) if not s]
+            if 0 < len(moved) < len(children):
+                new_tree, sibling = split_internal_tree(tree, node, moved)
+                consider("split_internal", new_tree, node=node, moved=moved, new_node=sibling)
+        for parent in tree.internal_nodes():  # merge
+            group = [u for u in tree.children(parent) if u in coarse]
+            for i, a in enumerate(group):
+                for b in group[i + 1:]:
+                    keep, drop = (a, b) if float(subtree_weights(tree, a, resp).sum()) >= float(
+                        subtree_weights(tree, b, resp).sum()) else (b, a)
+                    consider("merge_internal", merge_internal_tree(tree, keep, drop), keep=keep, drop=drop)
+        for node in tree.nodes():  # re-parent
+            parent = tree.parent(node)
+            if parent is None or parent not in coarse or len(tree.children(parent)) < 2:
+                continue
+            for target in coarse:
+                if target != parent and tree.level(target) == tree.level(parent):
+                    consider("reparent", reparent_tree(tree, node, target), node=node, old_parent=parent,
+                             new_parent=target)
+        if not candidates:
+            return 0
+        best = max(candidates, key=lambda item: item[0])
+        accept = best[0] > 0
+        if accept:
+            delta, kind, info = best
+            new_tree = info["new_tree"]
+            after = relabel_responsibilities(tree, new_tree, resp)
+            emitted = emission_weights(new_tree, after)
+            changed = {"split_internal": lambda: [info["node"], info["new_node"]],
+                       "merge_internal": lambda: [info["keep"]],
+                       "reparent": lambda: [info["old_parent"], info["new_parent"]]}[kind]()
+            gaussians = {node: self._posterior_gaussian(prior, emitted[node], z_loc, z_var) for node in changed}
+            if kind == "split_internal":
+                new_node = module.split_internal(info["node"], info["moved"], gaussians)
+                if new_node != info["new_node"]:
+                    raise RuntimeError(f"split_internal made node {new_node}, expected {info['new_node']}")
+            elif kind == "merge_internal":
+                module.merge_internal(info["keep"], info["drop"], gaussians)
+            else:
+                module.reparent(info["node"], info["new_parent"], gaussians)
+        for candidate in candidates:
+            delta, kind, info = candidate
+            nodes = [value for key, value in info.items() if key in ("node", "keep", "drop", "new_parent")]
+            extra = {key: value for key, value in info.items() if key != "new_tree"}
+            module.tree.log_event(kind, nodes, epoch=epoch, step=step, delta_elbo=delta,
+                                  accepted=bool(accept and candidate is best), **extra)
+        return int(accept)
+
+    def _merge(self, module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step) -> int:
         if self.merge_pairs == 0:
             return 0
         pairs = []
@@ -472,7 +731,8 @@ class ELBOStructureMoves(Callback):
         for index in order:
             a, b = pairs[index]
             keep_row, drop_row = (a, b) if float(resp[:, a].sum()) >= float(resp[:, b].sum()) else (b, a)
-            delta = float(merge_delta(tree, keep_row, drop_row, resp, z_loc, z_var, prior, gamma))
+            delta = float(refined_merge_delta(tree, keep_row, drop_row, resp, z_loc, z_var, log_eta, prior, gamma,
+                                              self.refine_steps))
             candidates.append((delta, paths[keep_row][-1], paths[drop_row][-1], keep_row, drop_row))
         best = max(candidates, key=lambda item: item[0])
         accept = best[0] > 0

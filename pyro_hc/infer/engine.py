@@ -453,10 +453,25 @@ class SVIEngine:
             "rng": rng_state(),
         }
 
-    def _callback_states(self) -> list[Any]:
-        """``state_dict()`` of every callback that has one (None for the others), in order."""
-        return [cb.state_dict() if callable(getattr(cb, "state_dict", None)) and cb is not self.history else None
-                for cb in self.callbacks]
+    def _stateful_callbacks(self, method: str) -> dict[str, Callback]:
+        """Callbacks that have ``method``, keyed ``"<class>#<i>"`` (i: its rank among callbacks of its class).
+
+        Keyed by class rather than by position, so that a resumed fit restores each state into the
+        callback it came from even when other callbacks were added or removed around it (a fit
+        resumed with an extra logging callback must not hand the heuristics' state to that one).
+        """
+        keyed, seen = {}, {}
+        for cb in self.callbacks:
+            if cb is self.history or not callable(getattr(cb, method, None)):
+                continue
+            name = type(cb).__qualname__
+            keyed[f"{name}#{seen.get(name, 0)}"] = cb
+            seen[name] = seen.get(name, 0) + 1
+        return keyed
+
+    def _callback_states(self) -> dict[str, Any]:
+        """``state_dict()`` of every callback that has one, keyed by :meth:`_stateful_callbacks`."""
+        return {key: cb.state_dict() for key, cb in self._stateful_callbacks("state_dict").items()}
 
     def _apply_pending_resume(self) -> None:
         """After ``on_fit_start``: the random, batch-order and callback states a resumed fit continues from."""
@@ -465,10 +480,15 @@ class SVIEngine:
             return
         if resume.get("batcher") is not None and self.batcher is not None:
             self.batcher.load_state_dict(resume["batcher"])
-        states = resume.get("callbacks") or []
-        for cb, cb_state in zip(self.callbacks, states):
-            if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
-                cb.load_state_dict(cb_state)
+        states = resume.get("callbacks") or {}
+        if isinstance(states, list):  # a checkpoint of an earlier version: one entry per callback, in order
+            for cb, cb_state in zip(self.callbacks, states):
+                if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
+                    cb.load_state_dict(cb_state)
+        else:
+            for key, cb in self._stateful_callbacks("state_dict").items():
+                if states.get(key) is not None and callable(getattr(cb, "load_state_dict", None)):
+                    cb.load_state_dict(states[key])
         if resume.get("rng") is not None:
             set_rng_state(resume["rng"])
 

@@ -14,23 +14,12 @@ import warnings
 import torch
 from pyro.nn import PyroModule
 
-from ..distributions import BIRTH, PathIndex, path_index
+from ..distributions import BIRTH, PathIndex, add_child_in_order, path_index
 from ..infer import distributed
 from ..infer.row_reset import reset_optimizer_rows
 from ..tree import ClusterTree
 
 __all__ = ["NCRPTreeModule", "add_child_in_order", "chain_tree"]
-
-
-def add_child_in_order(tree: ClusterTree, parent: int) -> int:
-    """Add a child under ``parent`` stamped with the next creation rank (:data:`~pyro_hc.distributions.BIRTH`).
-
-    The stick-breaking orders siblings by this rank, not by id: ids are reused after a removal,
-    ranks never are, so a new child always comes after its older siblings.
-    """
-    attributes = tree.graph.nodes
-    rank = 1 + max((attributes[node][BIRTH] for node in tree.nodes() if BIRTH in attributes[node]), default=0)
-    return tree.add_child(parent, **{BIRTH: rank})
 
 
 def chain_tree(depth: int) -> ClusterTree:
@@ -256,6 +245,61 @@ class NCRPTreeModule(PyroModule):
         self.tree.remove_leaf(drop)
         self._set_node_gaussian(keep, *merged)
         self.mark_fresh_rows([keep])
+
+    @torch.no_grad()
+    def add_leaf(self, parent: int, gaussian: tuple[torch.Tensor, torch.Tensor]) -> int:
+        """Birth from the data ``parent``'s ancestors emit: a new leaf below ``parent`` (one level
+        above the leaves) with Gaussian ``(mean, std)``. Returns its id."""
+        if self.tree.is_leaf(parent) or self.tree.level(parent) != self.depth - 2:
+            raise ValueError(f"node {parent} is not an internal node one level above the leaves")
+        leaf = add_child_in_order(self.tree, parent)
+        self._init_node(leaf, parent, gaussian)
+        self._place({leaf: gaussian})
+        return leaf
+
+    @torch.no_grad()
+    def split_internal(self, node: int, moved: list[int], gaussians: dict[int, tuple[torch.Tensor, torch.Tensor]]
+                       ) -> int:
+        """Coarse birth: a new sibling of internal node ``node`` adopts its children ``moved``.
+
+        ``gaussians`` maps node ids (the new node under the id it will get, see
+        :func:`~pyro_hc.heuristics.elbo_moves.split_internal_tree`) to ``(mean, std)``. Returns
+        the new node's id."""
+        children = self.tree.children(node)
+        if self.tree.is_leaf(node) or not moved or not set(moved) < set(children):
+            raise ValueError(f"moved={moved} must be a non-empty proper subset of node {node}'s children {children}")
+        parent = self.tree.parent(node)
+        sibling = add_child_in_order(self.tree, parent)
+        self._init_node(sibling, parent, None)
+        for child in moved:
+            self.tree.move(child, sibling)
+        self._place(gaussians)
+        return sibling
+
+    @torch.no_grad()
+    def merge_internal(self, keep: int, drop: int, gaussians: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Coarse merge of two internal siblings: ``drop``'s children move to ``keep``, ``drop`` leaves the tree."""
+        if keep == drop or self.tree.parent(keep) != self.tree.parent(drop) or self.tree.is_leaf(keep) \
+                or self.tree.is_leaf(drop):
+            raise ValueError(f"nodes {keep} and {drop} are not two internal siblings")
+        self.tree.merge(keep, drop)
+        self._place(gaussians)
+
+    @torch.no_grad()
+    def reparent(self, node: int, new_parent: int, gaussians: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Move ``node``'s subtree below ``new_parent`` (a node of its parent's level that is not its parent)."""
+        old_parent = self.tree.parent(node)
+        if old_parent is None or new_parent == old_parent or self.tree.is_leaf(new_parent) \
+                or self.tree.level(new_parent) != self.tree.level(old_parent) or len(self.tree.children(old_parent)) < 2:
+            raise ValueError(f"cannot re-parent node {node} from {old_parent} to {new_parent}: the new parent must "
+                             "be another internal node of the same level, and the old one keep a child")
+        self.tree.move(node, new_parent)
+        self._place(gaussians)
+
+    def _place(self, gaussians: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for target, (mean, std) in gaussians.items():
+            self._set_node_gaussian(target, mean, std)
+        self.mark_fresh_rows(gaussians)
 
     def prune(self, leaf: int) -> list[int]:
         """Remove the full path ending at ``leaf`` and the parents it leaves childless."""

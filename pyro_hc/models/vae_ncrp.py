@@ -220,7 +220,7 @@ class VAENCRP(_HCRL):
                          merge_threshold=merge_threshold, max_leaves=max_leaves,
                          node_lr_factor=node_lr_factor, stick_lr_factor=stick_lr_factor, epochs=epochs,
                          batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_decay_every=lr_decay_every,
-                         pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr)
+                         pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr, structure="paper")
         self.leaf_scale = leaf_scale
         self.drift_scale = drift_scale
 

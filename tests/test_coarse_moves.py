@@ -1,0 +1,154 @@
+"""ELBO-tested coarse moves of HCRL's structure search: exact ΔELBOs, tree edits and the module's edits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyro_hc.distributions import NormalGamma, add_child_in_order
+from pyro_hc.heuristics.elbo_moves import (ancestor_birth_delta, merge_internal_tree, relabel_delta,
+                                           relabel_responsibilities, reparent_tree, split_internal_tree, tree_elbo)
+from pyro_hc.models._ncrp import chain_tree
+from pyro_hc.tree import ClusterTree
+from .test_hcrl import brute_force_tree_elbo
+
+
+def two_group_problem(seed=0, n=9):
+    """Depth 3: root 0 -> coarse 1 -> leaves 2, 3, 4 and root -> coarse 5 -> leaf 6 (creation order),
+    random responsibilities over the 4 full paths x 3 levels, float64."""
+    generator = torch.Generator().manual_seed(seed)
+    tree = chain_tree(3)  # 0 -> 1 -> 2
+    add_child_in_order(tree, 1)  # 3
+    add_child_in_order(tree, 1)  # 4
+    coarse = add_child_in_order(tree, 0)  # 5
+    add_child_in_order(tree, coarse)  # 6
+    resp = torch.rand(n, 4, 3, generator=generator, dtype=torch.float64) + 0.05
+    resp = resp / resp.sum((1, 2), keepdim=True)
+    z_loc = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    z_var = torch.rand(n, 2, generator=generator, dtype=torch.float64) * 0.3 + 0.05
+    log_eta = torch.log_softmax(torch.randn(n, 3, generator=generator, dtype=torch.float64), -1)
+    prior = NormalGamma(torch.tensor([0.1, -0.2], dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64),
+                        torch.tensor(1.5, dtype=torch.float64), torch.tensor([0.7, 1.2], dtype=torch.float64))
+    return tree, resp, z_loc, z_var, log_eta, prior, 1.3
+
+
+def test_cluster_tree_move_reparents_a_subtree_and_refuses_cycles():
+    tree, *_ = two_group_problem()
+    version = tree.version
+    tree.move(3, 5)
+    assert tree.parent(3) == 5 and tree.children(5) == [3, 6] and tree.version > version
+    tree.check()
+    with pytest.raises(ValueError, match="root"):
+        tree.move(0, 1)
+    with pytest.raises(ValueError, match="below itself"):
+        tree.move(1, 2)
+    with pytest.raises(ValueError, match="below itself"):
+        tree.move(1, 1)
+
+
+@pytest.mark.parametrize("move", ["split_internal", "merge_internal", "reparent"])
+def test_coarse_move_delta_elbo_equals_the_difference_of_brute_force_elbos(move):
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(1)
+    if move == "split_internal":
+        new_tree, sibling = split_internal_tree(tree, 1, [3, 4])
+        assert new_tree.parent(3) == new_tree.parent(4) == sibling and new_tree.parent(sibling) == 0
+        assert new_tree.children(1) == [2]
+    elif move == "merge_internal":
+        new_tree = merge_internal_tree(tree, 1, 5)
+        assert new_tree.children(1) == [2, 3, 4, 6] and 5 not in new_tree
+    else:
+        new_tree = reparent_tree(tree, 4, 5)
+        assert new_tree.children(5) == [4, 6]
+    assert tree.children(1) == [2, 3, 4]  # the copy was edited, not the tree
+    delta = relabel_delta(tree, new_tree, resp, z_loc, z_var, log_eta, prior, gamma)
+    after = relabel_responsibilities(tree, new_tree, resp)
+    expected = (brute_force_tree_elbo(new_tree, after, z_loc, z_var, log_eta, prior, gamma)
+                - brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma))
+    assert float(delta) == pytest.approx(float(expected), rel=1e-8, abs=1e-8)
+    assert abs(float(delta)) > 1e-3  # the move changes the ELBO: the check above is not vacuous
+
+
+def test_ancestor_birth_delta_without_refinement_equals_the_difference_of_brute_force_elbos():
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(2)
+    share = torch.rand(resp.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    delta, weight, grown, new_leaf = ancestor_birth_delta(tree, 1, share, resp, z_loc, z_var, log_eta, prior, gamma,
+                                                          steps=0)
+    # by hand: the paths below node 1 give `share` of their root- and coarse-level cells to the new leaf
+    rows = {path: resp[:, k].clone() for k, path in enumerate(tree.paths())}
+    taken = torch.zeros(resp.shape[0], dtype=resp.dtype)
+    for path in [(0, 1, 2), (0, 1, 3), (0, 1, 4)]:
+        taken += rows[path][:, :-1].sum(-1) * share
+        rows[path][:, :-1] *= (1 - share)[:, None]
+    rows[(0, 1, new_leaf)] = torch.stack([torch.zeros_like(taken), torch.zeros_like(taken), taken], -1)
+    after = torch.stack([rows[path] for path in grown.paths()], 1)
+    assert torch.allclose(after.sum((1, 2)), torch.ones(resp.shape[0], dtype=resp.dtype))
+    assert torch.allclose(weight, taken)
+    expected = (brute_force_tree_elbo(grown, after, z_loc, z_var, log_eta, prior, gamma)
+                - brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma))
+    assert float(delta) == pytest.approx(float(expected), rel=1e-8, abs=1e-8)
+
+
+def test_coarse_split_raises_the_elbo_only_along_the_data_groups():
+    """Two groups of two leaves under one coarse node, every node emitting (the coarse node near each
+    group's data): splitting the coarse node along the groups raises the ELBO, across them it does not."""
+    generator = torch.Generator().manual_seed(0)
+    tree = chain_tree(3)  # 0 -> 1 -> 2
+    for _ in range(3):
+        add_child_in_order(tree, 1)  # 3, 4, 5
+    centres = torch.tensor([[4.0, 0.0], [4.0, 1.0], [-4.0, 0.0], [-4.0, 1.0]])  # leaves 2, 3 | 4, 5
+    per = 40
+    z_loc, resp_rows = [], []
+    for leaf_row, centre in enumerate(centres):
+        z_loc.append(centre + 0.2 * torch.randn(per, 2, generator=generator))  # emitted by the leaf
+        z_loc.append(centre * torch.tensor([1.0, 0.0]) + 0.6 * torch.randn(per // 2, 2, generator=generator))  # by node 1
+        for level, count in ((2, per), (1, per // 2)):
+            cell = torch.zeros(count, 4, 3)
+            cell[:, leaf_row, level] = 1.0
+            resp_rows.append(cell)
+    z_loc, resp = torch.cat(z_loc).double(), torch.cat(resp_rows).double()
+    z_var = torch.zeros_like(z_loc)
+    log_eta = torch.full((len(z_loc), 3), 1 / 3).log().double()
+    prior = NormalGamma(torch.zeros(2, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64),
+                        torch.tensor(1.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    base = tree_elbo(tree, torch.as_tensor(tree.paths()), resp, z_loc, z_var, log_eta, prior, 1.0)
+    along, _ = split_internal_tree(tree, 1, [4, 5])
+    across, _ = split_internal_tree(tree, 1, [3, 5])
+    good = float(relabel_delta(tree, along, resp, z_loc, z_var, log_eta, prior, 1.0, base))
+    bad = float(relabel_delta(tree, across, resp, z_loc, z_var, log_eta, prior, 1.0, base))
+    assert good > 20 and bad < good - 20, (good, bad)
+
+
+def test_hcrl_module_coarse_edits_keep_the_tree_and_place_the_gaussians():
+    import pyro_hc
+
+    model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=2, hidden_dims=(8,), capacity=16, pretrain_epochs=0,
+                              likelihood="gaussian", structure="elbo")
+    model.fit(torch.randn(20, 4), epochs=0, progress=False)  # builds the module
+    module = model.module_
+    for _ in range(3):
+        add_child_in_order(module.tree, 1)  # leaves 2..5 under coarse node 1
+    target = (torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.5]))
+    expected_id = split_internal_tree(module.tree, 1, [4, 5])[1]
+    sibling = module.split_internal(1, [4, 5], {expected_id: target, 1: target})
+    assert sibling == expected_id and module.tree.children(sibling) == [4, 5]
+    assert torch.allclose(module.node_locs[sibling].detach(), target[0])
+    assert torch.allclose(module.node_scales[sibling].detach(), target[1])
+    module.reparent(3, sibling, {sibling: target})
+    assert module.tree.children(sibling) == [3, 4, 5] and module.tree.children(1) == [2]
+    with pytest.raises(ValueError):
+        module.reparent(2, sibling, {})  # node 1 would be left without a child
+    module.merge_internal(1, sibling, {1: target})
+    assert module.tree.children(1) == [2, 3, 4, 5] and sibling not in module.tree
+    module.tree.check()
+    assert isinstance(module.tree, ClusterTree) and module.path_index().n_full == 4
+
+
+def test_refined_merge_delta_is_merge_delta_without_refinement_and_finite_with_it():
+    from pyro_hc.heuristics.elbo_moves import merge_delta, refined_merge_delta
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(3)
+    exact = merge_delta(tree, 0, 1, resp, z_loc, z_var, prior, gamma)  # leaf 3 into leaf 2
+    assert float(refined_merge_delta(tree, 0, 1, resp, z_loc, z_var, log_eta, prior, gamma, steps=0)) == pytest.approx(
+        float(exact), rel=1e-9, abs=1e-9)
+    refined = float(refined_merge_delta(tree, 0, 1, resp, z_loc, z_var, log_eta, prior, gamma, steps=3))
+    assert refined == refined and abs(refined - float(exact)) > 1e-6  # the E-steps do move the data
