@@ -224,3 +224,43 @@ def test_sigint_to_a_cli_fit_leaves_a_checkpoint_that_resumes_to_the_same_model(
     assert resumed.fit_info_.get("resumed_from") and not expected.fit_info_.get("resumed_from")
     for key, value in expected.module_.state_dict().items():
         assert torch.equal(value, resumed.module_.state_dict()[key]), key
+
+
+#: VaDE choosing its start among 2 autoencoders x 2 GMMs by the ELBO after a 2-epoch warm-up: phases
+#: pretrain, select, select, pretrain, select, select, train (issue 17's selection, resumed exactly)
+VADE_SELECTING = {**TINY["vade"], "init_candidates": 2, "autoencoder_candidates": 2, "selection_epochs": 2}
+
+
+def _history(model) -> list[dict]:
+    return [dict(r) for r in model.history_.records]
+
+
+def test_vade_interrupted_inside_its_candidate_selection_resumes_to_the_same_fit(small, injector, tmp_path):
+    """Every select phase (and the second autoencoder's pretraining) interrupted, resumed: the same fit, bit for bit.
+
+    Parameters, the whole history (the pretraining epochs of the chosen autoencoder, the ``init``
+    record with every candidate's scores, the main phase's epochs) and the predictions.
+    """
+    injector.arm(None)
+    reference = pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, progress=False, seed=SEED)
+    phases, epochs = list(injector.phases), list(injector.epochs)
+    assert phases == ["pretrain", "select", "select", "pretrain", "select", "select", "train"], phases
+    expected, history = {k: v.clone() for k, v in reference.module_.state_dict().items()}, _history(reference)
+    init = next(r for r in history if r["phase"] == "init")
+    assert len(init["candidates"]) == 4 and len({c["score"] for c in init["candidates"]}) == 4
+    points = [(engine, hook, epoch) for engine, phase in enumerate(phases) if phase != "train" and engine > 0
+              for hook, epoch in (("epoch_end", 0), ("step", epochs[engine] - 1))]
+    points.append((len(phases) - 1, "fit_start", 0))  # the selection done, the main phase not yet started
+    for engine, hook, epoch in points:
+        where = f"interrupted in {phases[engine]} (engine {engine}) at {hook} of epoch {epoch}"
+        checkpoint = tmp_path / f"{engine}-{hook}.pt"
+        injector.arm(engine, Fault(hook, epoch, "interrupt"))
+        with pytest.raises(KeyboardInterrupt):
+            pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, progress=False, seed=SEED, checkpoint=checkpoint)
+        injector.arm(None)
+        resumed = pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, progress=False, seed=SEED,
+                                                                   checkpoint=checkpoint, resume=True)
+        assert _same_state(resumed, expected), f"{where}: the resumed parameters differ"
+        assert _history(resumed) == history, f"{where}: the resumed history differs"
+        assert torch.equal(resumed.labels_, reference.labels_), where
+        assert torch.equal(resumed.predict_proba(small), reference.predict_proba(small)), where
