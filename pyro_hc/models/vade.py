@@ -181,7 +181,9 @@ class VaDE(ClusterEstimator):
     across embeddings); the main phase continues from it. ``"heldout_likelihood"`` fits each GMM on
     a random 80 % of the embedding and keeps the one with the highest mean log-likelihood on the
     other 20 % (no warm-up; comparable only within one embedding, so one autoencoder). With one
-    candidate the mixture is the paper's single GMM (best of ``n_init=10`` by likelihood).
+    candidate the mixture is the paper's single GMM (best of ``n_init=10`` by likelihood). A fit
+    checkpointed during the selection resumes exactly: each checkpoint carries the pretrained
+    autoencoder being scored, every scored candidate and the best one's state.
 
     **Defaults, as measured** on the 8x8 digits (1,797 images; 2-core CPU shared with other jobs,
     1 thread; 50 pretraining + 100 epochs; ACC / NMI at seeds 0, 1, 2, 3):
