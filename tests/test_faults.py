@@ -97,7 +97,9 @@ class Injector:
             injector.epochs.append(0)
             engine.callbacks.append(_EpochCounter(injector.epochs, len(injector.epochs) - 1))
             if injector.target is not None and injector.target[0] == len(injector.phases) - 1:
-                engine.callbacks.insert(0, injector.target[1])
+                # last, so that the callbacks' states a checkpoint saves (one per callback, in order)
+                # line up with those of the resumed fit, which has no fault
+                engine.callbacks.append(injector.target[1])
 
         monkeypatch.setattr(SVIEngine, "__init__", patched)
 
@@ -243,27 +245,29 @@ def test_vade_interrupted_inside_its_candidate_selection_resumes_to_the_same_fit
     with every candidate's scores, the main phase's epochs) and the predictions. The points cover
     a checkpoint inside a warm-up with a candidate already scored, one at the end of a warm-up whose
     candidate is not scored yet, inside and at the end of the second autoencoder's pretraining, and
-    after the last warm-up (the first autoencoder's first warm-up: the every-model test above).
+    after the last warm-up and inside the main phase (the first autoencoder's first warm-up: the
+    every-model test above).
     """
     injector.arm(None)
-    reference = pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, progress=False, seed=SEED)
+    fit = dict(progress=False, seed=SEED, monitor_labels=small.y)  # monitored: ACC / NMI records resume too
+    reference = pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, **fit)
     phases = list(injector.phases)
     assert phases == ["pretrain", "select", "select", "pretrain", "select", "select", "train"], phases
     expected, history = {k: v.clone() for k, v in reference.module_.state_dict().items()}, _history(reference)
     init = next(r for r in history if r["phase"] == "init")
     assert len(init["candidates"]) == 4 and len({c["score"] for c in init["candidates"]}) == 4
+    assert "acc_after_warmup" in init["candidates"][3] and "acc" in history[-1]  # the last epoch is scored
     # (engine, hook, epoch): a fault at ("epoch_end", 0) resumes from the end of the engine before
     points = [(2, "step", 1), (2, "epoch_end", 0), (3, "epoch_end", 0), (3, "step", 1), (4, "epoch_end", 0),
-              (5, "step", 1), (6, "fit_start", 0)]
+              (5, "step", 1), (6, "fit_start", 0), (6, "step", 1)]
     for engine, hook, epoch in points:
         where = f"interrupted in {phases[engine]} (engine {engine}) at {hook} of epoch {epoch}"
         checkpoint = tmp_path / f"{engine}-{hook}.pt"
         injector.arm(engine, Fault(hook, epoch, "interrupt"))
         with pytest.raises(KeyboardInterrupt):
-            pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, progress=False, seed=SEED, checkpoint=checkpoint)
+            pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, checkpoint=checkpoint, **fit)
         injector.arm(None)
-        resumed = pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, progress=False, seed=SEED,
-                                                                   checkpoint=checkpoint, resume=True)
+        resumed = pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, checkpoint=checkpoint, resume=True, **fit)
         assert _same_state(resumed, expected), f"{where}: the resumed parameters differ"
         assert _history(resumed) == history, f"{where}: the resumed history differs"
         assert torch.equal(resumed.labels_, reference.labels_), where

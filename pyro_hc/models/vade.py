@@ -140,6 +140,13 @@ class ClusterMonitor(Callback):
     def on_fit_start(self, state: FitState) -> None:
         self._first_epoch = state.epoch
 
+    def state_dict(self) -> dict[str, Any]:
+        # a resumed fit starts later in the phase: it must count the monitored epochs from the same one
+        return {"first_epoch": self._first_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._first_epoch = state["first_epoch"]
+
     def on_epoch_end(self, state: FitState) -> None:
         done = state.epoch + 1 - (self._first_epoch or 0)
         if done % self.every == 0 or done == self.epochs:
