@@ -239,14 +239,14 @@ def _history(model) -> list[dict]:
 
 
 def test_vade_interrupted_inside_its_candidate_selection_resumes_to_the_same_fit(small, injector, tmp_path):
-    """Interrupted anywhere in the choice of its start, VaDE resumes to the same fit, bit for bit.
+    """Interrupted while choosing its start, VaDE resumes to the same fit, bit for bit.
 
     Parameters, the whole history (the chosen autoencoder's pretraining epochs, the ``init`` record
-    with every candidate's scores, the main phase's epochs) and the predictions. The points cover
-    a checkpoint inside a warm-up with a candidate already scored, one at the end of a warm-up whose
-    candidate is not scored yet, inside and at the end of the second autoencoder's pretraining, and
-    after the last warm-up and inside the main phase (the first autoencoder's first warm-up: the
-    every-model test above).
+    with every candidate's scores, the main phase's epochs, all monitored) and the predictions. The
+    points cover a checkpoint inside a warm-up with a candidate already scored, one at the end of
+    the first autoencoder's last warm-up (its candidate not scored yet), inside and at the end of
+    the second autoencoder's pretraining, and inside the main phase; the every-model test above
+    covers the ends of the first autoencoder's warm-ups and the start of the main phase.
     """
     injector.arm(None)
     fit = dict(progress=False, seed=SEED, monitor_labels=small.y)  # monitored: ACC / NMI records resume too
@@ -258,8 +258,8 @@ def test_vade_interrupted_inside_its_candidate_selection_resumes_to_the_same_fit
     assert len(init["candidates"]) == 4 and len({c["score"] for c in init["candidates"]}) == 4
     assert "acc_after_warmup" in init["candidates"][3] and "acc" in history[-1]  # the last epoch is scored
     # (engine, hook, epoch): a fault at ("epoch_end", 0) resumes from the end of the engine before
-    points = [(2, "step", 1), (2, "epoch_end", 0), (3, "epoch_end", 0), (3, "step", 1), (4, "epoch_end", 0),
-              (5, "step", 1), (6, "fit_start", 0), (6, "step", 1)]
+    points = [(2, "step", 1), (3, "epoch_end", 0), (3, "step", 1), (4, "epoch_end", 0), (5, "step", 1),
+              (6, "step", 1)]
     for engine, hook, epoch in points:
         where = f"interrupted in {phases[engine]} (engine {engine}) at {hook} of epoch {epoch}"
         checkpoint = tmp_path / f"{engine}-{hook}.pt"
