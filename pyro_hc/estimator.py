@@ -357,6 +357,8 @@ class ClusterEstimator:
                               "training in float32", RuntimeWarning, stacklevel=2)
             self._fit_params = self.get_params()  # what the module is built from, whatever changes later
             self._plan, self._phase_count, self._cuda_graphs = plan, 0, graphs
+            resumed = plan.payload["resume"] if plan is not None and plan.payload is not None else {}
+            self._fit_results = dict(resumed.get("fit_results") or {})
             set_seed(seed)
             self.module_ = self._new_module().to(self.device_)
             self.history_ = History()
@@ -380,7 +382,7 @@ class ClusterEstimator:
             self._set_fitted_state(previous)
             raise
         finally:
-            self._plan = None
+            self._plan, self._fit_results = None, {}
         return self
 
     def fit_predict(self, data: Dataset | torch.Tensor | np.ndarray, **fit_args: Any) -> torch.Tensor:
@@ -446,7 +448,7 @@ class ClusterEstimator:
             "history": list(self.history_.records),
             "fit_info": {},
             "resume": {"phase_index": ordinal, "phase": engine.phase, "phase_epochs": epochs, "complete": complete,
-                       "run": dict(plan.run), "engine": state},
+                       "run": dict(plan.run), "engine": state, "fit_results": self._fit_results},
         }
         save_checkpoint(plan.path, payload)
         plan.written[:] = [f"{engine.phase} epoch {engine.epoch}/{epochs}"]
@@ -506,6 +508,11 @@ class ClusterEstimator:
         Under ``fit(checkpoint=...)`` each phase (each call, counted in order) writes resumable
         checkpoints; when resuming, the phases the checkpoint had finished are skipped (their
         result comes back with the checkpoint) and the checkpoint's own phase continues from it.
+        A skipped phase returns None, so a model must make the same calls in the same order on a
+        resumed fit. What a model's finished steps produced outside ``module_`` and ``history_``
+        (VaDE's pretrained autoencoder and its scored candidates) it keeps in ``self._fit_results``
+        (tensors and plain containers): every checkpoint saves that dict and a resumed fit starts
+        with it, so the model takes those results from there instead of recomputing them.
         """
         ordinal = getattr(self, "_phase_count", 0)
         self._phase_count = ordinal + 1

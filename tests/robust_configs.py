@@ -9,7 +9,7 @@ from __future__ import annotations
 TINY: dict[str, dict] = {
     "vae": dict(latent_dim=2, hidden_dims=(8,), epochs=2, batch_size=32),
     "vade": dict(n_clusters=3, latent_dim=2, hidden_dims=(8,), pretrain_epochs=2, epochs=2, batch_size=32,
-                 init_candidates=1),  # one GMM: resuming inside the candidate selection is not exact yet
+                 init_candidates=2, selection_epochs=1),  # the ELBO selection, kept short for the fault tests
     "hcrl1": dict(depth=3, latent_dim=2, hidden_dims=(8,), pretrain_epochs=2, capacity=16, epochs=2,
                   batch_size=32, lock_epochs=0),
     "hcrl2": dict(depth=3, latent_dim=2, hidden_dims=(8,), pretrain_epochs=2, capacity=16, epochs=2,
@@ -29,7 +29,7 @@ TINY: dict[str, dict] = {
 #: the training phases each model runs (the engine's ``phase`` labels), in order
 PHASES: dict[str, tuple[str, ...]] = {
     "vae": ("train",),
-    "vade": ("pretrain", "train"),
+    "vade": ("pretrain", "select", "train"),  # "select": each GMM candidate's warm-up
     "hcrl1": ("pretrain", "train"),
     "hcrl2": ("pretrain", "train"),
     "vae_ncrp": ("pretrain", "train"),

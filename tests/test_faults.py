@@ -97,7 +97,9 @@ class Injector:
             injector.epochs.append(0)
             engine.callbacks.append(_EpochCounter(injector.epochs, len(injector.epochs) - 1))
             if injector.target is not None and injector.target[0] == len(injector.phases) - 1:
-                engine.callbacks.insert(0, injector.target[1])
+                # last, so that the callbacks' states a checkpoint saves (one per callback, in order)
+                # line up with those of the resumed fit, which has no fault
+                engine.callbacks.append(injector.target[1])
 
         monkeypatch.setattr(SVIEngine, "__init__", patched)
 
@@ -224,3 +226,49 @@ def test_sigint_to_a_cli_fit_leaves_a_checkpoint_that_resumes_to_the_same_model(
     assert resumed.fit_info_.get("resumed_from") and not expected.fit_info_.get("resumed_from")
     for key, value in expected.module_.state_dict().items():
         assert torch.equal(value, resumed.module_.state_dict()[key]), key
+
+
+#: VaDE choosing its start among 2 autoencoders x 2 GMMs by the ELBO after a 2-epoch warm-up: phases
+#: pretrain, select, select, pretrain, select, select, train (one step an epoch, to keep the test short)
+VADE_SELECTING = {**TINY["vade"], "init_candidates": 2, "autoencoder_candidates": 2, "selection_epochs": 2,
+                  "batch_size": 64}
+
+
+def _history(model) -> list[dict]:
+    return [dict(r) for r in model.history_.records]
+
+
+def test_vade_interrupted_inside_its_candidate_selection_resumes_to_the_same_fit(small, injector, tmp_path):
+    """Interrupted while choosing its start, VaDE resumes to the same fit, bit for bit.
+
+    Parameters, the whole history (the chosen autoencoder's pretraining epochs, the ``init`` record
+    with every candidate's scores, the main phase's epochs, all monitored) and the predictions. The
+    points cover a checkpoint inside a warm-up with a candidate already scored, one at the end of
+    the first autoencoder's last warm-up (its candidate not scored yet), inside and at the end of
+    the second autoencoder's pretraining, and inside the main phase; the every-model test above
+    covers the ends of the first autoencoder's warm-ups and the start of the main phase.
+    """
+    injector.arm(None)
+    fit = dict(progress=False, seed=SEED, monitor_labels=small.y)  # monitored: ACC / NMI records resume too
+    reference = pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, **fit)
+    phases = list(injector.phases)
+    assert phases == ["pretrain", "select", "select", "pretrain", "select", "select", "train"], phases
+    expected, history = {k: v.clone() for k, v in reference.module_.state_dict().items()}, _history(reference)
+    init = next(r for r in history if r["phase"] == "init")
+    assert len(init["candidates"]) == 4 and len({c["score"] for c in init["candidates"]}) == 4
+    assert "acc_after_warmup" in init["candidates"][3] and "acc" in history[-1]  # the last epoch is scored
+    # (engine, hook, epoch): a fault at ("epoch_end", 0) resumes from the end of the engine before
+    points = [(2, "step", 1), (3, "epoch_end", 0), (3, "step", 1), (4, "epoch_end", 0), (5, "step", 1),
+              (6, "step", 1)]
+    for engine, hook, epoch in points:
+        where = f"interrupted in {phases[engine]} (engine {engine}) at {hook} of epoch {epoch}"
+        checkpoint = tmp_path / f"{engine}-{hook}.pt"
+        injector.arm(engine, Fault(hook, epoch, "interrupt"))
+        with pytest.raises(KeyboardInterrupt):
+            pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, checkpoint=checkpoint, **fit)
+        injector.arm(None)
+        resumed = pyro_hc.get_model("vade", **VADE_SELECTING).fit(small, checkpoint=checkpoint, resume=True, **fit)
+        assert _same_state(resumed, expected), f"{where}: the resumed parameters differ"
+        assert _history(resumed) == history, f"{where}: the resumed history differs"
+        assert torch.equal(resumed.labels_, reference.labels_), where
+        assert torch.equal(resumed.predict_proba(small), reference.predict_proba(small)), where

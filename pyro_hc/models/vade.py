@@ -140,6 +140,13 @@ class ClusterMonitor(Callback):
     def on_fit_start(self, state: FitState) -> None:
         self._first_epoch = state.epoch
 
+    def state_dict(self) -> dict[str, Any]:
+        # a resumed fit starts later in the phase: it must count the monitored epochs from the same one
+        return {"first_epoch": self._first_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._first_epoch = state["first_epoch"]
+
     def on_epoch_end(self, state: FitState) -> None:
         done = state.epoch + 1 - (self._first_epoch or 0)
         if done % self.every == 0 or done == self.epochs:
@@ -181,7 +188,9 @@ class VaDE(ClusterEstimator):
     across embeddings); the main phase continues from it. ``"heldout_likelihood"`` fits each GMM on
     a random 80 % of the embedding and keeps the one with the highest mean log-likelihood on the
     other 20 % (no warm-up; comparable only within one embedding, so one autoencoder). With one
-    candidate the mixture is the paper's single GMM (best of ``n_init=10`` by likelihood).
+    candidate the mixture is the paper's single GMM (best of ``n_init=10`` by likelihood). A fit
+    checkpointed during the selection resumes exactly: each checkpoint carries the pretrained
+    autoencoder being scored, every scored candidate and the best one's state.
 
     **Defaults, as measured** on the 8x8 digits (1,797 images; 2-core CPU shared with other jobs,
     1 thread; 50 pretraining + 100 epochs; ACC / NMI at seeds 0, 1, 2, 3):
@@ -315,11 +324,15 @@ class VaDE(ClusterEstimator):
 
     def _fit(self, x, *, epochs, batch_size, seed, progress, callbacks: Sequence[Callback]) -> None:
         labels = getattr(self, "_monitor_labels", None)
-        n_candidates = self.autoencoder_candidates * self.init_candidates
-        selecting = n_candidates > 1
+        selecting = self.autoencoder_candidates * self.init_candidates > 1
+        warm_up = selecting and self.init_selection == "elbo"
+        # What the choice of the start has settled so far: the autoencoder whose GMMs are being scored,
+        # every scored candidate and the best one's state. Checkpoints carry it (``_fit_results``): a fit
+        # resumed inside the selection takes its finished steps from there (their phases skip themselves)
+        # instead of recomputing them from a module that the skipped phases left untrained.
+        done = self._fit_results.setdefault("vade_init", {"autoencoder": None, "candidates": [], "best": None})
+        candidates: list[dict[str, Any]] = done["candidates"]
         autoencoder_seeds = [seed] + _child_seeds(seed, self.autoencoder_candidates)[1:]
-        candidates: list[dict[str, Any]] = []
-        best: dict[str, Any] | None = None
         for a, ae_seed in enumerate(autoencoder_seeds):
             if a == 0:
                 module = self.module_
@@ -330,14 +343,27 @@ class VaDE(ClusterEstimator):
             self._pretrain(module, x, batch_size=batch_size, seed=ae_seed, progress=progress)
             pretrain_records = self.history_.records[first:]
             del self.history_.records[first:]
-            autoencoder_state = copy.deepcopy(module.state_dict())
-            embedding = self._batched(module.encoder.embed, x).double().numpy()
-            autoencoder_loss = self._autoencoder_loss(module, x)
-            for j, gmm in enumerate(self._candidate_mixtures(embedding, ae_seed, x.shape[0])):
-                module.load_state_dict(autoencoder_state)
-                self._set_mixture(module, gmm)
+            scored = len(candidates) - a * self.init_candidates  # this autoencoder's GMMs scored before a checkpoint
+            autoencoder = mixtures = embedding = None
+            if scored < self.init_candidates:
+                if done["autoencoder"] is None:  # pretrained in this call, not before the checkpoint
+                    done["autoencoder"] = {"state": copy.deepcopy(module.state_dict()), "records": pretrain_records,
+                                           "loss": self._autoencoder_loss(module, x)}
+                autoencoder = done["autoencoder"]
+                module.load_state_dict(autoencoder["state"])
+                embedding = self._batched(module.encoder.embed, x).double().numpy()
+                mixtures = self._candidate_mixtures(embedding, ae_seed, x.shape[0])
+            for j in range(self.init_candidates):
+                if j >= scored:
+                    module.load_state_dict(autoencoder["state"])
+                    self._set_mixture(module, mixtures[j])
+                if warm_up:  # a phase: skips itself when a resumed fit's checkpoint lies past it
+                    self._warm_up(module, x, batch_size=batch_size, seed=ae_seed, progress=progress)
+                if j < scored:
+                    continue
+                gmm = mixtures[j]
                 info: dict[str, Any] = {"autoencoder": a, "autoencoder_seed": ae_seed, "gmm": j,
-                                        "autoencoder_loss": autoencoder_loss,
+                                        "autoencoder_loss": autoencoder["loss"],
                                         "gmm_log_likelihood": float(gmm.score(embedding))}
                 if labels is not None:
                     info.update(cluster_scores(labels, gmm.predict(embedding)))
@@ -346,20 +372,23 @@ class VaDE(ClusterEstimator):
                 elif self.init_selection == "heldout_likelihood":
                     info["score"] = gmm.heldout_log_likelihood_
                 else:
-                    info["score"] = self._warmed_up_elbo(module, x, batch_size=batch_size, seed=ae_seed,
-                                                         progress=progress)
+                    info["score"] = self._elbo(module, x)
                     if labels is not None:
                         info.update({f"{k}_after_warmup": v
                                      for k, v in cluster_scores(labels, self._assign(module, x)).items()})
                 candidates.append(info)
-                if best is None or info["score"] > best["info"]["score"]:
-                    best = {"info": info, "state": copy.deepcopy(module.state_dict()), "records": pretrain_records}
+                if done["best"] is None or info["score"] > candidates[done["best"]["index"]]["score"]:
+                    done["best"] = {"index": len(candidates) - 1, "state": copy.deepcopy(module.state_dict()),
+                                    "records": autoencoder["records"]}
+            if autoencoder is not None:  # all its GMMs scored now: later checkpoints need not carry it
+                done["autoencoder"] = None
+        best = done["best"]
+        chosen = candidates[best["index"]]
         self.module_.load_state_dict(best["state"])
         self.history_.records.extend(best["records"])
-        chosen = best["info"]
         record = {"phase": "init", "epoch": 0, "step": 0, "loss": chosen["autoencoder_loss"],
                   "autoencoder_loss": chosen["autoencoder_loss"], "gmm_log_likelihood": chosen["gmm_log_likelihood"],
-                  "selection_score": chosen["score"], "selected": candidates.index(chosen),
+                  "selection_score": chosen["score"], "selected": best["index"],
                   "init_selection": self.init_selection if selecting else None, "candidates": candidates}
         record.update({k: chosen[k] for k in ("acc", "nmi") if k in chosen})
         self.history_.records.append(record)
@@ -413,14 +442,17 @@ class VaDE(ClusterEstimator):
         module.cluster_locs_unconstrained.copy_(torch.as_tensor(gmm.means_, device=device))
         module.cluster_scales_unconstrained.copy_(torch.as_tensor(np.log(np.sqrt(gmm.covariances_)), device=device))
 
-    def _warmed_up_elbo(self, module: VaDEModule, x: torch.Tensor, *, batch_size: int, seed: int | None,
-                        progress: bool) -> float:
-        """``selection_epochs`` of VaDE training (not recorded), then the mean ELBO per datum on ``x``."""
+    def _warm_up(self, module: VaDEModule, x: torch.Tensor, *, batch_size: int, seed: int | None,
+                 progress: bool) -> None:
+        """``selection_epochs`` of VaDE training of a candidate before its ELBO is scored (not recorded)."""
         first = len(self.history_.records)
         if self.selection_epochs > 0:
             self._train(module, x, phase="select", epochs=self.selection_epochs, batch_size=batch_size, seed=seed,
                         progress=progress, callbacks=[AdamSettings(self.adam_eps, self.lr_floor)])
         del self.history_.records[first:]
+
+    def _elbo(self, module: VaDEModule, x: torch.Tensor) -> float:
+        """The mean ELBO per datum on ``x`` (4 draws of ``z`` per datum), a candidate's selection score."""
         cuda = [self.device_.index or 0] if self.device_.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # the same noise for every candidate, none taken from the fit's
             torch.manual_seed(0)
