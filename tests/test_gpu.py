@@ -61,7 +61,7 @@ def test_cuda_graph_step_matches_the_eager_step():
 
 def test_hcrl2_trains_with_cuda_graphs_and_recaptures_after_structural_moves():
     data = pyro_hc.synthetic_tree(depth=2, branching=2, n_per_leaf=50, n_features=20, latent_dim=4, seed=0)
-    model = pyro_hc.get_model("hcrl2", **TINY["hcrl2"], lock_epochs=2)
+    model = pyro_hc.get_model("hcrl2", **TINY["hcrl2"], lock_epochs=2, structure="paper")  # GROW within 6 epochs
     model.fit(data, epochs=6, batch_size=32, device="cuda", progress=False, cuda_graphs=True)
     assert model.fit_info_["cuda_graphs"]
     captures = [r["graph_captures"] for r in model.history_.records if r["phase"] == "train"]

@@ -339,7 +339,8 @@ def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.5, separation=4.0, n_per_leaf=60, seed=0)
     labels = data.y.numpy()
     model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=4, hidden_dims=(64,), pretrain_epochs=30,
-                              lock_epochs=5, stick_concentration=3.0, level_concentration=(0.1, 0.2, 8.0))
+                              lock_epochs=5, stick_concentration=3.0, level_concentration=(0.1, 0.2, 8.0),
+                              structure="paper")
     model.fit(data, epochs=60, batch_size=32, seed=0, progress=False)
     assigned = model.predict(data).numpy()
     purity = dendrogram_purity(model.tree, assigned, labels)
@@ -611,13 +612,13 @@ def test_elbo_structure_splits_separated_blobs_and_refuses_to_merge_them_back():
 
 @pytest.mark.slow
 def test_hcrl2_elbo_structure_recovers_the_fine_clusters_on_synthetic_tree_data():
-    """The recovery test's setting with ``structure="elbo"``: HCRL2 is not told the number of leaves.
+    """The recovery test's setting at HCRL2's defaults (the ELBO search): not told the number of leaves.
 
-    Measured on this machine (2-core CPU, one thread, 30 + 60 epochs, seeds 0 / 1 / 2): dendrogram
-    purity 0.94 / 0.90 / 0.82 with 9 / 9 / 10 leaves, against k-means + Ward on the same run's
-    embedding given the true k 0.95 / 0.93 / 0.92; ``structure="paper"`` 0.71 / 0.87 / 0.71.
-    Seed 0 is asserted, with slack: above what the paper's search reaches at this seed (0.71), near
-    the two-stage baseline on the model's own embedding, with a leaf count near the truth.
+    Measured on this machine (2-core CPU, one thread, 30 + 60 epochs), seed 0: dendrogram purity
+    0.946 with 9 leaves, against k-means + Ward on the same run's embedding given the true k 0.952
+    (seeds 1 / 2 in ``benchmarks/hierarchy_recovery.py``'s grid, one build earlier: 0.91 / 0.76; ``structure="paper"``
+    0.71 / 0.87 / 0.71 for seeds 0–2). Seed 0 is asserted, with slack: issue 15's DP ≥ 0.9 at noise
+    0.5, near the two-stage baseline on the model's own embedding, with a leaf count near the truth.
     """
     from pyro_hc.baselines import kmeans_ward_tree
     from pyro_hc.metrics import dendrogram_purity
@@ -625,14 +626,13 @@ def test_hcrl2_elbo_structure_recovers_the_fine_clusters_on_synthetic_tree_data(
     torch.set_num_threads(1)
     data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.5, separation=4.0, n_per_leaf=60, seed=0)
     labels = data.y.numpy()
-    model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=4, hidden_dims=(64,), pretrain_epochs=30,
-                              stick_concentration=3.0, level_concentration=(0.1, 0.2, 8.0), structure="elbo")
+    model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=4, hidden_dims=(64,), pretrain_epochs=30)  # defaults
     model.fit(data, epochs=60, batch_size=32, seed=0, progress=False)
     purity = dendrogram_purity(model.tree, model.predict(data).numpy(), labels)
     baseline_tree, baseline_leaves = kmeans_ward_tree(model.transform(data), data.n_classes)
     baseline = dendrogram_purity(baseline_tree, baseline_leaves, labels)
     print(f"HCRL2 (elbo) DP {purity:.3f}, k-means + Ward on its embedding {baseline:.3f}, {model.tree}")
-    assert purity > 0.8 and purity > baseline - 0.12
-    assert 7 <= len(model.tree.leaves()) <= 12
-    moves = [event for event in model.tree.events if event["kind"] in ("birth", "merge")]
+    assert purity >= 0.9 and purity > baseline - 0.05
+    assert 7 <= len(model.tree.leaves()) <= 11
+    moves = [event for event in model.tree.events if "delta_elbo" in event]
     assert all(event["delta_elbo"] > 0 for event in moves if event["accepted"])

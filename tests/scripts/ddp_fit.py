@@ -18,7 +18,7 @@ assert distributed.init_from_env(backend="gloo", timeout_s=60), "expected to run
 rank = distributed.rank()
 data = pyro_hc.synthetic_tree(depth=2, branching=2, n_per_leaf=50, n_features=20, latent_dim=4, seed=0)
 model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=1, capacity=16,
-                          grow_every=1, lock_epochs=2)
+                          grow_every=1, lock_epochs=2, structure="paper")  # GROW: the test checks its moves agree
 # each rank names its own checkpoint file: only rank 0's may appear
 model.fit(data, epochs=6, batch_size=32, seed=0, progress=False, device="cpu",
           callbacks=[CheckpointEvery(out / f"checkpoint-rank{rank}.pt", every=1)])
