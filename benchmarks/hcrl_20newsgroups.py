@@ -47,41 +47,14 @@ import torch
 from scipy import stats
 
 import pyro_hc
-from pyro_hc.baselines import kmeans_ward_tree
+from pyro_hc.baselines import hierarchical_kmeans_tree, kmeans_ward_tree
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
-from pyro_hc.tree import ClusterTree
 
 #: HCRL's Table 2, 20Newsgroups column: mean and 95 % half-width over 10 replications
 PAPER = {"hcrl2": (0.601, 0.097), "hcrl1": (0.566, 0.048), "vae_ncrp": (0.558, 0.027),
          "vade+hkm": (0.485, 0.056), "hkm": (0.410, 0.043)}
 MODELS = ("hcrl2", "hcrl1", "vae_ncrp", "vade+hkm", "vade+ward", "hkm", "kmeans+ward")
 DEPTH = 4  # the root and three levels, the paper's "depth of four"
-
-
-def hierarchical_kmeans_tree(points, branching: int, levels: int, seed: int = 0) -> tuple[ClusterTree, np.ndarray]:
-    """Hierarchical k-means (Nister & Stewenius 2006): k-means into ``branching`` clusters, recursively.
-
-    Every node with at least ``branching`` points is split by k-means (3 restarts) until ``levels``
-    levels below the root; the points end on the leaves. Returns the tree and each point's leaf.
-    """
-    from sklearn.cluster import KMeans
-
-    points = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points, dtype=np.float64)
-    tree = ClusterTree()
-    assigned = np.full(points.shape[0], tree.root, dtype=np.int64)
-    frontier = [(tree.root, np.arange(points.shape[0]))]
-    for _ in range(levels):
-        next_frontier = []
-        for node, members in frontier:
-            if members.size < branching:
-                continue
-            labels = KMeans(branching, n_init=3, random_state=seed).fit_predict(points[members])
-            for cluster in range(branching):
-                child = tree.add_child(node)
-                assigned[members[labels == cluster]] = child
-                next_frontier.append((child, members[labels == cluster]))
-        frontier = next_frontier
-    return tree, assigned
 
 
 def interval(values: list[float]) -> float:

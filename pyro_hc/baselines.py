@@ -2,9 +2,10 @@
 
 What every benchmark prints beside a model, so a reader sees whether a gap is the representation or
 the structure: :func:`kmeans_ward_tree` (k-means, then Ward linkage of the centroids) on any
-embedding (raw data, a model's own embedding, a data set's true latents), and
-:func:`bisecting_kmeans_tree` (DeepECT's "AE + Bisecting" baseline). Both import no model and no
-engine and return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf.
+embedding (raw data, a model's own embedding, a data set's true latents),
+:func:`bisecting_kmeans_tree` (DeepECT's "AE + Bisecting" baseline) and
+:func:`hierarchical_kmeans_tree` (HCRL's Table 2 "HKM"). They import no model and no engine and
+return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from .tree import ClusterTree
 
-__all__ = ["kmeans_ward_tree", "bisecting_kmeans_tree", "SPLIT_ATTR"]
+__all__ = ["kmeans_ward_tree", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
 
 #: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
 SPLIT_ATTR = "split"
@@ -101,3 +102,44 @@ def bisecting_kmeans_tree(embedding, n_leaves: int, seed: int | None = 0,
         label_to_node[int(item.label)] = node
     assignments = np.array([label_to_node[int(label)] for label in model.labels_], dtype=np.int64)
     return tree, assignments
+
+
+def hierarchical_kmeans_tree(x: Any, branching: int, levels: int, seed: int = 0) -> tuple[ClusterTree, np.ndarray]:
+    """Hierarchical k-means (Nistér & Stewénius 2006): k-means into ``branching`` clusters, recursively.
+
+    HCRL's Table 2 baseline ("HKM", and "VaDE + HKM" on VaDE's embedding). Every node holding at
+    least ``branching`` points is split by k-means (3 restarts) until ``levels`` levels below the
+    root; a smaller node stays a leaf. The points end on the leaves.
+
+    Returns
+    -------
+    (ClusterTree, numpy.ndarray)
+        The tree and each point's leaf id.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not ``[N, D]``, or ``branching < 2`` or ``levels < 1``.
+    """
+    from sklearn.cluster import KMeans
+
+    points = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    if points.ndim != 2:
+        raise ValueError(f"x must be [N, D], got shape {points.shape}")
+    if branching < 2 or levels < 1:
+        raise ValueError(f"need branching >= 2 and levels >= 1, got branching={branching}, levels={levels}")
+    tree = ClusterTree()
+    assigned = np.full(points.shape[0], tree.root, dtype=np.int64)
+    frontier = [(tree.root, np.arange(points.shape[0]))]
+    for _ in range(levels):
+        next_frontier = []
+        for node, members in frontier:
+            if members.size < branching:
+                continue
+            labels = KMeans(branching, n_init=3, random_state=seed).fit_predict(points[members])
+            for cluster in range(branching):
+                child = tree.add_child(node)
+                assigned[members[labels == cluster]] = child
+                next_frontier.append((child, members[labels == cluster]))
+        frontier = next_frontier
+    return tree, assigned

@@ -383,3 +383,24 @@ def test_hierarchical_f_score_needs_the_coarse_groups_too():
     unlabelled = nx.DiGraph([(0, 1), (0, 2)])
     with pytest.raises(ValueError, match="'label' attribute"):
         hierarchical_f_score(star, labels[:2], [0, 0], label_tree=unlabelled)
+
+
+def test_hierarchical_kmeans_tree_recovers_two_levels_of_separated_blobs():
+    """HKM (HCRL's Table 2 baseline, in ``pyro_hc.baselines``): 2 groups of 2 blobs, branching 2, two levels."""
+    from pyro_hc.baselines import hierarchical_kmeans_tree
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[10.0, 0.0], [10.0, 3.0], [-10.0, 0.0], [-10.0, 3.0]])
+    labels = np.repeat(np.arange(4), 30)
+    points = centres[labels] + 0.2 * rng.standard_normal((120, 2))
+    tree, assigned = hierarchical_kmeans_tree(points, branching=2, levels=2, seed=0)
+    assert len(tree.leaves()) == 4 and all(tree.level(leaf) == 2 for leaf in tree.leaves())
+    assert set(np.unique(assigned)) <= set(tree.leaves())
+    assert dendrogram_purity(tree, assigned, labels) == pytest.approx(1.0)
+    # the coarse level separates the two groups: each level-1 node holds the blobs of one group
+    coarse = np.array([tree.ancestors(int(leaf))[1] for leaf in assigned])
+    group_of = {label: set(coarse[labels == label]) for label in range(4)}
+    assert all(len(nodes) == 1 for nodes in group_of.values())
+    assert group_of[0] == group_of[1] and group_of[2] == group_of[3] and group_of[0] != group_of[2]
+    with pytest.raises(ValueError, match="branching"):
+        hierarchical_kmeans_tree(points, branching=1, levels=2)
