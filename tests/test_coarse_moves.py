@@ -32,20 +32,6 @@ def two_group_problem(seed=0, n=9):
     return tree, resp, z_loc, z_var, log_eta, prior, 1.3
 
 
-def test_cluster_tree_move_reparents_a_subtree_and_refuses_cycles():
-    tree, *_ = two_group_problem()
-    version = tree.version
-    tree.move(3, 5)
-    assert tree.parent(3) == 5 and tree.children(5) == [3, 6] and tree.version > version
-    tree.check()
-    with pytest.raises(ValueError, match="root"):
-        tree.move(0, 1)
-    with pytest.raises(ValueError, match="below itself"):
-        tree.move(1, 2)
-    with pytest.raises(ValueError, match="below itself"):
-        tree.move(1, 1)
-
-
 @pytest.mark.parametrize("move", ["split_internal", "merge_internal", "reparent"])
 def test_coarse_move_delta_elbo_equals_the_difference_of_brute_force_elbos(move):
     tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(1)

@@ -675,3 +675,21 @@ def test_nan_attribute_survives_json():
     tree.graph.nodes[1]["loss"] = float("nan")
     loaded = ClusterTree.from_json(json.loads(json.dumps(tree.to_json())))
     assert math.isnan(loaded.graph.nodes[1]["loss"])
+
+
+def test_move_reparents_a_subtree_and_refuses_cycles():
+    tree = ClusterTree()  # 0 -> 1 -> {2, 3, 4}, 0 -> 5 -> 6
+    coarse = tree.add_child(0)
+    leaves = [tree.add_child(coarse) for _ in range(3)]
+    other = tree.add_child(0)
+    tree.add_child(other)
+    version = tree.version
+    tree.move(leaves[1], other)
+    assert tree.parent(3) == 5 and tree.children(5) == [3, 6] and tree.version > version
+    tree.check()
+    with pytest.raises(ValueError, match="root"):
+        tree.move(0, 1)
+    with pytest.raises(ValueError, match="below itself"):
+        tree.move(1, 2)
+    with pytest.raises(ValueError, match="below itself"):
+        tree.move(1, 1)

@@ -660,12 +660,12 @@ class ELBOStructureMoves(Callback):
             if 0 < len(moved) < len(children):
                 new_tree, sibling = split_internal_tree(tree, node, moved)
                 consider("split_internal", new_tree, node=node, moved=moved, new_node=sibling)
+        subtree_mass = {u: float(subtree_weights(tree, u, resp).sum()) for u in coarse}
         for parent in tree.internal_nodes():  # merge
-            group = [u for u in tree.children(parent) if u in coarse]
+            group = [u for u in tree.children(parent) if u in subtree_mass]
             for i, a in enumerate(group):
                 for b in group[i + 1:]:
-                    keep, drop = (a, b) if float(subtree_weights(tree, a, resp).sum()) >= float(
-                        subtree_weights(tree, b, resp).sum()) else (b, a)
+                    keep, drop = (a, b) if subtree_mass[a] >= subtree_mass[b] else (b, a)
                     consider("merge_internal", merge_internal_tree(tree, keep, drop), keep=keep, drop=drop)
         for node in tree.nodes():  # re-parent
             parent = tree.parent(node)
@@ -684,9 +684,12 @@ class ELBOStructureMoves(Callback):
             new_tree = info["new_tree"]
             after = relabel_responsibilities(tree, new_tree, resp)
             emitted = emission_weights(new_tree, after)
-            changed = {"split_internal": lambda: [info["node"], info["new_node"]],
-                       "merge_internal": lambda: [info["keep"]],
-                       "reparent": lambda: [info["old_parent"], info["new_parent"]]}[kind]()
+            if kind == "split_internal":
+                changed = [info["node"], info["new_node"]]
+            elif kind == "merge_internal":
+                changed = [info["keep"]]
+            else:
+                changed = [info["old_parent"], info["new_parent"]]
             gaussians = {node: self._posterior_gaussian(prior, emitted[node], z_loc, z_var) for node in changed}
             if kind == "split_internal":
                 new_node = module.split_internal(info["node"], info["moved"], gaussians)

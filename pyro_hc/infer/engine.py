@@ -453,8 +453,8 @@ class SVIEngine:
             "rng": rng_state(),
         }
 
-    def _stateful_callbacks(self, method: str) -> dict[str, Callback]:
-        """Callbacks that have ``method``, keyed ``"<class>#<i>"`` (i: its rank among callbacks of its class).
+    def _stateful_callbacks(self) -> dict[str, Callback]:
+        """Callbacks with a ``state_dict``, keyed ``"<class>#<i>"`` (i: its rank among those of its class).
 
         Keyed by class rather than by position, so that a resumed fit restores each state into the
         callback it came from even when other callbacks were added or removed around it (a fit
@@ -462,7 +462,7 @@ class SVIEngine:
         """
         keyed, seen = {}, {}
         for cb in self.callbacks:
-            if cb is self.history or not callable(getattr(cb, method, None)):
+            if cb is self.history or not callable(getattr(cb, "state_dict", None)):
                 continue
             name = type(cb).__qualname__
             keyed[f"{name}#{seen.get(name, 0)}"] = cb
@@ -471,7 +471,7 @@ class SVIEngine:
 
     def _callback_states(self) -> dict[str, Any]:
         """``state_dict()`` of every callback that has one, keyed by :meth:`_stateful_callbacks`."""
-        return {key: cb.state_dict() for key, cb in self._stateful_callbacks("state_dict").items()}
+        return {key: cb.state_dict() for key, cb in self._stateful_callbacks().items()}
 
     def _apply_pending_resume(self) -> None:
         """After ``on_fit_start``: the random, batch-order and callback states a resumed fit continues from."""
@@ -486,7 +486,7 @@ class SVIEngine:
                 if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
                     cb.load_state_dict(cb_state)
         else:
-            for key, cb in self._stateful_callbacks("state_dict").items():
+            for key, cb in self._stateful_callbacks().items():
                 if states.get(key) is not None and callable(getattr(cb, "load_state_dict", None)):
                     cb.load_state_dict(states[key])
         if resume.get("rng") is not None:
