@@ -160,9 +160,9 @@ def test_history_records_both_phases_and_the_init(tiny_vade):
     assert phases == ["pretrain", "pretrain", "init", "train", "train"]
     assert all(np.isfinite(tiny_vade.history_["loss"]))
     init = tiny_vade.history_.records[2]
-    assert "acc" not in init and init["init_selection"] == "elbo"  # no labels; the default choice of the start
-    scores = [c["score"] for c in init["candidates"]]
-    assert len(scores) == 5 and init["selected"] == int(np.argmax(scores))
+    assert "acc" not in init and init["init_selection"] is None  # no labels; the paper's single GMM by default
+    (candidate,) = init["candidates"]
+    assert init["selected"] == 0 and candidate["score"] == init["gmm_log_likelihood"]
     assert init["loss"] == init["autoencoder_loss"] > 0 and np.isfinite(init["gmm_log_likelihood"])
 
 
