@@ -277,6 +277,8 @@ def test_bad_configuration_is_rejected(synthetic):
         pyro_hc.get_model("hcrl2", depth=4, capacity=3).fit(synthetic, epochs=0, progress=False)
     with pytest.raises(ValueError, match="structure"):
         pyro_hc.get_model("hcrl2", structure="greedy").fit(synthetic, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="mean_coupling"):
+        pyro_hc.get_model("hcrl2", elbo_mean_coupling=0.0).fit(synthetic, epochs=0, progress=False)
 
 
 @pytest.mark.parametrize("per_datum_levels", [True, False])

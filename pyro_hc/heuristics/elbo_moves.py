@@ -17,7 +17,10 @@ the ELBO prefer fewer components:
   order), whose part of the ELBO is ``log B(1 + M_c, γ + M_{>c}) − log B(1, γ)``;
 
 plus the entropy of the responsibilities ``q(ζ_n, l_n)`` and their level term (unchanged by the
-moves below). :func:`tree_elbo` computes the whole; :func:`birth_delta` and :func:`merge_delta`
+moves below). Optionally (``mean_coupling``, :class:`TreeNodePrior`) each child's mean is centred on
+its parent's instead of the embedding's mean; the nodes' part is then a mean-field bound found by
+coordinate ascent over the whole tree (:func:`tree_node_posterior`), and it is what lets a grouping
+of leaves that emit alone raise the ELBO. :func:`tree_elbo` computes the whole; :func:`birth_delta` and :func:`merge_delta`
 the change a move makes, from the statistics of the nodes it touches only.
 
 Moves (:class:`ELBOStructureMoves`, an engine callback run at epoch end):
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,10 +62,10 @@ from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
-__all__ = ["ELBOStructureMoves", "ancestor_birth_delta", "birth_delta", "emission_weights", "merge_delta",
+__all__ = ["ELBOStructureMoves", "TreeNodePrior", "ancestor_birth_delta", "birth_delta", "emission_weights", "merge_delta",
            "merge_internal_tree", "node_prior", "propose_split", "refine_responsibilities",
            "refined_birth_delta", "refined_merge_delta", "relabel_delta", "relabel_responsibilities",
-           "reparent_tree", "split_internal_tree", "subtree_weights", "tree_elbo"]
+           "reparent_tree", "split_internal_tree", "subtree_weights", "tree_elbo", "tree_node_posterior"]
 
 
 def _xlogx(x: Tensor) -> Tensor:
@@ -83,7 +87,122 @@ def node_prior(z_loc: Tensor, z_var: Tensor, precision_scale: float = 0.1, conce
 
 def _node_evidence(prior: NormalGamma, count: Tensor, sum_z: Tensor, sum_z2: Tensor) -> Tensor:
     """Each node's part of the ELBO, summed over coordinates: ``[...]`` from ``count [...]``, sums ``[..., d]``."""
+    if isinstance(prior, TreeNodePrior):
+        raise ValueError("a node's ELBO term is local only under independent node priors; with child means centred "
+                         "on the parent's (TreeNodePrior) score moves by tree_elbo (the refined deltas do)")
     return prior.log_evidence(count[..., None], sum_z, sum_z2).sum(-1)
+
+
+@dataclass(frozen=True)
+class TreeNodePrior:
+    """Node Gaussians whose means are centred on their parent's: the Occam factor of the grouping.
+
+    Per coordinate, with the Normal–Gamma ``base`` (:func:`node_prior`: ``m₀, κ₀, a₀, b₀``)::
+
+        λ_u ~ Gamma(a₀, b₀)                              every node u
+        μ_root ~ Normal(m₀, 1 / (κ₀ λ_root))
+        μ_u ~ Normal(μ_parent(u), 1 / (coupling · λ_u))   every other node
+        z ~ Normal(μ_u, 1 / λ_u)                          the data node u emits
+
+    Under :class:`~pyro_hc.distributions.NormalGamma` priors alone (independent, centred on the
+    embedding's mean) the ELBO of leaf-emitted data does not depend on how the leaves are grouped:
+    an internal node that emits nothing costs its prior and stick terms and earns nothing, so no
+    coarse split pays. Here a child whose mean lies near its parent's earns ``coupling · λ_child``
+    per squared distance, and leaves of one group gain from a common parent of their own. HCRL's
+    paper has no such dependence (its internal nodes emit instead, Sec. 3); VAE-nCRP's prior has it.
+
+    The posterior is mean-field ``Π_u q(μ_u) q(λ_u)`` (Normal, Gamma), found by coordinate ascent
+    (:func:`tree_node_posterior`): given ``E λ`` the means solve one linear system per coordinate
+    (the tree's Gaussian field), given ``q(μ)`` each ``q(λ_u)`` is conjugate. ``posterior`` is the
+    base prior's, for the E-steps and the Gaussians placed after a move (node by node).
+    """
+
+    base: NormalGamma
+    coupling: float = 0.1
+    iterations: int = 100
+    tolerance: float = 1e-7
+
+    def posterior(self, count: Tensor, sum_z: Tensor, sum_z2: Tensor) -> NormalGamma:
+        return self.base.posterior(count, sum_z, sum_z2)
+
+
+def _tree_node_elbo(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: Tensor, prior: TreeNodePrior,
+                    loc: Tensor, var: Tensor, concentration: Tensor, rate: Tensor) -> Tensor:
+    """The nodes' part of the ELBO under :class:`TreeNodePrior` at ``q(μ) = Normal(loc, var)``,
+    ``q(λ) = Gamma(concentration, rate)`` (all ``[M, d]``; ``parents [M]``, −1 at the root)."""
+    base = prior.base
+    m0, a0, b0 = base.loc, base.concentration, base.rate
+    root = parents < 0
+    up = parents.clamp_min(0)
+    kappa0 = base.precision_scale.expand_as(loc)
+    kappa = torch.where(root[:, None], kappa0, torch.full_like(kappa0, prior.coupling))  # κ₀ at the root
+    centre = torch.where(root[:, None], m0.expand_as(loc), loc[up])
+    centre_var = torch.where(root[:, None], torch.zeros_like(var), var[up])
+    e_lambda = concentration / rate
+    e_log_lambda = torch.digamma(concentration) - rate.log()
+    log_2pi = math.log(2 * math.pi)
+    data_sq = sum_z2 - 2 * sum_z * loc + count[:, None] * (loc.square() + var)  # E Σ r (z − μ)²
+    prior_sq = (loc - centre).square() + var + centre_var  # E (μ_u − μ_parent)²
+    data = 0.5 * count[:, None] * (e_log_lambda - log_2pi) - 0.5 * e_lambda * data_sq
+    mean_prior = 0.5 * (kappa.log() + e_log_lambda - log_2pi) - 0.5 * kappa * e_lambda * prior_sq
+    precision_prior = a0 * b0.log() - torch.lgamma(a0) + (a0 - 1) * e_log_lambda - b0 * e_lambda
+    mean_entropy = 0.5 * (var.log() + log_2pi + 1)
+    precision_entropy = concentration - rate.log() + torch.lgamma(concentration) + (1 - concentration) * torch.digamma(
+        concentration)
+    return (data + mean_prior + precision_prior + mean_entropy + precision_entropy).sum()
+
+
+def tree_node_posterior(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: Tensor,
+                        prior: TreeNodePrior) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Coordinate ascent to the mean-field ``q(μ) q(λ)`` of :class:`TreeNodePrior`, in float64.
+
+    ``parents [M]``: each node's parent's position (−1 at the root); statistics ``count [M]``,
+    ``sum_z``, ``sum_z2 [M, d]``. Returns the nodes' ELBO term and ``(loc, var, concentration, rate)``.
+    Vectorised over nodes and coordinates: each sweep solves the means' ``[d, M, M]`` systems.
+    """
+    dtype = sum_z.dtype
+    parents = parents.to(device=sum_z.device, dtype=torch.long)
+    count, sum_z, sum_z2 = count.double(), sum_z.double(), sum_z2.double()
+    base = prior.base
+    m0 = base.loc.double().expand_as(sum_z)
+    kappa0, a0, b0 = (t.double().expand_as(sum_z) for t in (base.precision_scale, base.concentration, base.rate))
+    m, d = sum_z.shape
+    root = parents < 0
+    child = (~root).nonzero().squeeze(-1)
+    up = parents[child]
+    kappa = torch.where(root[:, None], kappa0, torch.full_like(kappa0, prior.coupling))
+    concentration = a0 + 0.5 * (count[:, None] + 1)  # fixed by the counts
+    e_lambda = a0 / b0
+    loc = var = rate = None
+    for _ in range(prior.iterations):
+        # q(μ): the Gaussian field on the tree given E λ (mean-field means are its exact means)
+        tie = prior.coupling * e_lambda[child]  # [children, d]: child–parent precision
+        diagonal = e_lambda * count[:, None] + kappa * e_lambda
+        diagonal = diagonal.index_add(0, up, tie)
+        system = torch.diag_embed(diagonal.T)  # d x M x M
+        system[:, child, up] = -tie.T
+        system[:, up, child] = -tie.T
+        target = e_lambda * sum_z + torch.where(root[:, None], kappa0 * e_lambda * m0, torch.zeros_like(m0))
+        loc = torch.linalg.solve(system, target.T[..., None])[..., 0].T
+        var = 1.0 / diagonal
+        # q(λ_u): conjugate given q(μ)
+        centre = torch.where(root[:, None], m0, loc[parents.clamp_min(0)])
+        centre_var = torch.where(root[:, None], torch.zeros_like(var), var[parents.clamp_min(0)])
+        data_sq = (sum_z2 - 2 * sum_z * loc + count[:, None] * (loc.square() + var)).clamp_min(0)
+        new_rate = b0 + 0.5 * data_sq + 0.5 * kappa * ((loc - centre).square() + var + centre_var)
+        converged = rate is not None and bool(((new_rate - rate).abs() <= prior.tolerance * rate).all())
+        rate = new_rate
+        e_lambda = concentration / rate
+        if converged:
+            break
+    elbo = _tree_node_elbo(parents, count, sum_z, sum_z2, _as_double(prior), loc, var, concentration, rate)
+    return elbo.to(dtype), loc, var, concentration, rate
+
+
+def _as_double(prior: TreeNodePrior) -> TreeNodePrior:
+    base = prior.base
+    return TreeNodePrior(NormalGamma(base.loc.double(), base.precision_scale.double(), base.concentration.double(),
+                                     base.rate.double()), prior.coupling, prior.iterations, prior.tolerance)
 
 
 def _stick_term(masses: Tensor, gamma: float) -> Tensor:
@@ -158,7 +277,12 @@ def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor
     onehot, nodes = _emission_matrix(tree, path_nodes, resp.dtype, resp.device)
     node_weights = resp.reshape(n, k * levels) @ onehot  # N x nodes: what each node emits
     count, sum_z, sum_z2 = _statistics(node_weights, z_loc, z_loc.square() + z_var)
-    total = _node_evidence(prior, count, sum_z, sum_z2).sum()
+    if isinstance(prior, TreeNodePrior):
+        position = {node: i for i, node in enumerate(nodes)}
+        parents = torch.as_tensor([-1 if tree.parent(u) is None else position[tree.parent(u)] for u in nodes])
+        total = tree_node_posterior(parents, count, sum_z, sum_z2, prior)[0]
+    else:
+        total = _node_evidence(prior, count, sum_z, sum_z2).sum()
     path_mass = resp.sum((0, 2))  # K
     through = {node: 0.0 for node in nodes}
     for row, path in enumerate(tree.paths()):
@@ -437,6 +561,12 @@ class ELBOStructureMoves(Callback):
         Also propose, below every node one level above the leaves, a new leaf from the data its
         paths' ancestors emit (:func:`ancestor_birth_delta`): a cluster no leaf covers is left to
         the broad Gaussians of the root and coarse nodes, where no leaf birth can see it.
+    mean_coupling:
+        None (default): every node's Normal–Gamma prior is centred on the embedding's mean,
+        independently. A number ``κ_c``: child means are centred on their parent's, with precision
+        ``κ_c λ_child`` (:class:`TreeNodePrior`), so that grouping leaves under a parent of their
+        own can raise the ELBO even where the internal nodes emit nothing; the coarse moves are then
+        tried first in every epoch (an accepted one ends the epoch's moves).
     coarse_moves:
         In an epoch without leaf moves, try the coarse moves (split and merge of internal nodes,
         re-parenting) and keep the best if it raises the ELBO (exact in closed form,
@@ -459,7 +589,7 @@ class ELBOStructureMoves(Callback):
                  prior_precision_scale: float = 0.1, prior_concentration: float = 1.0,
                  prior_variance_fraction: float = 0.1, split_steps: int = 20,
                  encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0,
-                 ancestor_births: bool = True, coarse_moves: bool = True) -> None:
+                 ancestor_births: bool = True, coarse_moves: bool = True, mean_coupling: float | None = None) -> None:
         if stick_concentration <= 0:
             raise ValueError(f"stick_concentration must be positive, got {stick_concentration}")
         if lock_epochs < 0 or merge_pairs < 0 or split_steps < 1 or min_mass < 0:
@@ -488,6 +618,9 @@ class ELBOStructureMoves(Callback):
         self.birth_margin = float(birth_margin)
         self.ancestor_births = bool(ancestor_births)
         self.coarse_moves = bool(coarse_moves)
+        if mean_coupling is not None and not mean_coupling > 0:
+            raise ValueError(f"mean_coupling must be positive (or None: independent node means), got {mean_coupling}")
+        self.mean_coupling = None if mean_coupling is None else float(mean_coupling)
         self.lock_counter = 0
         self._buffers: dict[str, Tensor] | None = None
         self._version: int | None = None
@@ -536,15 +669,24 @@ class ELBOStructureMoves(Callback):
         seen = self._buffers["seen"]
         z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
         prior = node_prior(z_loc, z_var, **self.prior_settings)
+        if self.mean_coupling is not None:
+            prior = TreeNodePrior(prior, self.mean_coupling)
         gamma = self.stick_concentration
         paths = tree.paths()
         epoch, step = state.epoch, state.step
         log_eta = self._buffers["log_eta"][seen]
-        merges = self._merge(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
-        births = 0 if merges else self._births(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma,
-                                               epoch, step)
-        coarse = 0
-        if self.coarse_moves and not (merges or births):
+        # With child means centred on the parent's, the coarse moves have evidence of their own: they are
+        # tried first, every epoch (leaf moves may go on for the whole fit and would starve them), and an
+        # accepted one ends the epoch's moves. With independent node priors leaf data cannot tell groups
+        # apart, so they are tried only in an epoch without leaf moves.
+        coarse = merges = births = 0
+        if self.coarse_moves and self.mean_coupling is not None:
+            coarse = self._coarse(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
+        if not coarse:
+            merges = self._merge(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
+            births = 0 if merges else self._births(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma,
+                                                   epoch, step)
+        if self.coarse_moves and self.mean_coupling is None and not (merges or births):
             coarse = self._coarse(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
         changed = bool(births or merges or coarse)
         if changed:

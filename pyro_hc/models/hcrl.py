@@ -352,6 +352,12 @@ class _HCRL(ClusterEstimator):
     elbo_birth_margin:
         ``structure="elbo"`` only: nats by which a birth must raise the ELBO to be accepted
         (see :class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`).
+    elbo_mean_coupling:
+        ``structure="elbo"`` only: None scores moves with independent node priors; a number
+        ``κ_c`` centres each child's mean on its parent's (precision ``κ_c λ_child``,
+        :class:`~pyro_hc.heuristics.elbo_moves.TreeNodePrior`), the Occam factor that makes a
+        coarse split pay where the internal nodes emit little. HCRL's paper has no such prior
+        (its internal nodes emit instead); VAE-nCRP's has one.
     """
 
     loss = "trace_enum"
@@ -383,6 +389,7 @@ class _HCRL(ClusterEstimator):
         structure: str = "elbo",
         elbo_lock_epochs: int = 1,
         elbo_birth_margin: float = 0.0,
+        elbo_mean_coupling: float | None = None,
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -408,6 +415,7 @@ class _HCRL(ClusterEstimator):
         self.structure = structure
         self.elbo_lock_epochs = elbo_lock_epochs
         self.elbo_birth_margin = elbo_birth_margin
+        self.elbo_mean_coupling = elbo_mean_coupling
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.depth < 2:
@@ -458,7 +466,7 @@ class _HCRL(ClusterEstimator):
         if self.structure == "elbo":
             return ELBOStructureMoves(stick_concentration=self._stick_concentration(), lock_epochs=self.elbo_lock_epochs,
                                       max_leaves=self.max_leaves, capacity=self.capacity,
-                                      birth_margin=self.elbo_birth_margin)
+                                      birth_margin=self.elbo_birth_margin, mean_coupling=self.elbo_mean_coupling)
         return self._paper_heuristics(seed)
 
     def _paper_heuristics(self, seed: int | None) -> NCRPHeuristics:
