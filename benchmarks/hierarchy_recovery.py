@@ -62,7 +62,8 @@ DP_MARGIN, LEAF_MARGIN = 0.02, 2
 TREE_MODELS = ("hcrl2", "hcrl2_coupled", "hcrl2_paper", "hcrl1", "vae_ncrp", "deepect")
 
 
-def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int, n_leaves: int) -> dict[str, dict]:
+def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int, n_leaves: int,
+                  mean_coupling: float = 1.0) -> dict[str, dict]:
     """The tree models, one configuration each (nCRP depth 3: root, coarse, fine).
 
     HCRL2 and HCRL1 get only the network, its pretraining budget and the depth: every structural
@@ -74,7 +75,7 @@ def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int
     return {
         "hcrl2": dict(name="hcrl2", depth=3, **shared),  # the default search: moves accepted on the ELBO
         # the same search with child means centred on the parent's (the grouping's Occam factor)
-        "hcrl2_coupled": dict(name="hcrl2", depth=3, elbo_mean_coupling=0.1, **shared),
+        "hcrl2_coupled": dict(name="hcrl2", depth=3, elbo_mean_coupling=mean_coupling, **shared),
         # the paper's Algorithm 1 (GROW / PRUNE / MERGE) at its own defaults
         "hcrl2_paper": dict(name="hcrl2", depth=3, structure="paper", **shared),
         "hcrl1": dict(name="hcrl1", depth=3, **shared),
@@ -207,6 +208,8 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--latent-dim", type=int, default=4)
+    parser.add_argument("--mean-coupling", type=float, default=1.0,
+                        help="hcrl2_coupled's elbo_mean_coupling: child means centred on the parent's")
     parser.add_argument("--hidden-dims", default="64")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (tiny networks: 1 is fastest)")
@@ -230,7 +233,7 @@ def main() -> None:
             for noise in args.noise:
                 data = make_data(tree_name, emission, noise, args)
                 n_leaves = true_leaves(data.tree)
-                configs = model_configs(hidden, args.latent_dim, args.pretrain_epochs, n_leaves)
+                configs = model_configs(hidden, args.latent_dim, args.pretrain_epochs, n_leaves, args.mean_coupling)
                 runs = run_cell(data, names, configs, args, hidden)
                 cell = {"tree": tree_name, "emission": emission, "noise": noise, "n_points": len(data)}
                 for row in summarise(cell, runs, n_leaves):

@@ -414,7 +414,7 @@ def ancestor_birth_delta(tree: ClusterTree, parent: int, share: Tensor, resp: Te
                          ) -> tuple[Tensor, Tensor, ClusterTree, int]:
     """ΔELBO of a new leaf below ``parent`` (one level above the leaves) that takes, of every datum,
     the fraction ``share[n]`` of what the ancestors of ``parent``'s paths emit for it (their cells
-    above the leaf level), after ``steps`` partial E-steps on those paths (both sides alike).
+    above the leaf level), after ``steps`` partial E-steps over all paths (both sides alike).
 
     The leaf birth of :func:`birth_delta` splits what a leaf emits; data a missing cluster leaves
     to the broad Gaussians of the root and the coarse nodes are seen by this move only. Returns
@@ -435,10 +435,13 @@ def ancestor_birth_delta(tree: ClusterTree, parent: int, share: Tensor, resp: Te
     columns[paths[rows[0]][:-1] + (new_leaf,)] = born
     after_paths = grown.paths()
     after = torch.stack([columns[path] for path in after_paths], 1)
-    after_rows = [after_paths.index(paths[row]) for row in rows] + [after_paths.index(paths[rows[0]][:-1] + (new_leaf,))]
-    delta, after = _refined_delta(tree, resp, rows, grown, after, after_rows, z_loc, z_var, log_eta, prior, gamma,
-                                  steps)
-    return delta, after[:, after_rows[-1], -1], grown, new_leaf
+    born_row = after_paths.index(paths[rows[0]][:-1] + (new_leaf,))
+    # the E-steps run over every path on both sides: data an ancestor emits may belong to a leaf
+    # elsewhere in the tree, and a birth must not be credited with what moving them there would gain
+    # (it would make a duplicate of that leaf, which a re-parent and a merge then undo, epoch after epoch)
+    delta, after = _refined_delta(tree, resp, range(len(paths)), grown, after, range(len(after_paths)), z_loc, z_var,
+                                  log_eta, prior, gamma, steps)
+    return delta, after[:, born_row, -1], grown, new_leaf
 
 
 # coarse moves: the same leaves and q over (leaf, level), other internal nodes on the paths --------
@@ -566,7 +569,7 @@ class ELBOStructureMoves(Callback):
         independently. A number ``κ_c``: child means are centred on their parent's, with precision
         ``κ_c λ_child`` (:class:`TreeNodePrior`), so that grouping leaves under a parent of their
         own can raise the ELBO even where the internal nodes emit nothing; the coarse moves are then
-        tried first in every epoch (an accepted one ends the epoch's moves).
+        tried first in every epoch, the leaf moves after them.
     coarse_moves:
         In an epoch without leaf moves, try the coarse moves (split and merge of internal nodes,
         re-parenting) and keep the best if it raises the ELBO (exact in closed form,
@@ -676,16 +679,20 @@ class ELBOStructureMoves(Callback):
         epoch, step = state.epoch, state.step
         log_eta = self._buffers["log_eta"][seen]
         # With child means centred on the parent's, the coarse moves have evidence of their own: they are
-        # tried first, every epoch (leaf moves may go on for the whole fit and would starve them), and an
-        # accepted one ends the epoch's moves. With independent node priors leaf data cannot tell groups
+        # tried first, every epoch (leaf moves go on for most of a fit and would starve them). A coarse
+        # move keeps every datum's q over (leaf, level), so the leaf moves then go on in the same epoch on
+        # the relabelled responsibilities. With independent node priors leaf data cannot tell groups
         # apart, so they are tried only in an epoch without leaf moves.
-        coarse = merges = births = 0
+        coarse = 0
         if self.coarse_moves and self.mean_coupling is not None:
+            before = tree.copy()
             coarse = self._coarse(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
-        if not coarse:
-            merges = self._merge(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
-            births = 0 if merges else self._births(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma,
-                                                   epoch, step)
+            if coarse:
+                tree = module.tree
+                resp, paths = relabel_responsibilities(before, tree, resp), tree.paths()
+        merges = self._merge(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
+        births = 0 if merges else self._births(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma,
+                                               epoch, step)
         if self.coarse_moves and self.mean_coupling is None and not (merges or births):
             coarse = self._coarse(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
         changed = bool(births or merges or coarse)
