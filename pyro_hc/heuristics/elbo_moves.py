@@ -549,7 +549,8 @@ class ELBOStructureMoves(Callback):
     capacity:
         The model's node capacity: no birth that would exceed it.
     min_mass:
-        A leaf holding less mass than this is not split.
+        A leaf holding less mass than this is not split, and is offered to its heaviest sibling
+        as a merge every epoch (kept if the ELBO rises: a delete).
     merge_pairs:
         How many sibling pairs (nearest by symmetrised KL of their Gaussians) are tried per epoch.
     prior_precision_scale, prior_concentration, prior_variance_fraction:
@@ -879,6 +880,15 @@ class ELBOStructureMoves(Callback):
         diff = (means[a_rows] - means[b_rows]).square()
         sym_kl = 0.5 * ((var[a_rows] + diff) / var[b_rows] + (var[b_rows] + diff) / var[a_rows] - 2).sum(-1)
         order = torch.argsort(sym_kl)[: self.merge_pairs].tolist()
+        # a leaf holding less than ``min_mass`` is also offered to its heaviest sibling (a delete): its
+        # Gaussian sits near the prior, far from every sibling by the KL, so the nearest pairs miss it
+        mass = resp.sum((0, 2))
+        for index, (a, b) in enumerate(pairs):
+            light = min(float(mass[a]), float(mass[b])) < self.min_mass
+            heaviest = max(float(mass[a]), float(mass[b])) == max(
+                float(mass[row]) for row, path in enumerate(paths) if path[-2] == paths[a][-2])
+            if light and heaviest and index not in order:
+                order.append(index)
         candidates = []
         for index in order:
             a, b = pairs[index]
