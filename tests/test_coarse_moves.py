@@ -226,3 +226,44 @@ def test_leaf_only_grouping_is_scored_only_when_child_means_are_centred_on_the_p
     with pytest.raises(ValueError, match="local only"):  # the local deltas assume independent nodes
         birth_delta(tree, 0, torch.full((4 * per,), 0.5, dtype=torch.float64), resp, z_loc, z_var,
                     TreeNodePrior(independent), 3.0)
+
+
+def test_a_leaf_without_mass_is_offered_to_its_heaviest_sibling_and_deleted():
+    """Leaves 2 and 6 hold data 6 sd apart, leaf 5 between them in creation order
+    holds nothing. The nearest pair by KL (2, 6) would lower the ELBO if merged; the empty leaf is
+    far from both by KL, so only the light-leaf rule proposes it, and deleting it raises the ELBO
+    (its stick no longer takes prior mass from the later sibling)."""
+    from pyro_hc.heuristics.elbo_moves import ELBOStructureMoves
+    from .test_hcrl import tiny_hcrl
+
+    module = tiny_hcrl(True)
+    empty = module.add_leaf(1, (torch.zeros(2), torch.ones(2)))
+    heavy = module.add_leaf(1, (torch.tensor([3.0, 1.2]), torch.full((2,), 0.2)))
+    paths = module.tree.paths()
+    row = {path[-1]: k for k, path in enumerate(paths)}
+    generator = torch.Generator().manual_seed(0)
+    centres = {2: torch.tensor([3.0, 0.0]), heavy: torch.tensor([3.0, 1.2]), 4: torch.tensor([-3.0, 0.0])}
+    z_loc = torch.cat([c + 0.2 * torch.randn(30, 2, generator=generator) for c in centres.values()])
+    resp = torch.zeros(90, len(paths), 3)
+    for i, leaf in enumerate(centres):
+        resp[30 * i:30 * (i + 1), row[leaf], 2] = 1.0
+    z_var, log_eta = torch.zeros_like(z_loc), torch.full((90, 3), 1 / 3).log()
+    prior = node_prior(z_loc, z_var)
+
+    def merge_events(min_mass):
+        tree = module.tree.copy()
+        saved = module.tree
+        module.tree = tree
+        try:
+            ELBOStructureMoves(min_mass=min_mass, merge_pairs=1)._merge(
+                module, tree, paths, resp, z_loc, z_var, log_eta, prior, 1.5, 0, 0)
+        finally:
+            module.tree = saved
+        return tree, [e for e in tree.events if e["kind"] == "merge"]
+
+    tree, events = merge_events(min_mass=0.0)  # no light-leaf rule: only the nearest pair, rejected
+    assert [(e["keep"], e["drop"], e["accepted"]) for e in events] == [(2, heavy, False)] and empty in tree
+    tree, events = merge_events(min_mass=10.0)
+    deleted = [e for e in events if e["drop"] == empty]
+    assert len(deleted) == 1 and deleted[0]["accepted"] and deleted[0]["delta_elbo"] > 0
+    assert empty not in tree and heavy in tree

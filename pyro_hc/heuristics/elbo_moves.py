@@ -882,12 +882,15 @@ class ELBOStructureMoves(Callback):
         order = torch.argsort(sym_kl)[: self.merge_pairs].tolist()
         # a leaf holding less than ``min_mass`` is also offered to its heaviest sibling (a delete): its
         # Gaussian sits near the prior, far from every sibling by the KL, so the nearest pairs miss it
-        mass = resp.sum((0, 2))
-        for index, (a, b) in enumerate(pairs):
-            light = min(float(mass[a]), float(mass[b])) < self.min_mass
-            heaviest = max(float(mass[a]), float(mass[b])) == max(
-                float(mass[row]) for row, path in enumerate(paths) if path[-2] == paths[a][-2])
-            if light and heaviest and index not in order:
+        mass = resp.sum((0, 2)).tolist()
+        pair_index = {pair: index for index, pair in enumerate(pairs)}
+        for light, path in enumerate(paths):
+            siblings = [row for row, other in enumerate(paths) if other[-2] == path[-2] and row != light]
+            if mass[light] >= self.min_mass or not siblings:
+                continue
+            heaviest = max(siblings, key=lambda row: mass[row])
+            index = pair_index[(min(light, heaviest), max(light, heaviest))]
+            if index not in order:
                 order.append(index)
         candidates = []
         for index in order:
