@@ -78,15 +78,20 @@ def test_ancestor_birth_delta_without_refinement_equals_the_difference_of_brute_
     assert float(delta) == pytest.approx(float(expected), rel=1e-8, abs=1e-8)
 
 
+def two_groups_of_two_leaves():
+    """Depth 3: root 0 -> coarse 1 -> leaves 2, 3 (near (4, ·)) | 4, 5 (near (−4, ·)), creation order;
+    returns the tree, the leaves' centres and ``per`` = 40 points per leaf."""
+    tree = chain_tree(3)  # 0 -> 1 -> 2
+    for _ in range(3):
+        add_child_in_order(tree, 1)  # 3, 4, 5
+    return tree, torch.tensor([[4.0, 0.0], [4.0, 1.0], [-4.0, 0.0], [-4.0, 1.0]]), 40
+
+
 def test_coarse_split_raises_the_elbo_only_along_the_data_groups():
     """Two groups of two leaves under one coarse node, every node emitting (the coarse node near each
     group's data): splitting the coarse node along the groups raises the ELBO, across them it does not."""
     generator = torch.Generator().manual_seed(0)
-    tree = chain_tree(3)  # 0 -> 1 -> 2
-    for _ in range(3):
-        add_child_in_order(tree, 1)  # 3, 4, 5
-    centres = torch.tensor([[4.0, 0.0], [4.0, 1.0], [-4.0, 0.0], [-4.0, 1.0]])  # leaves 2, 3 | 4, 5
-    per = 40
+    tree, centres, per = two_groups_of_two_leaves()
     z_loc, resp_rows = [], []
     for leaf_row, centre in enumerate(centres):
         z_loc.append(centre + 0.2 * torch.randn(per, 2, generator=generator))  # emitted by the leaf
@@ -202,11 +207,7 @@ def test_leaf_only_grouping_is_scored_only_when_child_means_are_centred_on_the_p
     priors a split of the coarse node along the groups and one across them score alike (the internal
     nodes emit nothing); with TreeNodePrior the split along the groups raises the ELBO, across does not."""
     generator = torch.Generator().manual_seed(0)
-    tree = chain_tree(3)  # 0 -> 1 -> 2
-    for _ in range(3):
-        add_child_in_order(tree, 1)  # 3, 4, 5
-    centres = torch.tensor([[4.0, 0.0], [4.0, 1.0], [-4.0, 0.0], [-4.0, 1.0]])  # leaves 2, 3 | 4, 5
-    per = 40
+    tree, centres, per = two_groups_of_two_leaves()
     z_loc = torch.cat([c + 0.2 * torch.randn(per, 2, generator=generator) for c in centres]).double()
     resp = torch.zeros(4 * per, 4, 3, dtype=torch.float64)
     resp[torch.arange(4 * per), torch.arange(4 * per) // per, 2] = 1.0

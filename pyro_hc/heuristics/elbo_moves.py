@@ -163,10 +163,9 @@ def tree_node_posterior(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: T
     dtype = sum_z.dtype
     parents = parents.to(device=sum_z.device, dtype=torch.long)
     count, sum_z, sum_z2 = count.double(), sum_z.double(), sum_z2.double()
-    base = prior.base
-    m0 = base.loc.double().expand_as(sum_z)
-    kappa0, a0, b0 = (t.double().expand_as(sum_z) for t in (base.precision_scale, base.concentration, base.rate))
-    m, d = sum_z.shape
+    prior = _as_double(prior)
+    m0, kappa0, a0, b0 = (t.expand_as(sum_z) for t in (prior.base.loc, prior.base.precision_scale,
+                                                        prior.base.concentration, prior.base.rate))
     root = parents < 0
     child = (~root).nonzero().squeeze(-1)
     up = parents[child]
@@ -195,14 +194,14 @@ def tree_node_posterior(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: T
         e_lambda = concentration / rate
         if converged:
             break
-    elbo = _tree_node_elbo(parents, count, sum_z, sum_z2, _as_double(prior), loc, var, concentration, rate)
+    elbo = _tree_node_elbo(parents, count, sum_z, sum_z2, prior, loc, var, concentration, rate)
     return elbo.to(dtype), loc, var, concentration, rate
 
 
 def _as_double(prior: TreeNodePrior) -> TreeNodePrior:
     base = prior.base
-    return TreeNodePrior(NormalGamma(base.loc.double(), base.precision_scale.double(), base.concentration.double(),
-                                     base.rate.double()), prior.coupling, prior.iterations, prior.tolerance)
+    as_double = (t.double() for t in (base.loc, base.precision_scale, base.concentration, base.rate))
+    return TreeNodePrior(NormalGamma(*as_double), prior.coupling, prior.iterations, prior.tolerance)
 
 
 def _stick_term(masses: Tensor, gamma: float) -> Tensor:
