@@ -49,16 +49,52 @@ REQUIRES = {"deepect_mnist.py": {"mnist", "usps"}, "reproduce.py": {"usps"}, "sp
             "hierarchy_recovery.py": set(), "hcrl_20newsgroups.py": {"20newsgroups"}}
 
 
+def _missing_data(script: str) -> list[str]:
+    return sorted(REQUIRES.get(script, {"mnist"}) - AVAILABLE)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """Every runnable script's smoke run, all in one interpreter (`_smoke_driver.py`): one import of
+    torch and Pyro instead of ten. Returns {script: (report, result file)}."""
+    work = tmp_path_factory.mktemp("benchmarks")
+    plan, outs = {}, {}
+    for script in sorted(SCRIPTS):
+        if _missing_data(script):
+            continue
+        outs[script] = work / f"{script}.json"
+        plan[str(ROOT / "benchmarks" / script)] = [*SCRIPTS[script], "--threads", "1", "--out", str(outs[script])]
+    (work / "plan.json").write_text(json.dumps(plan))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "_smoke_driver.py"), str(work / "plan.json"),
+                          str(work / "report.json")], env=env, capture_output=True, text=True, timeout=900,
+                         cwd=work)
+    assert run.returncode == 0, f"the smoke driver failed ({run.returncode}):\n{run.stderr[-4000:]}"
+    report = json.loads((work / "report.json").read_text())
+    return {script: (report[str(ROOT / "benchmarks" / script)], outs[script]) for script in outs}
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_benchmark_smoke_run(script, tmp_path):
-    missing = sorted(REQUIRES.get(script, {"mnist"}) - AVAILABLE)
+def test_benchmark_smoke_run(script, smoke_runs):
+    missing = _missing_data(script)
     if missing:
         pytest.skip(f"{', '.join(missing)} not on disk (set PYRO_HC_DATA)")
-    out = tmp_path / "result.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *SCRIPTS[script], "--threads", "1",
-                          "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, f"{script} failed ({run.returncode}):\n{run.stderr[-4000:]}"
+    status, out = smoke_runs[script]
+    assert status["returncode"] == 0, f"{script} failed ({status['returncode']}):\n{status['error']}"
     record = json.loads(out.read_text())
     assert record["device"] in ("cpu", "cuda", "cuda:0")
     assert "metrics" in record or record["results"]
+
+
+def test_the_smoke_driver_reports_a_failing_script(tmp_path):
+    """A script that raises is reported with its traceback, and the scripts after it still run."""
+    bad, good = tmp_path / "bad.py", tmp_path / "good.py"
+    bad.write_text("import sys\nif __name__ == '__main__':\n    raise ValueError(sys.argv[1])\n")
+    good.write_text("import sys, pathlib\nif __name__ == '__main__':\n    pathlib.Path(sys.argv[1]).write_text('ok')\n")
+    plan = {str(bad): ["planted"], str(good): [str(tmp_path / "good.txt")]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    subprocess.run([sys.executable, str(ROOT / "tests" / "_smoke_driver.py"), str(tmp_path / "plan.json"),
+                    str(tmp_path / "report.json")], check=True, timeout=60)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report[str(bad)]["returncode"] == 1 and "ValueError: planted" in report[str(bad)]["error"]
+    assert report[str(good)]["returncode"] == 0 and (tmp_path / "good.txt").read_text() == "ok"
