@@ -638,3 +638,71 @@ def test_hcrl2_elbo_structure_recovers_the_fine_clusters_on_synthetic_tree_data(
     assert 7 <= len(model.tree.leaves()) <= 11
     moves = [event for event in model.tree.events if "delta_elbo" in event]
     assert all(event["delta_elbo"] > 0 for event in moves if event["accepted"])
+
+
+def test_conjugate_sticks_are_one_plus_the_mass_through_and_gamma_plus_the_later_siblings_mass():
+    from pyro_hc.heuristics.elbo_moves import conjugate_sticks
+
+    tree, resp, *_, gamma = tiny_structure_problem(4)  # 0 -> 1 -> {2, 3}, paths (0, 1, 2) and (0, 1, 3)
+    mass_2, mass_3 = resp[:, 0].sum(), resp[:, 1].sum()
+    sticks = conjugate_sticks(tree, resp, gamma)
+    expected = {1: (1 + mass_2 + mass_3, gamma), 2: (1 + mass_2, gamma + mass_3), 3: (1 + mass_3, gamma)}
+    assert set(sticks) == set(expected)
+    for node, (a, b) in expected.items():
+        assert float(sticks[node][0]) == pytest.approx(float(a), rel=1e-12)
+        assert float(sticks[node][1]) == pytest.approx(float(b), rel=1e-12)
+
+
+def test_closed_form_sticks_are_the_conjugate_update_of_each_epoch_and_take_no_svi_step():
+    """``elbo_sticks="closed_form"``: after every epoch that left the tree as it was, ``q(v)`` is the
+    conjugate update of that epoch's responsibilities (recomputed here step by step, as the callback
+    memoizes them), the SVI steps never move it, and the sticks train again after the fit."""
+    from pyro_hc.heuristics.elbo_moves import conjugate_sticks
+    from pyro_hc.infer import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.checked = 0
+
+        def on_epoch_start(self, state):
+            module = state.module
+            self.version, self.resp = module.tree.version, torch.zeros(state.num_data, 0)
+            self.sticks = module.stick_a.detach().clone(), module.stick_b.detach().clone()
+            self.rows = {}
+
+        @torch.no_grad()
+        def on_step_end(self, state):
+            module = state.module
+            assert torch.equal(module.stick_a, self.sticks[0]) and torch.equal(module.stick_b, self.sticks[1])
+            joint = module.joint_log_responsibilities(state.batch_x, z=module.encoder(state.batch_x)[0])
+            resp = torch.softmax(joint.reshape(joint.shape[0], -1), -1).reshape(joint.shape)
+            for i, row in zip(state.batch_index.tolist(), resp):
+                self.rows[i] = row
+
+        @torch.no_grad()
+        def on_epoch_end(self, state):
+            module = state.module
+            if module.tree.version != self.version:  # a move re-initialised some sticks
+                return
+            resp = torch.stack([self.rows[i] for i in sorted(self.rows)])
+            for node, (a, b) in conjugate_sticks(module.tree, resp, module.stick_concentration).items():
+                assert float(module.stick_a[node]) == pytest.approx(float(a), rel=1e-4)
+                assert float(module.stick_b[node]) == pytest.approx(float(b), rel=1e-4)
+            self.checked += 1
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 3, 3, 3, 0, 0], [-3, -3, -3, -3, 0, 0], [0, 0, 0, 0, 4, -4]])
+    x = centres[torch.arange(3).repeat_interleave(60)] + 0.5 * torch.randn(180, 6, generator=generator)
+    recorder = Recorder()
+    model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=5, capacity=16,
+                              likelihood="gaussian", level_concentration=(0.1, 0.2, 8.0), elbo_sticks="closed_form")
+    model.fit(x, epochs=4, batch_size=32, seed=0, progress=False, callbacks=[recorder])
+    assert recorder.checked >= 2 and len(model.tree.leaves()) == 3  # the blobs' three leaves, as with SVI sticks
+    # after the last epoch's update every active stick holds the data: a = 1 + the mass through its node
+    assert float(model.module_.stick_a[model.tree.children(0)[0]].detach()) == pytest.approx(1 + 180, rel=1e-4)
+    assert model.module_.stick_a_unconstrained.requires_grad and model.module_.stick_b_unconstrained.requires_grad
+    with pytest.raises(ValueError, match="elbo_sticks"):
+        pyro_hc.get_model("hcrl2", likelihood="gaussian", elbo_sticks="exact").fit(x, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="structure='elbo'"):
+        pyro_hc.get_model("hcrl2", likelihood="gaussian", structure="paper", elbo_sticks="closed_form").fit(
+            x, epochs=1, progress=False)

@@ -62,7 +62,8 @@ from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
-__all__ = ["ELBOStructureMoves", "TreeNodePrior", "ancestor_birth_delta", "birth_delta", "emission_weights", "merge_delta",
+__all__ = ["ELBOStructureMoves", "TreeNodePrior", "ancestor_birth_delta", "birth_delta", "conjugate_sticks",
+           "emission_weights", "merge_delta",
            "merge_internal_tree", "node_prior", "propose_split", "refine_responsibilities",
            "refined_birth_delta", "refined_merge_delta", "relabel_delta", "relabel_responsibilities",
            "reparent_tree", "split_internal_tree", "subtree_weights", "tree_elbo", "tree_node_posterior"]
@@ -212,6 +213,34 @@ def _stick_term(masses: Tensor, gamma: float) -> Tensor:
     return (log_beta - (math.lgamma(1.0) + math.lgamma(gamma) - math.lgamma(1.0 + gamma))).sum(-1)
 
 
+def _mass_through(tree: ClusterTree, resp: Tensor) -> dict[int, Tensor]:
+    """The mass ``M_c`` of the full paths through every node, from ``resp [N, K, L]``."""
+    path_mass = resp.sum((0, 2))  # K
+    through = {node: resp.new_zeros(()) for node in tree.nodes()}
+    for row, path in enumerate(tree.paths()):
+        for node in path:
+            through[node] = through[node] + path_mass[row]
+    return through
+
+
+def conjugate_sticks(tree: ClusterTree, resp: Tensor, gamma: float) -> dict[int, tuple[Tensor, Tensor]]:
+    """The optimal ``q(v_c) = Beta(1 + M_c, γ + M_{>c})`` of every non-root node from ``resp [N, K, L]``.
+
+    ``M_c`` is the mass of the full paths through ``c``, ``M_{>c}`` that of its later siblings (in
+    creation order): the memoized global step of the sticks (Hughes & Sudderth 2013, the DP
+    mixture's stick update), and the ``q(v)`` at which :func:`tree_elbo` scores a tree.
+    """
+    through = _mass_through(tree, resp)
+    sticks = {}
+    for parent in tree.internal_nodes():
+        children = sibling_order(tree, parent)
+        masses = torch.stack([through[c] for c in children])
+        later = masses.flip(-1).cumsum(-1).flip(-1) - masses
+        for child, mass, rest in zip(children, masses, later):
+            sticks[child] = (1.0 + mass, gamma + rest)
+    return sticks
+
+
 def _statistics(weights: Tensor, z_loc: Tensor, z_sq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``Σ w``, ``Σ w E z``, ``Σ w E z²`` per column of ``weights [N, C]``."""
     return weights.sum(0), weights.T @ z_loc, weights.T @ z_sq
@@ -282,14 +311,9 @@ def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor
         total = tree_node_posterior(parents, count, sum_z, sum_z2, prior)[0]
     else:
         total = _node_evidence(prior, count, sum_z, sum_z2).sum()
-    path_mass = resp.sum((0, 2))  # K
-    through = {node: 0.0 for node in nodes}
-    for row, path in enumerate(tree.paths()):
-        for node in path:
-            through[node] = through[node] + path_mass[row]
+    through = _mass_through(tree, resp)
     for parent in tree.internal_nodes():
-        masses = torch.stack([torch.as_tensor(through[c], dtype=resp.dtype) for c in sibling_order(tree, parent)])
-        total = total + _stick_term(masses, gamma)
+        total = total + _stick_term(torch.stack([through[c] for c in sibling_order(tree, parent)]), gamma)
     entropy = -_xlogx(resp).sum()
     levels_term = (resp * log_eta.expand(n, levels)[:, None, :]).sum()
     return total + entropy + levels_term
@@ -570,6 +594,13 @@ class ELBOStructureMoves(Callback):
         ``κ_c λ_child`` (:class:`TreeNodePrior`), so that grouping leaves under a parent of their
         own can raise the ELBO even where the internal nodes emit nothing; the coarse moves are then
         tried first in every epoch, the leaf moves after them.
+    closed_form_sticks:
+        At the end of every epoch (moves or not), set the model's sticks to their conjugate update
+        :func:`conjugate_sticks` from the epoch's memoized responsibilities, through
+        ``set_stick_posteriors(sticks)``; the model then keeps them out of its SVI steps. After an
+        epoch that changed the tree they are updated once more, from one E-step on the new tree
+        (its Gaussians as the moves placed them, no path prior; :meth:`_placed_responsibilities`).
+        Default False: the sticks train by SVI with the rest of the guide.
     coarse_moves:
         In an epoch without leaf moves, try the coarse moves (split and merge of internal nodes,
         re-parenting) and keep the best if it raises the ELBO (exact in closed form,
@@ -592,7 +623,8 @@ class ELBOStructureMoves(Callback):
                  prior_precision_scale: float = 0.1, prior_concentration: float = 1.0,
                  prior_variance_fraction: float = 0.1, split_steps: int = 20,
                  encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0,
-                 ancestor_births: bool = True, coarse_moves: bool = True, mean_coupling: float | None = None) -> None:
+                 ancestor_births: bool = True, coarse_moves: bool = True, mean_coupling: float | None = None,
+                 closed_form_sticks: bool = False) -> None:
         if stick_concentration <= 0:
             raise ValueError(f"stick_concentration must be positive, got {stick_concentration}")
         if lock_epochs < 0 or merge_pairs < 0 or split_steps < 1 or min_mass < 0:
@@ -624,6 +656,7 @@ class ELBOStructureMoves(Callback):
         if mean_coupling is not None and not mean_coupling > 0:
             raise ValueError(f"mean_coupling must be positive (or None: independent node means), got {mean_coupling}")
         self.mean_coupling = None if mean_coupling is None else float(mean_coupling)
+        self.closed_form_sticks = bool(closed_form_sticks)
         self.lock_counter = 0
         self._buffers: dict[str, Tensor] | None = None
         self._version: int | None = None
@@ -661,7 +694,8 @@ class ELBOStructureMoves(Callback):
         tree = module.tree
         if tree.version != self._version:
             raise RuntimeError("the tree changed after the epoch's last step; the statistics no longer match it")
-        if self.lock_counter < self.lock_epochs:
+        locked = self.lock_counter < self.lock_epochs
+        if locked and not self.closed_form_sticks:
             self.lock_counter += 1
             state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0, coarse_moves=0.0)
             return
@@ -671,6 +705,12 @@ class ELBOStructureMoves(Callback):
             self._buffers["seen"] = seen > 0
         seen = self._buffers["seen"]
         z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
+        if self.closed_form_sticks:  # the sticks' global step, on the tree the epoch's statistics belong to
+            module.set_stick_posteriors(conjugate_sticks(tree, resp, self.stick_concentration))
+        if locked:
+            self.lock_counter += 1
+            state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0, coarse_moves=0.0)
+            return
         prior = node_prior(z_loc, z_var, **self.prior_settings)
         if self.mean_coupling is not None:
             prior = TreeNodePrior(prior, self.mean_coupling)
@@ -696,6 +736,12 @@ class ELBOStructureMoves(Callback):
         if self.coarse_moves and self.mean_coupling is None and not (merges or births):
             coarse = self._coarse(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
         changed = bool(births or merges or coarse)
+        if changed and self.closed_form_sticks:
+            # the moved nodes' sticks would otherwise be stale for an epoch (a split leaf's, fitted to all
+            # of its former mass, starves its new sibling): one E-step on the new tree, its Gaussians as
+            # the moves placed them and no path prior, then the sticks' update from it
+            module.set_stick_posteriors(conjugate_sticks(module.tree, self._placed_responsibilities(
+                module, z_loc, log_eta), self.stick_concentration))
         if changed:
             self.lock_counter = 0
             reset = getattr(module, "reset_node_optimizer_state", None)
@@ -704,6 +750,21 @@ class ELBOStructureMoves(Callback):
                 reset(optimizer)
         state.logs.update(n_paths=float(len(module.tree.leaves())), births=float(births), merges=float(merges),
                           coarse_moves=float(coarse))
+
+    @staticmethod
+    def _placed_responsibilities(module, z_loc: Tensor, log_eta: Tensor, chunk: int = 4096) -> Tensor:
+        """``q(ζ_n, l_n)`` on the module's current tree and node Gaussians with a flat prior over its
+        full paths (and the epoch's level proportions), ``[N, K, L]`` in ``tree.paths()`` order."""
+        paths = module.path_index()
+        node = paths.path_nodes[: paths.n_full]
+        locs, scales = module.node_locs[node].to(z_loc), module.node_scales[node].to(z_loc)  # K x L x d
+        log_eta = log_eta.expand(z_loc.shape[0], node.shape[1])
+        parts = []
+        for start in range(0, z_loc.shape[0], chunk):
+            z = z_loc[start:start + chunk, None, None, :]
+            joint = torch.distributions.Normal(locs, scales).log_prob(z).sum(-1) + log_eta[start:start + chunk, None, :]
+            parts.append(torch.softmax(joint.reshape(joint.shape[0], -1), -1).reshape(joint.shape))
+        return torch.cat(parts)
 
     # the moves ---------------------------------------------------------------------------------
 

@@ -76,7 +76,9 @@ class NCRPTreeModule(PyroModule):
         self._fresh_rows = set()
         if rows:
             for name in self.node_parameter_names:
-                reset_optimizer_rows(optimizer, getattr(self, name), rows)
+                param = getattr(self, name)
+                if param.requires_grad:  # a frozen one (closed-form sticks) is not the optimiser's
+                    reset_optimizer_rows(optimizer, param, rows)
         return rows
 
     # the tree's tensors ---------------------------------------------------------------------

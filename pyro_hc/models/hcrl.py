@@ -33,6 +33,8 @@ __all__ = ["HCRL1", "HCRL2", "HCRLModule"]
 
 #: the structure searches: HCRL's Algorithm 1, or moves accepted on the ELBO
 STRUCTURES = ("paper", "elbo")
+#: how ``structure="elbo"`` learns the sticks' q(v): SVI steps, or the conjugate update at epoch end
+STICK_UPDATES = ("svi", "closed_form")
 
 # sticks are kept inside (0, 1) so that log v and log(1 - v) stay finite under float32
 STICK_EPS = 1e-6
@@ -282,6 +284,18 @@ class HCRLModule(NCRPTreeModule):
 
 
     @torch.no_grad()
+    def set_stick_posteriors(self, sticks: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Set ``q(v_c) = Beta(a_c, b_c)`` for the nodes in ``sticks`` (``{node: (a_c, b_c)}``), e.g. the
+        conjugate update of :func:`~pyro_hc.heuristics.elbo_moves.conjugate_sticks`."""
+        if not sticks:
+            return
+        nodes = torch.as_tensor(list(sticks), dtype=torch.long, device=self.stick_a_unconstrained.device)
+        a = torch.stack([ab[0] for ab in sticks.values()]).to(self.stick_a_unconstrained)
+        b = torch.stack([ab[1] for ab in sticks.values()]).to(self.stick_b_unconstrained)
+        self.stick_a_unconstrained[nodes] = a.log()
+        self.stick_b_unconstrained[nodes] = b.log()
+
+    @torch.no_grad()
     def _set_node_gaussian(self, node: int, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Place node ``node``'s Gaussian (an ELBO-tested move's posterior mean and spread)."""
         self.node_locs_unconstrained[node] = mean
@@ -358,6 +372,12 @@ class _HCRL(ClusterEstimator):
         :class:`~pyro_hc.heuristics.elbo_moves.TreeNodePrior`), the Occam factor that makes a
         coarse split pay where the internal nodes emit little. HCRL's paper has no such prior
         (its internal nodes emit instead); VAE-nCRP's has one.
+    elbo_sticks:
+        ``structure="elbo"`` only: how ``q(v)`` is learnt. ``"svi"`` (default): by gradient steps with
+        the rest of the guide, at ``stick_lr_factor * lr``. ``"closed_form"``: the conjugate update
+        ``Beta(1 + M_c, γ + M_{>c})`` from the epoch's memoized responsibilities at every epoch's end
+        (memoized VI's global step for the sticks), and no SVI step on them; ``stick_lr_factor`` is
+        then unused. The paper trains them by gradient.
     """
 
     loss = "trace_enum"
@@ -390,6 +410,7 @@ class _HCRL(ClusterEstimator):
         elbo_lock_epochs: int = 1,
         elbo_birth_margin: float = 0.0,
         elbo_mean_coupling: float | None = None,
+        elbo_sticks: str = "svi",
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -416,6 +437,7 @@ class _HCRL(ClusterEstimator):
         self.elbo_lock_epochs = elbo_lock_epochs
         self.elbo_birth_margin = elbo_birth_margin
         self.elbo_mean_coupling = elbo_mean_coupling
+        self.elbo_sticks = elbo_sticks
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.depth < 2:
@@ -435,6 +457,10 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"stick_lr_factor must be positive (or None: as node_lr_factor), got {self.stick_lr_factor}")
         if isinstance(self.elbo_lock_epochs, bool) or not isinstance(self.elbo_lock_epochs, int) or self.elbo_lock_epochs < 0:
             raise ValueError(f"elbo_lock_epochs must be an integer >= 0, got {self.elbo_lock_epochs!r}")
+        if self.elbo_sticks not in STICK_UPDATES:
+            raise ValueError(f"elbo_sticks must be one of {STICK_UPDATES}, got {self.elbo_sticks!r}")
+        if self.elbo_sticks == "closed_form" and self.structure != "elbo":
+            raise ValueError("elbo_sticks='closed_form' needs structure='elbo' (its memoized statistics)")
         if not self.elbo_birth_margin >= 0:
             raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
         # every setting checked now rather than after pretraining: GROW / PRUNE / MERGE's too, whichever
@@ -466,7 +492,8 @@ class _HCRL(ClusterEstimator):
         if self.structure == "elbo":
             return ELBOStructureMoves(stick_concentration=self._stick_concentration(), lock_epochs=self.elbo_lock_epochs,
                                       max_leaves=self.max_leaves, capacity=self.capacity,
-                                      birth_margin=self.elbo_birth_margin, mean_coupling=self.elbo_mean_coupling)
+                                      birth_margin=self.elbo_birth_margin, mean_coupling=self.elbo_mean_coupling,
+                                      closed_form_sticks=self.elbo_sticks == "closed_form")
         return self._paper_heuristics(seed)
 
     def _paper_heuristics(self, seed: int | None) -> NCRPHeuristics:
@@ -481,10 +508,18 @@ class _HCRL(ClusterEstimator):
                       epochs=self.pretrain_epochs, batch_size=batch_size, seed=seed, progress=progress,
                       lr=self.pretrain_lr)
         self._init_path(x)
-        self._run(module, x, phase="train", loss=self.loss, epochs=epochs, batch_size=batch_size, seed=seed,
-                  progress=progress, callbacks=(self.heuristics(seed), *callbacks), lr=self.lr,
-                  lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every,
-                  lr_multipliers=self._lr_multipliers())
+        sticks = (module.stick_a_unconstrained, module.stick_b_unconstrained)
+        closed_form = self.structure == "elbo" and self.elbo_sticks == "closed_form"
+        try:
+            for param in sticks:  # set at epoch end by the structure callback, not by the optimiser
+                param.requires_grad_(not closed_form)
+            self._run(module, x, phase="train", loss=self.loss, epochs=epochs, batch_size=batch_size, seed=seed,
+                      progress=progress, callbacks=(self.heuristics(seed), *callbacks), lr=self.lr,
+                      lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every,
+                      lr_multipliers=self._lr_multipliers())
+        finally:
+            for param in sticks:
+                param.requires_grad_(True)
 
     def _lr_multipliers(self) -> dict[str, float]:
         """Learning-rate factors of the node Gaussians and the sticks (parameter-name prefixes)."""
