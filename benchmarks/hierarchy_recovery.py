@@ -160,7 +160,8 @@ def summarise(cell: dict, runs: dict[str, list[dict]], n_leaves: int) -> list[di
             summary["seconds_per_fit"] = float(np.mean([r["seconds"] for r in per_seed]))
         rows.append(summary)
     by_model = {row["model"]: row for row in rows}
-    for hcrl2 in (by_model.get(name) for name in ("hcrl2", "hcrl2_coupled", "hcrl2_closed_sticks", "hcrl2_paper")):  # the acceptance bar of issue 15
+    hcrl2_rows = (by_model.get(name) for name in TREE_MODELS if name.startswith("hcrl2"))
+    for hcrl2 in hcrl2_rows:  # the acceptance bar of issue 15
         if hcrl2 is None:
             continue
         checks = {"dp_vs_own_embedding": hcrl2["dendrogram_purity"]
