@@ -1254,13 +1254,17 @@ class ClusterTree:
         return cls.from_graph(graph, root=ids[0])
 
     # ------------------------------------------------------------------ construction
-    def copy(self) -> ClusterTree:
-        """Return an independent deep copy (graph, attributes and events)."""
+    def copy(self, events: bool = True) -> ClusterTree:
+        """Return an independent deep copy (graph, attributes and, unless ``events=False``, events).
+
+        ``events=False`` gives a copy with an empty event log, for scratch trees that score a
+        proposed move: copying a long fit's log (every proposal it scored) dominated their cost.
+        """
         tree = ClusterTree.__new__(type(self))
         tree._graph = copy.deepcopy(self._graph)
         tree._root = self._root
         tree._version = 0
-        tree._events = copy.deepcopy(self._events)
+        tree._events = copy.deepcopy(self._events) if events else []
         tree._structure_cache = None
         tree._tensor_cache = {}
         return tree

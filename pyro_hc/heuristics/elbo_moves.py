@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -161,40 +162,49 @@ def tree_node_posterior(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: T
     ``sum_z``, ``sum_z2 [M, d]``. Returns the nodes' ELBO term and ``(loc, var, concentration, rate)``.
     Vectorised over nodes and coordinates: each sweep solves the means' ``[d, M, M]`` systems.
     """
-    dtype = sum_z.dtype
-    parents = parents.to(device=sum_z.device, dtype=torch.long)
+    dtype, device = sum_z.dtype, sum_z.device
+    parents = parents.to(device=device, dtype=torch.long)
     count, sum_z, sum_z2 = count.double(), sum_z.double(), sum_z2.double()
     prior = _as_double(prior)
-    m0, kappa0, a0, b0 = (t.expand_as(sum_z) for t in (prior.base.loc, prior.base.precision_scale,
-                                                        prior.base.concentration, prior.base.rate))
-    root = parents < 0
-    child = (~root).nonzero().squeeze(-1)
-    up = parents[child]
-    kappa = torch.where(root[:, None], kappa0, torch.full_like(kappa0, prior.coupling))
-    concentration = a0 + 0.5 * (count[:, None] + 1)  # fixed by the counts
+    # The sweeps run in NumPy on the host: the arrays are tiny ([M, d]) and a sweep is ~25 array
+    # operations, for which torch's per-call overhead was most of the time of a move's scoring.
+    up_all = parents.clamp_min(0).cpu().numpy()
+    root = (parents < 0).cpu().numpy()[:, None]
+    child = np.flatnonzero(~root[:, 0])
+    up = up_all[child]
+    n, s_z, s_z2 = (t.detach().cpu().numpy() for t in (count, sum_z, sum_z2))
+    m0, kappa0, a0, b0 = (np.broadcast_to(t.detach().cpu().numpy(), s_z.shape) for t in (
+        prior.base.loc, prior.base.precision_scale, prior.base.concentration, prior.base.rate))
+    kappa = np.where(root, kappa0, prior.coupling)
+    concentration = a0 + 0.5 * (n[:, None] + 1)  # fixed by the counts
+    root_target = np.where(root, kappa0 * m0, 0.0)
     e_lambda = a0 / b0
+    rows = np.arange(s_z.shape[0])
     loc = var = rate = None
     for _ in range(prior.iterations):
         # q(μ): the Gaussian field on the tree given E λ (mean-field means are its exact means)
         tie = prior.coupling * e_lambda[child]  # [children, d]: child–parent precision
-        diagonal = e_lambda * count[:, None] + kappa * e_lambda
-        diagonal = diagonal.index_add(0, up, tie)
-        system = torch.diag_embed(diagonal.T)  # d x M x M
+        diagonal = e_lambda * n[:, None] + kappa * e_lambda
+        np.add.at(diagonal, up, tie)
+        system = np.zeros((s_z.shape[1], s_z.shape[0], s_z.shape[0]))  # d x M x M
+        system[:, rows, rows] = diagonal.T
         system[:, child, up] = -tie.T
         system[:, up, child] = -tie.T
-        target = e_lambda * sum_z + torch.where(root[:, None], kappa0 * e_lambda * m0, torch.zeros_like(m0))
-        loc = torch.linalg.solve(system, target.T[..., None])[..., 0].T
+        target = e_lambda * s_z + root_target * e_lambda
+        loc = np.linalg.solve(system, target.T[..., None])[..., 0].T
         var = 1.0 / diagonal
         # q(λ_u): conjugate given q(μ)
-        centre = torch.where(root[:, None], m0, loc[parents.clamp_min(0)])
-        centre_var = torch.where(root[:, None], torch.zeros_like(var), var[parents.clamp_min(0)])
-        data_sq = (sum_z2 - 2 * sum_z * loc + count[:, None] * (loc.square() + var)).clamp_min(0)
-        new_rate = b0 + 0.5 * data_sq + 0.5 * kappa * ((loc - centre).square() + var + centre_var)
-        converged = rate is not None and bool(((new_rate - rate).abs() <= prior.tolerance * rate).all())
+        centre = np.where(root, m0, loc[up_all])
+        centre_var = np.where(root, 0.0, var[up_all])
+        data_sq = np.clip(s_z2 - 2 * s_z * loc + n[:, None] * (loc ** 2 + var), 0.0, None)
+        new_rate = b0 + 0.5 * data_sq + 0.5 * kappa * ((loc - centre) ** 2 + var + centre_var)
+        converged = rate is not None and bool((np.abs(new_rate - rate) <= prior.tolerance * rate).all())
         rate = new_rate
         e_lambda = concentration / rate
         if converged:
             break
+    loc, var, concentration, rate = (torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
+                                     for a in (loc, var, concentration, rate))
     elbo = _tree_node_elbo(parents, count, sum_z, sum_z2, prior, loc, var, concentration, rate)
     return elbo.to(dtype), loc, var, concentration, rate
 
@@ -387,7 +397,7 @@ def refined_birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor
     refined leaf-level weights ``[N, 2]`` (old leaf, new leaf), to place their Gaussians."""
     paths = tree.paths()
     parent = paths[row][-2]
-    grown = tree.copy()
+    grown = tree.copy(events=False)
     new_leaf = add_child_in_order(grown, parent)
     after_paths = grown.paths()
     columns = {path: resp[:, i] for i, path in enumerate(paths)}
@@ -421,7 +431,7 @@ def refined_merge_delta(tree: ClusterTree, keep_row: int, drop_row: int, resp: T
     ``steps=0`` it equals :func:`merge_delta`)."""
     paths = tree.paths()
     drop = paths[drop_row][-1]
-    merged = tree.copy()
+    merged = tree.copy(events=False)
     merged.remove_leaf(drop)
     columns = {path: resp[:, i] for i, path in enumerate(paths)}
     columns[paths[keep_row]] = resp[:, keep_row] + resp[:, drop_row]
@@ -445,7 +455,7 @@ def ancestor_birth_delta(tree: ClusterTree, parent: int, share: Tensor, resp: Te
     """
     paths = tree.paths()
     rows = [row for row, path in enumerate(paths) if len(path) >= 2 and path[-2] == parent]
-    grown = tree.copy()
+    grown = tree.copy(events=False)
     new_leaf = add_child_in_order(grown, parent)
     columns = {path: resp[:, i] for i, path in enumerate(paths)}
     ancestors = resp[:, rows, :-1]  # N x |rows| x (L-1)
@@ -478,7 +488,7 @@ def relabel_responsibilities(tree: ClusterTree, new_tree: ClusterTree, resp: Ten
 
 def split_internal_tree(tree: ClusterTree, node: int, moved: Sequence[int]) -> tuple[ClusterTree, int]:
     """A copy of ``tree`` in which a new sibling of ``node`` (last in creation order) adopts ``moved``."""
-    new_tree = tree.copy()
+    new_tree = tree.copy(events=False)
     sibling = add_child_in_order(new_tree, new_tree.parent(node))
     for child in moved:
         new_tree.move(child, sibling)
@@ -487,14 +497,14 @@ def split_internal_tree(tree: ClusterTree, node: int, moved: Sequence[int]) -> t
 
 def merge_internal_tree(tree: ClusterTree, keep: int, drop: int) -> ClusterTree:
     """A copy of ``tree`` in which internal sibling ``drop``'s children move to ``keep``."""
-    new_tree = tree.copy()
+    new_tree = tree.copy(events=False)
     new_tree.merge(keep, drop)
     return new_tree
 
 
 def reparent_tree(tree: ClusterTree, node: int, new_parent: int) -> ClusterTree:
     """A copy of ``tree`` with ``node``'s subtree below ``new_parent``."""
-    new_tree = tree.copy()
+    new_tree = tree.copy(events=False)
     new_tree.move(node, new_parent)
     return new_tree
 
@@ -725,7 +735,7 @@ class ELBOStructureMoves(Callback):
         # apart, so they are tried only in an epoch without leaf moves.
         coarse = 0
         if self.coarse_moves and self.mean_coupling is not None:
-            before = tree.copy()
+            before = tree.copy(events=False)
             coarse = self._coarse(module, tree, paths, resp, z_loc, z_var, log_eta, prior, gamma, epoch, step)
             if coarse:
                 tree = module.tree
