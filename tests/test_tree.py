@@ -588,6 +588,15 @@ def test_copy_is_independent():
     assert clone.paths() == [(0, 1, 3, 5), (0, 1, 4)]
 
 
+def test_copy_without_events_has_the_structure_and_an_empty_log():
+    tree = build_example()
+    tree.log_event("grow", [1])
+    scratch = tree.copy(events=False)
+    assert scratch.paths() == tree.paths() and scratch.events == [] and len(tree.events) == 1
+    scratch.log_event("prune", [2])
+    assert len(tree.events) == 1
+
+
 # ---------------------------------------------------------------------- error cases
 @pytest.mark.parametrize(
     "call",
