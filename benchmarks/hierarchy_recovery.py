@@ -59,7 +59,8 @@ from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
 DATA_DEPTH, BRANCHING = 2, 3
 #: issue 15's acceptance margin on dendrogram purity and on the number of leaves
 DP_MARGIN, LEAF_MARGIN = 0.02, 2
-TREE_MODELS = ("hcrl2", "hcrl2_coupled", "hcrl2_closed_sticks", "hcrl2_paper", "hcrl1", "vae_ncrp", "deepect")
+TREE_MODELS = ("hcrl2", "hcrl2_coupled", "hcrl2_independent", "hcrl2_closed_sticks", "hcrl2_paper", "hcrl1", "vae_ncrp",
+               "deepect")
 
 
 def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int, n_leaves: int,
@@ -73,10 +74,12 @@ def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int
     """
     shared = dict(latent_dim=latent_dim, hidden_dims=hidden, pretrain_epochs=pretrain_epochs)
     return {
-        "hcrl2": dict(name="hcrl2", depth=3, **shared),  # the default search: moves accepted on the ELBO
-        # the same search with child means centred on the parent's (the grouping's Occam factor)
+        # the default search: moves accepted on the ELBO, child means centred on the parent's (κ = 1)
+        "hcrl2": dict(name="hcrl2", depth=3, **shared),
+        # the same search at another κ (--mean-coupling), and with independent node priors
         "hcrl2_coupled": dict(name="hcrl2", depth=3, elbo_mean_coupling=mean_coupling, **shared),
-        # the same search with q(v) set in closed form at every epoch's end instead of trained by SVI
+        "hcrl2_independent": dict(name="hcrl2", depth=3, elbo_mean_coupling=None, **shared),
+        # the default search with q(v) set in closed form at every epoch's end instead of trained by SVI
         "hcrl2_closed_sticks": dict(name="hcrl2", depth=3, elbo_sticks="closed_form", **shared),
         # the paper's Algorithm 1 (GROW / PRUNE / MERGE) at its own defaults
         "hcrl2_paper": dict(name="hcrl2", depth=3, structure="paper", **shared),
