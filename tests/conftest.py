@@ -24,3 +24,15 @@ def digits():
 def tiny_vade(digits):
     torch.set_num_threads(2)
     return pyro_hc.get_model("vade", **TINY_VADE).fit(digits, epochs=2, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_vade(digits):
+    """VaDE at its defaults on the digits, seed 0, two threads: fitted once, for the VaDE defaults test
+    and as the start (``init_from``) of the k-DVAE quality test (about 100 s of the suite)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return pyro_hc.get_model("vade").fit(digits, seed=0, progress=False)
+    finally:
+        torch.set_num_threads(previous)

