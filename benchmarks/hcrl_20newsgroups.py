@@ -29,6 +29,8 @@ VaDE rows share one VaDE fit per seed, timed in the first of them.
         --hidden-dims 256 --label cpu_reduced                                  # a CPU check
 
 Writes ``<out>.json`` and ``<out>.md`` with the paper's numbers beside ours, the device and the budget.
+Every finished (seed, model) row also goes to ``<out>.rows.jsonl`` with its budget: the same command
+run again after a stop (a CPU run takes hours) reads those rows back and fits only what is missing.
 """
 
 from __future__ import annotations
@@ -110,9 +112,26 @@ def main() -> None:
     shared = dict(latent_dim=args.latent_dim, hidden_dims=hidden, pretrain_epochs=args.pretrain_epochs)
     fit = dict(epochs=args.epochs, batch_size=args.batch_size, device=device, progress=not args.no_progress)
     runs: dict[str, list[dict]] = {name: [] for name in names}
+    # every finished (seed, model) row is appended to <out>.rows.jsonl with the budget it ran at, so a
+    # run stopped part-way (a CPU run takes hours) starts again where it was: rows of the same budget
+    # are read back instead of refitted
+    budget_key = {k: getattr(args, k) for k in ("split", "n", "epochs", "pretrain_epochs", "batch_size", "latent_dim",
+                                                 "hidden_dims", "hkm_branching", "hkm_levels")}
+    rows_path = out.with_suffix(".rows.jsonl")
+    done: dict[tuple[int, str], dict] = {}
+    if rows_path.exists():
+        for line in rows_path.read_text().splitlines():
+            saved = json.loads(line)
+            if saved.pop("budget", None) == budget_key:
+                done[(saved.pop("seed"), saved.pop("model"))] = saved
+    out.parent.mkdir(parents=True, exist_ok=True)
     for seed in range(args.seeds):
         vade_embedding = None
         for name in names:
+            if (seed, name) in done:  # (a VaDE row left undone fits its own VaDE below)
+                runs[name].append(done[(seed, name)])
+                print(json.dumps({"seed": seed, "model": name, "resumed": True, **done[(seed, name)]}), flush=True)
+                continue
             began = time.perf_counter()
             if name in ("hcrl2", "hcrl1", "vae_ncrp"):
                 model = pyro_hc.get_model(name, depth=DEPTH, **shared).fit(data, seed=seed, **fit)
@@ -131,6 +150,8 @@ def main() -> None:
             row["seconds"] = time.perf_counter() - began
             runs[name].append(row)
             print(json.dumps({"seed": seed, "model": name, **row}), flush=True)
+            with rows_path.open("a") as rows_file:
+                rows_file.write(json.dumps({"seed": seed, "model": name, "budget": budget_key, **row}) + "\n")
 
     rows = []
     for name, per_seed in runs.items():
