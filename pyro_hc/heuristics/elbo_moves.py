@@ -704,11 +704,6 @@ class ELBOStructureMoves(Callback):
         tree = module.tree
         if tree.version != self._version:
             raise RuntimeError("the tree changed after the epoch's last step; the statistics no longer match it")
-        locked = self.lock_counter < self.lock_epochs
-        if locked and not self.closed_form_sticks:
-            self.lock_counter += 1
-            state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0, coarse_moves=0.0)
-            return
         if distributed.is_distributed():  # each datum was seen by one rank: the sums are the whole epoch's
             seen = self._buffers["seen"].to(self._buffers["z_loc"].dtype)
             distributed.all_reduce_sum_(seen, *(self._buffers[name] for name in ("z_loc", "z_var", "resp", "log_eta")))
@@ -717,7 +712,7 @@ class ELBOStructureMoves(Callback):
         z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
         if self.closed_form_sticks:  # the sticks' global step, on the tree the epoch's statistics belong to
             module.set_stick_posteriors(conjugate_sticks(tree, resp, self.stick_concentration))
-        if locked:
+        if self.lock_counter < self.lock_epochs:
             self.lock_counter += 1
             state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0, coarse_moves=0.0)
             return
