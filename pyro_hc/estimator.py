@@ -602,23 +602,37 @@ class ClusterEstimator:
     # density estimation ---------------------------------------------------------------------
 
     def negative_log_likelihood(self, data: Dataset | torch.Tensor | np.ndarray, num_samples: int = 100,
-                                batch_size: int = 256) -> float:
-        """Mean ``-log p(x)`` in nats by importance sampling from the guide (the IWAE bound).
+                                batch_size: int = 256, proposal: str = "posterior") -> float:
+        """Mean ``-log p(x)`` in nats by importance sampling with ``S = num_samples`` draws.
 
-        ``log p(x) ≈ log (1/S) Σ_s p(x, z_s) / q(z_s | x)`` with ``S = num_samples`` draws
-        ``z_s ~ q(z | x)`` (Burda et al. 2016; the HCRL paper uses S = 100). Each model's
+        ``proposal="posterior"`` (the IWAE bound, Burda et al. 2016; the HCRL paper's S = 100):
+        ``log p(x) ≈ log (1/S) Σ_s p(x, z_s) / q(z_s | x)`` with ``z_s ~ q(z | x)``. Each model's
         ``log_importance_weights`` says which latent variables it samples and which global ones
         it fixes at their posterior means.
+
+        ``proposal="prior"``: ``log p(x) ≈ log (1/S) Σ_s p(x | z_s)`` with ``z_s ~ p(z)`` (the
+        module's ``sample_latent_prior``, the same globals), fresh draws for every batch. Also a
+        stochastic lower bound on ``log p(x)``, far looser at small ``S`` (few prior draws land
+        near a datum's posterior), so its NLL is higher; it is here to test whether a paper's
+        likelihoods were estimated this way.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if proposal not in ("posterior", "prior"):
+            raise ValueError(f"proposal must be 'posterior' or 'prior', got {proposal!r}")
         x = self._prepare_input(data)
-        if not self.density_model or not callable(getattr(self.module_, "log_importance_weights", None)):
-            raise TypeError(f"{type(self).__name__} is not a density model (its module has no "
-                            "log_importance_weights), so it has no likelihood to estimate")
+        module = self.module_
+        needed = "log_importance_weights" if proposal == "posterior" else "sample_latent_prior"
+        if not self.density_model or not callable(getattr(module, needed, None)):
+            raise TypeError(f"{type(self).__name__} has no {needed} on its module, so it has no likelihood "
+                            f"to estimate with proposal={proposal!r}")
 
         def log_marginal(batch: torch.Tensor) -> torch.Tensor:
-            log_w = self.module_.log_importance_weights(batch, num_samples)
+            if proposal == "posterior":
+                log_w = module.log_importance_weights(batch, num_samples)
+            else:  # S x B: every draw scored against every datum of the batch
+                z = module.sample_latent_prior(num_samples)
+                log_w = module.decoder.distribution(z[:, None, :]).log_prob(batch.reshape(batch.shape[0], -1))
             return torch.logsumexp(log_w, 0) - np.log(num_samples)
 
         return float(-self._batched(log_marginal, x, batch_size).mean())

@@ -28,6 +28,7 @@ __all__ = [
     "dendrogram_purity",
     "leaf_purity",
     "hierarchical_f_score",
+    "cut_assignments",
 ]
 
 
@@ -459,3 +460,66 @@ def hierarchical_f_score(tree: Any, assignments: Any, labels: Any, label_tree: A
     cluster_sizes = node_counts.sum(0) @ membership.T  # n_c
     best = (2 * in_both / (cluster_sizes[None, :] + node_sizes)).max(0)
     return float((cluster_sizes * best).sum() / cluster_sizes.sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# flat cuts of a tree
+# ---------------------------------------------------------------------------------------------
+
+
+def cut_assignments(tree: Any, assignments: Any, n_clusters: int) -> np.ndarray:
+    """Map each point to its ancestor in a top-down cut of ``tree`` into at most ``n_clusters`` nodes.
+
+    The cut starts at the root and repeatedly replaces the heaviest node of the current cut (the
+    most points in its subtree) by its children that hold points, as long as the cut then has at
+    most ``n_clusters`` nodes; it stops when no node can be expanded within that number. This
+    scores a tree whose splits carry no order (an nCRP tree, whose nodes may have several
+    children) at a fixed number of clusters, e.g. ``cluster_acc(labels, cut_assignments(tree,
+    leaves, 10))``; DeepECT's cut by its split order (``pyro_hc.models.deepect.flat_nodes``)
+    is the same idea for a binary tree grown one split at a time. A tree with at most
+    ``n_clusters`` occupied leaves keeps its assignments.
+
+    Returns ``int64 [n_points]``: the node id (of ``tree``) of each point's cluster.
+    """
+    graph = _as_digraph(tree)
+    assignments = _as_int_array(assignments, "assignments")
+    n_clusters = int(n_clusters)
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+    unknown = sorted({int(node) for node in np.unique(assignments)} - set(graph.nodes))
+    if unknown:
+        raise ValueError(f"assignments refer to node id(s) not in the tree: {unknown[:10]}")
+    order = list(nx.topological_sort(graph))
+    ids, counts = np.unique(assignments, return_counts=True)
+    mass = dict.fromkeys(order, 0)
+    mass.update({int(node): int(count) for node, count in zip(ids, counts)})
+    for node in reversed(order):  # children first: every subtree's number of points
+        for child in graph.successors(node):
+            mass[node] += mass[child]
+    parent = {child: node for node, child in graph.edges()}
+    cut, settled = [order[0]], set()  # settled: nodes kept for their own points, never expanded
+    while True:
+        expandable = []
+        for node in cut:
+            if node in settled:
+                continue
+            occupied = [child for child in graph.successors(node) if mass[child] > 0]
+            # points sitting on the node itself (an internal node that emits) keep it in the cut
+            keeps_itself = mass[node] > sum(mass[child] for child in occupied)
+            if occupied and len(cut) - 1 + len(occupied) + keeps_itself <= n_clusters:
+                expandable.append((mass[node], -order.index(node), node, occupied, keeps_itself))
+        if not expandable:
+            break
+        *_, node, occupied, keeps_itself = max(expandable)
+        cut = [n for n in cut if n != node] + occupied
+        if keeps_itself:
+            cut.append(node)
+            settled.add(node)
+    in_cut = set(cut)
+    representative = {}
+    for node in (int(n) for n in ids):  # walk up to the cut (the few distinct assigned nodes)
+        ancestor = node
+        while ancestor not in in_cut:
+            ancestor = parent[ancestor]
+        representative[node] = ancestor
+    return np.array([representative[int(node)] for node in assignments], dtype=np.int64)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pyro_hc import metrics
 from pyro_hc.metrics import ari, cluster_acc, dendrogram_purity, hierarchical_f_score, leaf_purity, nmi
 
 # ---------------------------------------------------------------------------------------------
@@ -404,3 +405,32 @@ def test_hierarchical_kmeans_tree_recovers_two_levels_of_separated_blobs():
     assert group_of[0] == group_of[1] and group_of[2] == group_of[3] and group_of[0] != group_of[2]
     with pytest.raises(ValueError, match="branching"):
         hierarchical_kmeans_tree(points, branching=1, levels=2)
+
+
+def test_cut_assignments_expands_the_heaviest_node_within_the_budget():
+    """A hand example: root -> {1, 2}; 1 -> {3, 4, 5}; 2 -> {6, 7}; node 2 also holds points itself."""
+    graph = nx.DiGraph([(0, 1), (0, 2), (1, 3), (1, 4), (1, 5), (2, 6), (2, 7)])
+    points = np.array([3] * 5 + [4] * 3 + [5] * 2 + [6] * 4 + [7] * 3 + [2] * 2)
+    assert set(metrics.cut_assignments(graph, points, 1)) == {0}
+    # two clusters: the root's two children
+    np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 2), np.array([1] * 10 + [2] * 9))
+    # three: node 1 (10 points) is the heaviest but needs four slots; node 2 (9 points) would need
+    # four too (6, 7 and itself), so the cut stays at two
+    assert set(metrics.cut_assignments(graph, points, 3)) == {1, 2}
+    # four: node 1 expands into 3, 4, 5
+    np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 4),
+                                  np.array([3] * 5 + [4] * 3 + [5] * 2 + [2] * 9))
+    # six and more: every occupied node keeps its points (node 2 stands for its own two)
+    np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 6), points)
+    np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 60), points)
+
+
+def test_cut_assignments_walks_down_single_child_chains_and_skips_empty_children():
+    graph = nx.DiGraph([(0, 1), (1, 2), (1, 3), (0, 4), (2, 5), (2, 6)])  # 4 and 3 hold no points
+    points = np.array([5, 5, 6, 6, 6])
+    np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 2), points)
+    assert set(metrics.cut_assignments(graph, points, 1)) == {2}  # the chain's last node that holds them all
+    with pytest.raises(ValueError, match="n_clusters must be >= 1"):
+        metrics.cut_assignments(graph, points, 0)
+    with pytest.raises(ValueError, match="not in the tree"):
+        metrics.cut_assignments(graph, np.array([9]), 2)

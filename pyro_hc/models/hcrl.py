@@ -239,6 +239,21 @@ class HCRLModule(NCRPTreeModule):
         """``log q(ζ_n = full path k)``, ``B x n_full`` (``tree.leaves()`` order)."""
         return torch.log_softmax(torch.logsumexp(self.joint_log_responsibilities(x), -1), -1)
 
+    def sample_latent_prior(self, num_samples: int) -> torch.Tensor:
+        """``S`` draws of the prior on ``z`` that :meth:`log_importance_weights` scores, ``S x d``:
+        ``ζ ~ nCRP(v̄)`` on the full paths, ``η = softmax(h)`` with ``h ~ p(h)`` (HCRL2) or the guide's
+        mean η̄ (HCRL1), ``l ~ Mult(η)``, ``z ~ Normal(μ_{ζ[l]}, σ²_{ζ[l]})``."""
+        paths = self.path_index()
+        log_path = paths.log_path_probs(self.expected_sticks())[: paths.n_full]
+        path = dist.Categorical(logits=log_path).sample((num_samples,))
+        if self.per_datum_levels:
+            level_logits = dist.Normal(self.level_prior_loc, self.level_prior_scale).sample((num_samples,))
+        else:
+            level_logits = self.level_loc.expand(num_samples, -1)
+        level = dist.Categorical(logits=level_logits).sample()
+        node = paths.path_nodes[path, level]
+        return dist.Normal(self.node_locs[node], self.node_scales[node]).sample()
+
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z, h | v̄) − log q(z, h | x)`` for ``num_samples`` draws, ``S x B``.
 

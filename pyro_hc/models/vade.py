@@ -79,6 +79,11 @@ class VaDEModule(PyroModule):
         log_lik = dist.Normal(self.cluster_locs, self.cluster_scales).log_prob(z.unsqueeze(-2)).sum(-1)
         return torch.logsumexp(log_weights + log_lik, -1)
 
+    def sample_latent_prior(self, num_samples: int) -> torch.Tensor:
+        """``c ~ Cat(π)``, ``z ~ Normal(μ_c, σ_c²)``: ``S`` draws of the mixture prior, ``S x d``."""
+        cluster = dist.Categorical(logits=self.mixture_logits).sample((num_samples,))
+        return dist.Normal(self.cluster_locs[cluster], self.cluster_scales[cluster]).sample()
+
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z_s) − log q(z_s | x)`` for ``num_samples`` draws, ``S x B``."""
         loc, scale = self.encoder(x)

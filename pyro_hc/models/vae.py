@@ -44,6 +44,10 @@ class VAEModule(PyroModule):
             loc, scale = self.encoder(x)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
+    def sample_latent_prior(self, num_samples: int) -> torch.Tensor:
+        """``z ~ p(z) = Normal(0, I)``, ``S x d`` (the proposal of the prior-sampling likelihood estimate)."""
+        return torch.randn(num_samples, self.latent_dim, device=next(self.decoder.parameters()).device)
+
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         loc, scale = self.encoder(x)
         q_z = dist.Normal(loc, scale).to_event(1)

@@ -161,6 +161,14 @@ class VAENCRPModule(NCRPTreeModule):
         n_full = self.path_index().n_full
         return torch.log_softmax(self.path_log_likelihoods(self.embed(x))[:, :n_full], -1)
 
+    def sample_latent_prior(self, num_samples: int) -> torch.Tensor:
+        """``ζ ~ nCRP(v̄)`` over every path, ``z ~ Normal(m_{last(ζ)}, σ_ζ² I)``, ``S x d``: the prior whose
+        density :meth:`log_importance_weights` scores (globals at their posterior means)."""
+        paths = self.path_index()
+        path = dist.Categorical(logits=paths.log_path_probs(self.expected_sticks())).sample((num_samples,))
+        loc = self.node_mean_locs[paths.last_node[path]]
+        return dist.Normal(loc, self._emission_scales()[path, None].expand_as(loc)).sample()
+
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z | v̄, m) − log q(z|x)``, ``S x B`` (globals at their posterior means)."""
         loc, scale = self.encoder(x)
