@@ -36,7 +36,7 @@ SCRIPTS = {
     "reproduce.py": ["deepect_aug", "usps", "--scale", "0.0004", "--n", "300", "--set", "hidden_dims=[32]",
                      "--set", "max_leaves=4", "--set", "grow_interval=3", "--no-progress"],
     "hcrl_mnist.py": ["--n-train", "300", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
-                      "--hidden-dims", "32", "--nll-samples", "3", "--depths", "3"],
+                      "--hidden-dims", "32", "--nll-samples", "3", "--depths", "3", "--seeds", "1", "--no-progress"],
 }
 
 
