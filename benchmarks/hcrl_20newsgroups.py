@@ -51,6 +51,7 @@ from scipy import stats
 import pyro_hc
 from pyro_hc.baselines import hierarchical_kmeans_tree, kmeans_ward_tree
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
+from pyro_hc.report import ResultRows
 
 #: HCRL's Table 2, 20Newsgroups column: mean and 95 % half-width over 10 replications
 PAPER = {"hcrl2": (0.601, 0.097), "hcrl1": (0.566, 0.048), "vae_ncrp": (0.558, 0.027),
@@ -115,22 +116,17 @@ def main() -> None:
     # every finished (seed, model) row is appended to <out>.rows.jsonl with the budget it ran at, so a
     # run stopped part-way (a CPU run takes hours) starts again where it was: rows of the same budget
     # are read back instead of refitted
-    budget_key = {k: getattr(args, k) for k in ("split", "n", "epochs", "pretrain_epochs", "batch_size", "latent_dim",
-                                                 "hidden_dims", "hkm_branching", "hkm_levels")}
-    rows_path = out.with_suffix(".rows.jsonl")
-    done: dict[tuple[int, str], dict] = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            saved = json.loads(line)
-            if saved.pop("budget", None) == budget_key:
-                done[(saved.pop("seed"), saved.pop("model"))] = saved
+    done = ResultRows(out.with_suffix(".rows.jsonl"), {k: getattr(args, k) for k in (
+        "split", "n", "epochs", "pretrain_epochs", "batch_size", "latent_dim", "hidden_dims", "hkm_branching",
+        "hkm_levels")})
     out.parent.mkdir(parents=True, exist_ok=True)
     for seed in range(args.seeds):
         vade_embedding = None
         for name in names:
-            if (seed, name) in done:  # (a VaDE row left undone fits its own VaDE below)
-                runs[name].append(done[(seed, name)])
-                print(json.dumps({"seed": seed, "model": name, "resumed": True, **done[(seed, name)]}), flush=True)
+            saved = done.get(seed, name)
+            if saved is not None:  # (a VaDE row left undone fits its own VaDE below)
+                runs[name].append(saved)
+                print(json.dumps({"seed": seed, "model": name, "resumed": True, **saved}), flush=True)
                 continue
             began = time.perf_counter()
             if name in ("hcrl2", "hcrl1", "vae_ncrp"):
@@ -150,8 +146,7 @@ def main() -> None:
             row["seconds"] = time.perf_counter() - began
             runs[name].append(row)
             print(json.dumps({"seed": seed, "model": name, **row}), flush=True)
-            with rows_path.open("a") as rows_file:
-                rows_file.write(json.dumps({"seed": seed, "model": name, "budget": budget_key, **row}) + "\n")
+            done.append(seed, name, row)
 
     rows = []
     for name, per_seed in runs.items():

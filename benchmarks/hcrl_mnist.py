@@ -57,6 +57,7 @@ import pyro_hc
 from pyro_hc import metrics
 from pyro_hc.baselines import kmeans_ward_tree
 from pyro_hc.data import Dataset
+from pyro_hc.report import ResultRows
 
 #: Table 1, MNIST: (NLL, RE), means over ten replications
 PAPER = {"vae": (230.71, 10.46), "vade": (217.20, 10.35), "vae_ncrp-L3": (718.78, 32.67),
@@ -141,13 +142,7 @@ def main() -> None:
 
     budget_key = {k: getattr(args, k) for k in ("n_train", "n_test", "binarise", "epochs", "pretrain_epochs",
                                                  "batch_size", "latent_dim", "hidden_dims", "nll_samples")}
-    rows_path = out.with_suffix(".rows.jsonl")
-    done: dict[tuple[int, str], dict] = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            saved = json.loads(line)
-            if saved.pop("budget", None) == budget_key:
-                done[(saved.pop("seed"), saved.pop("model"))] = saved
+    done = ResultRows(out.with_suffix(".rows.jsonl"), budget_key)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -161,8 +156,9 @@ def main() -> None:
     per_seed: dict[str, list[dict]] = {row_label: [] for row_label, _, _ in runs}
     for seed in range(args.seeds):
         for row_label, name, settings in runs:
-            if (seed, row_label) in done:
-                per_seed[row_label].append(done[(seed, row_label)])
+            saved = done.get(seed, row_label)
+            if saved is not None:
+                per_seed[row_label].append(saved)
                 print(json.dumps({"seed": seed, "model": row_label, "resumed": True}), flush=True)
                 continue
             checkpoint = workdir / f"{row_label}-seed{seed}.ckpt"
@@ -183,8 +179,7 @@ def main() -> None:
             row["eval_seconds"] = time.perf_counter() - began
             per_seed[row_label].append(row)
             print(json.dumps({"seed": seed, "model": row_label, **row}), flush=True)
-            with rows_path.open("a") as rows_file:
-                rows_file.write(json.dumps({"seed": seed, "model": row_label, "budget": budget_key, **row}) + "\n")
+            done.append(seed, row_label, row)
             checkpoint.unlink(missing_ok=True)  # the row holds what the fit was for
 
     results = []

@@ -14,12 +14,15 @@ the raw features with as many leaves as the tree has, the reference every tree i
 (:func:`pyro_hc.baselines.kmeans_ward_tree`). ``pyro-hc fit`` and ``pyro-hc show`` print both.
 
 Like :mod:`pyro_hc.metrics`, this module imports no model and no engine: it reads a tree, the node
-each point is assigned to and the labels.
+each point is assigned to and the labels. :class:`ResultRows` keeps the finished rows of a long
+benchmark (a paper's table on a CPU takes hours) so that a stopped run resumes where it was.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +31,8 @@ from . import metrics
 from .baselines import kmeans_ward_tree
 from .tree import ClusterTree
 
-__all__ = ["format_tree", "subtree_class_counts", "baseline_comparison", "format_comparison", "CHARSETS"]
+__all__ = ["format_tree", "subtree_class_counts", "baseline_comparison", "format_comparison", "CHARSETS",
+           "ResultRows"]
 
 #: connectors and bar blocks; "ascii" for terminals that cannot print box-drawing characters
 CHARSETS: dict[str, dict[str, Any]] = {
@@ -214,3 +218,34 @@ def format_comparison(comparison: dict[str, Any], model_name: str = "model") -> 
     ours, theirs = comparison["dendrogram_purity"], comparison["baseline_dendrogram_purity"]
     return (f"dendrogram purity with {comparison['n_leaves']} leaves: {model_name} {ours:.4f} | "
             f"{comparison['baseline']} {theirs:.4f} | difference {ours - theirs:+.4f}")
+
+
+class ResultRows:
+    """The finished ``(seed, model)`` rows of a benchmark, one JSON line each, with the budget they ran at.
+
+    Every row is appended to ``path`` as soon as it is measured; a run started again with the same
+    ``budget`` (any JSON-able dict: epochs, data size, network) reads the rows back instead of
+    refitting them, while rows of another budget are ignored. ``benchmarks/hcrl_20newsgroups.py``
+    and ``benchmarks/hcrl_mnist.py`` keep their tables this way.
+    """
+
+    def __init__(self, path: str | Path, budget: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.budget = json.loads(json.dumps(budget))  # as it reads back from the file
+        self.rows: dict[tuple[int, str], dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                saved = json.loads(line)
+                if saved.pop("budget", None) == self.budget:
+                    self.rows[(saved.pop("seed"), saved.pop("model"))] = saved
+
+    def get(self, seed: int, model: str) -> dict[str, Any] | None:
+        """The saved row of ``(seed, model)`` at this budget, or None."""
+        return self.rows.get((seed, model))
+
+    def append(self, seed: int, model: str, row: dict[str, Any]) -> None:
+        """Keep ``row`` and append it to the file (created with its folder if need be)."""
+        self.rows[(seed, model)] = dict(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as rows_file:
+            rows_file.write(json.dumps({"seed": seed, "model": model, "budget": self.budget, **row}) + "\n")

@@ -111,3 +111,17 @@ def test_the_smoke_driver_reports_a_failing_script(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report[str(bad)]["returncode"] == 1 and "ValueError: planted" in report[str(bad)]["error"]
     assert report[str(good)]["returncode"] == 0 and (tmp_path / "good.txt").read_text() == "ok"
+
+
+def test_result_rows_read_back_the_rows_of_the_same_budget_only(tmp_path):
+    from pyro_hc.report import ResultRows
+
+    path = tmp_path / "deep" / "table.rows.jsonl"
+    rows = ResultRows(path, {"epochs": 3, "hidden_dims": (16, 8)})
+    assert rows.get(0, "hcrl2") is None
+    rows.append(0, "hcrl2", {"dp": 0.5})
+    rows.append(1, "hcrl2", {"dp": 0.6})
+    ResultRows(path, {"epochs": 4, "hidden_dims": (16, 8)}).append(0, "hcrl2", {"dp": 0.9})  # another budget
+    again = ResultRows(path, {"epochs": 3, "hidden_dims": [16, 8]})  # a tuple reads back as a list
+    assert again.get(0, "hcrl2") == {"dp": 0.5} and again.get(1, "hcrl2") == {"dp": 0.6}
+    assert again.get(0, "vade") is None and len(path.read_text().splitlines()) == 3
