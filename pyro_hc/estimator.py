@@ -622,10 +622,12 @@ class ClusterEstimator:
             raise ValueError(f"proposal must be 'posterior' or 'prior', got {proposal!r}")
         x = self._prepare_input(data)
         module = self.module_
-        needed = "log_importance_weights" if proposal == "posterior" else "sample_latent_prior"
-        if not self.density_model or not callable(getattr(module, needed, None)):
-            raise TypeError(f"{type(self).__name__} has no {needed} on its module, so it has no likelihood "
-                            f"to estimate with proposal={proposal!r}")
+        if not self.density_model or not callable(getattr(module, "log_importance_weights", None)):
+            raise TypeError(f"{type(self).__name__} is not a density model (its module has no "
+                            "log_importance_weights), so it has no likelihood to estimate")
+        if proposal == "prior" and not callable(getattr(module, "sample_latent_prior", None)):
+            raise TypeError(f"{type(self).__name__}'s module has no sample_latent_prior, so proposal='prior' is not "
+                            "available; proposal='posterior' (the IWAE bound) is")
 
         def log_marginal(batch: torch.Tensor) -> torch.Tensor:
             if proposal == "posterior":
