@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="fit nothing: write the table of the rows already in <out>.rows.jsonl (a run still going)")
     parser.add_argument("--label", default=None,
                         help="names the result files (default: the device, plus '_reduced' below the full budget)")
     parser.add_argument("--out", default=None, help="result path (default benchmarks/results/hcrl_20newsgroups_<label>.json)")
@@ -128,6 +130,8 @@ def main() -> None:
                 runs[name].append(saved)
                 print(json.dumps({"seed": seed, "model": name, "resumed": True, **saved}), flush=True)
                 continue
+            if args.report_only:
+                continue
             began = time.perf_counter()
             if name in ("hcrl2", "hcrl1", "vae_ncrp"):
                 model = pyro_hc.get_model(name, depth=DEPTH, **shared).fit(data, seed=seed, **fit)
@@ -150,6 +154,8 @@ def main() -> None:
 
     rows = []
     for name, per_seed in runs.items():
+        if not per_seed:  # (--report-only: not measured yet)
+            continue
         f = [r["hierarchical_f_score"] for r in per_seed]
         paper = PAPER.get(name)
         rows.append({"model": name, "hierarchical_f_score": float(np.mean(f)), "interval_95": interval(f),
@@ -177,7 +183,8 @@ def main() -> None:
 
     lines = [
         f"# HCRL Table 2, 20 Newsgroups, depth {DEPTH}: hierarchical F-score"
-        + ("" if full_budget else " — REDUCED BUDGET, not comparable with the paper"),
+        + ("" if full_budget else " — REDUCED BUDGET, not comparable with the paper")
+        + (" — PARTIAL: the rows measured so far (--report-only)" if args.report_only else ""),
         "",
         f"Device {record['device']} ({record['device_name']}, {record['cpu_threads']} thread(s)); "
         f"{len(data)} documents ({args.split}), {data.n_features} TF-IDF features; budget {record['budget']}; "

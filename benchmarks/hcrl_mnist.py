@@ -119,6 +119,8 @@ def main() -> None:
                         help="replay each training step from a CUDA graph (GPU only; see SVIEngine)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="fit nothing: write the table of the rows already in <out>.rows.jsonl (a run still going)")
     parser.add_argument("--label", default=None,
                         help="names the result files (default: the device, plus '_reduced' below the full budget)")
     parser.add_argument("--workdir", default=None,
@@ -168,6 +170,8 @@ def main() -> None:
                 per_seed[row_label].append(saved)
                 print(json.dumps({"seed": seed, "model": row_label, "resumed": True}), flush=True)
                 continue
+            if args.report_only:
+                continue
             checkpoint = workdir / f"{row_label}-seed{seed}.ckpt"
             began = time.perf_counter()
             model = pyro_hc.get_model(name, **settings).fit(
@@ -190,6 +194,8 @@ def main() -> None:
 
     results = []
     for row_label, rows in per_seed.items():
+        if not rows:  # (--report-only: not measured yet)
+            continue
         # (numbers every seed's row has: a row from an older version of this script may lack a column)
         keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and all(k in r for r in rows)]
         mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
@@ -218,18 +224,21 @@ def main() -> None:
     columns = ["test_nll", "test_nll_prior", "test_re", "n_leaves", "acc", "nmi", "acc_at_10", "nmi_at_10",
                "top_level_nodes", "nmi_top_level", "dendrogram_purity", "own_kmeans_ward_dp", "fit_seconds"]
     lines = [f"# HCRL Table 1, MNIST ({'grey levels' if not args.binarise else 'binarised'}, Bernoulli decoder)"
-             + ("" if full_budget else " — REDUCED BUDGET"), "",
+             + ("" if full_budget else " — REDUCED BUDGET")
+             + (" — PARTIAL: the rows measured so far (--report-only)" if args.report_only else ""), "",
              f"Device {record['device']} ({record['device_name']}, {record['cpu_threads']} thread(s)); "
              f"{len(train)} training / {len(test)} test images; budget {record['budget']}; "
              f"{record['seconds']:.0f} s in this run. Mean ± sd over the seeds; the paper's (NLL, RE) in the "
              "second column. Clustering scored on all train + test images; `own_kmeans_ward_dp`: k-means "
              "(10) + Ward on the model's own embedding.", "",
              f"Command: `{record['command']}`", "",
-             "| model | paper NLL / RE | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+             "| model | seeds | paper NLL / RE | " + " | ".join(columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for result in results:
         paper = result["paper"]
         paper_cell = "" if paper is None else f"{paper['test_nll']} / {paper['test_re']}"
-        lines.append(f"| {result['model']} | {paper_cell} | " + " | ".join(cell(result, c) for c in columns) + " |")
+        lines.append(f"| {result['model']} | {result['seeds']} | {paper_cell} | "
+                     + " | ".join(cell(result, c) for c in columns) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
