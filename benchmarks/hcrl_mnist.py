@@ -153,7 +153,8 @@ def main() -> None:
                                                  "batch_size", "latent_dim", "hidden_dims", "nll_samples")}
     done = ResultRows(out.with_suffix(".rows.jsonl"), budget_key)
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        workdir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     data_seed = 0  # the same images for every model seed
