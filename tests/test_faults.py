@@ -209,8 +209,11 @@ def test_sigint_to_a_cli_fit_leaves_a_checkpoint_that_resumes_to_the_same_model(
             "--set", "pretrain_epochs=2", "--epochs", "30", "--batch-size", "64", "--seed", str(SEED), "--split", "test",
             "--no-progress", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # the child must take SIGINT as a user's Ctrl-C: a disposition inherited from this process (where an
+    # earlier test or library may have left SIGINT ignored) would make it run to the end instead
     process = subprocess.Popen([sys.executable, "-m", "pyro_hc.cli", *argv], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(out / "checkpoint.pt", process, timeout=240)  # the first epoch has ended
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
