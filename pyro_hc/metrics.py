@@ -497,6 +497,7 @@ def cut_assignments(tree: Any, assignments: Any, n_clusters: int) -> np.ndarray:
         for child in graph.successors(node):
             mass[node] += mass[child]
     parent = {child: node for node, child in graph.edges()}
+    position = {node: i for i, node in enumerate(order)}  # ties go to the node nearer the root
     cut, settled = [order[0]], set()  # settled: nodes kept for their own points, never expanded
     while True:
         expandable = []
@@ -507,7 +508,7 @@ def cut_assignments(tree: Any, assignments: Any, n_clusters: int) -> np.ndarray:
             # points sitting on the node itself (an internal node that emits) keep it in the cut
             keeps_itself = mass[node] > sum(mass[child] for child in occupied)
             if occupied and len(cut) - 1 + len(occupied) + keeps_itself <= n_clusters:
-                expandable.append((mass[node], -order.index(node), node, occupied, keeps_itself))
+                expandable.append((mass[node], -position[node], node, occupied, keeps_itself))
         if not expandable:
             break
         *_, node, occupied, keeps_itself = max(expandable)
