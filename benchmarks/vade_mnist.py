@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/vade_mnist.json")
     parser.add_argument("--save-model", default=None, help="save the fitted VaDE here (for kdvae_mnist.py --vade-file)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--checkpoint", default=None,
+                        help="write a resumable checkpoint here every epoch; a run started again with the same "
+                             "command continues from it (a long CPU run may be stopped at any point)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,7 +67,8 @@ def main() -> None:
                               **{k: v for k, v in options.items() if v is not None})
     started = time.perf_counter()
     model.fit(data, epochs=args.epochs, batch_size=args.batch_size, device=args.device, seed=args.seed,
-              progress=not args.no_progress, monitor_labels=data.y)
+              progress=not args.no_progress, monitor_labels=data.y, checkpoint=args.checkpoint,
+              resume=args.checkpoint is not None and Path(args.checkpoint).exists())
     seconds = time.perf_counter() - started
     scores = pyro_hc.evaluate(model, data)
     init = next(r for r in model.history_.records if r["phase"] == "init")
