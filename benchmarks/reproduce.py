@@ -26,8 +26,13 @@ with the device, the budget actually run, the seed(s), wall times, and the paper
 Adding a recipe is one :class:`Recipe` entry in :data:`RECIPES`: the registry name, constructor
 parameters, a budget (steps or epochs per phase), the paper's numbers and, when the model has a
 pretraining stage of its own that should be shared and cached, its kind (:data:`PRETRAINERS`). A
-model without such a stage (VaDE, k-DVAE: ``pretrain=None``) runs its own ``fit`` as the main
-stage, with the same checkpoints and resume.
+model without such a stage (VaDE, k-DVAE, k-DAE: ``pretrain=None``) runs its own ``fit`` as the
+main stage, phases and all, through the estimator's own resumable checkpoint
+(``fit(checkpoint=..., resume=True)``); ``phase_params`` says which constructor parameter each
+budget phase sets, and its two-stage baselines are measured on the fitted model's own embedding.
+A recipe with ``start_from`` begins from the fitted model of another recipe on the same data and
+seed (k-DVAE and k-DAE from the VaDE recipe, through ``init_from``): that recipe is run first if
+its model file is not in ``--workdir`` yet, so one VaDE serves every variant.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ class Recipe:
     split: str = "all"
     baselines: bool = True
     paper_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    phase_params: dict[str, str] = field(default_factory=lambda: {"train": "epochs"})
+    start_from: str | None = None
 
 
 # the DeepECT paper (Mautz, Plant & Böhm 2020, Sec. 3.1): D-500-500-2000-10, Adam lr 1e-4, batch 256,
@@ -115,6 +122,25 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                           r1="depth_decayed", batch_size=256, lr=1e-3, weight_decay=1e-6, prune_start=10),
         {"pretrain": 200, "train": 100}, "epochs", {"acc": 0.99, "nmi": 0.97, "dp": 0.97},
         "Znalezniak et al. 2023, Tables 2 and 4", pretrain="simclr", split="train"),
+    # VaDE (Jiang et al. 2017, Sec. 4 and the authors' Keras code): D-500-500-2000-10, batch 100, Adam lr 2e-3
+    # decayed by 0.9 every 10 epochs, 300 epochs after the autoencoder's pretraining (our default 50 epochs;
+    # the paper's pretrained weights came without their training code); train + test.
+    ("vade", "mnist"): Recipe(
+        "vade", dict(n_clusters=10, hidden_dims=(500, 500, 2000), batch_size=100, lr=2e-3, lr_decay=0.9,
+                     lr_decay_every=10),
+        {"pretrain": 50, "train": 300}, "epochs", {"acc": 0.9446}, "Jiang et al. 2017, Table 2",
+        phase_params={"pretrain": "pretrain_epochs", "train": "epochs"}),
+    # k-DVAE and k-DAE (the k-DVAE paper, Sec. 4.2): k-means in a pretrained VaDE's embedding starts one
+    # 500-100-10 VAE (autoencoder) per cluster; the paper gives no schedule, so the models' defaults
+    # (20 warm-up + 100 epochs, batch 100) run. Their VaDE is the ("vade", data) recipe's model.
+    ("kdvae", "mnist"): Recipe(
+        "kdvae", dict(n_clusters=10, objective="hard", hidden_dims=(500, 100), batch_size=100),
+        {"warmup": 20, "train": 100}, "epochs", {"acc": 0.9787}, "k-DVAE paper, Table 2 (mean of ten runs)",
+        phase_params={"warmup": "warmup_epochs", "train": "epochs"}, start_from="vade"),
+    ("kdae", "mnist"): Recipe(
+        "kdae", dict(n_clusters=10, hidden_dims=(500, 100), batch_size=100),
+        {"warmup": 20, "train": 100}, "epochs", {"acc": 0.9651}, "k-DVAE paper, Table 2 (mean of ten runs)",
+        phase_params={"warmup": "warmup_epochs", "train": "epochs"}, start_from="vade"),
 }
 
 
@@ -269,6 +295,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def result_name(args) -> str:
+    """``reproduce_<recipe>_<data>_<device>[_scale<s>][_<name>-<value>...].json``."""
+    device = str(pyro_hc.infer.resolve_device(args.device)).split(":")[0]
+    suffix = "" if args.scale == 1 else f"_scale{args.scale:g}"
+    suffix += "".join(f"_{name}-{value}" for name, value in sorted(parse_overrides(args.set).items())
+                      if isinstance(value, (str, int, float)))
+    return f"reproduce_{args.recipe}_{args.dataset}_{device}{suffix}.json"
+
+
 def run(args) -> dict[str, Any]:
     recipe = RECIPES[(args.recipe, args.dataset)]
     data = pyro_hc.load_dataset(args.dataset, split=recipe.split)
@@ -308,28 +343,55 @@ def run(args) -> dict[str, Any]:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
+    start_file = None
+    if recipe.start_from is not None:  # the model this one starts from: its recipe's file, fitted first if need be
+        start_args = argparse.Namespace(**{**vars(args), "recipe": recipe.start_from, "set": []})
+        start_args.out = str(Path(args.out).parent / result_name(start_args))
+        start_record = run(start_args)
+        write(start_record, Path(start_args.out))
+        start_file = start_record["model_file"]
+        params["init_from"] = start_file
+
     main_key = key_of({"recipe": args.recipe, "data": args.dataset, "n": args.n, "seed": args.seed, "params": params,
                        "epochs": epochs, "pretrained": str(pretrained)})
     main_dir = workdir / f"main-{main_key}"
     main_dir.mkdir(exist_ok=True)
-    checkpoint = main_dir / "checkpoint-train.pt"
-    main_params = {**params, "epochs": epochs.get("train", 0)}
-    if pretrained is not None:
-        main_params.update(PRETRAINERS[recipe.pretrain][0], pretrained=str(pretrained))
-    done = finished_epochs(checkpoint)
+    model_file = main_dir / "model.pt"
+    main_params = {**params, **{recipe.phase_params[phase]: n_epochs for phase, n_epochs in epochs.items()
+                                if phase in recipe.phase_params}}
     started = time.perf_counter()
-    model = pyro_hc.get_model(recipe.model, **main_params)
-    model.fit(data, epochs=max(epochs.get("train", 0) - done, 0),
-              callbacks=[ResumeFrom(checkpoint), Checkpoint(checkpoint, args.checkpoint_every)], **fit)
+    if pretrained is not None:  # the main phase alone, resumed by the callbacks (its pretraining is a stage above)
+        checkpoint = main_dir / "checkpoint-train.pt"
+        main_params.update(PRETRAINERS[recipe.pretrain][0], pretrained=str(pretrained))
+        done = finished_epochs(checkpoint)
+        model = pyro_hc.get_model(recipe.model, **main_params)
+        model.fit(data, epochs=max(epochs.get("train", 0) - done, 0),
+                  callbacks=[ResumeFrom(checkpoint), Checkpoint(checkpoint, args.checkpoint_every)], **fit)
+        model.save(model_file)
+    elif model_file.exists():  # fitted by an earlier run (for example as another recipe's start)
+        model, done = pyro_hc.load(model_file, device=args.device), None
+    else:  # the model's whole fit, phases and all, through the estimator's resumable checkpoint
+        checkpoint = main_dir / "checkpoint.pt"
+        done = checkpoint.exists()
+        model = pyro_hc.get_model(recipe.model, **main_params)
+        model.fit(data, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, resume=done,
+                  monitor_labels=labels, **fit)
+        model.save(model_file)
     timings["train_seconds"] = time.perf_counter() - started
-    model.save(main_dir / "model.pt")
     events = model.tree.events
     row = {"model": args.recipe, **tree_scores(model.tree, model.predict(data).numpy(), labels, k),
            "steps": int(model.history_["step"][-1]) if len(model.history_) else 0, "resumed_from_epoch": done,
            "splits": sum(e["kind"] == "split" for e in events), "prunes": sum(e["kind"] == "prune" for e in events),
-           "seconds": timings["train_seconds"]}
+           "seconds": float(model.fit_info_.get("seconds", timings["train_seconds"]))}
+    start = next((r for r in model.history_.records if r.get("phase") == "init"), {})
+    row.update({f"start_{name}": float(start[name]) for name in ("acc", "nmi") if name in start})
     rows.insert(0, row)
     print(json.dumps(row), flush=True)
+    if recipe.pretrain is None and recipe.baselines:  # two-stage baselines on the fitted model's own embedding
+        for baseline in baseline_rows(model.transform(data).numpy(), labels, k, k, args.seed):
+            baseline["model"] = f"{args.recipe}_embedding_{baseline['model'].removeprefix('ae_')}"
+            rows.append(baseline)
+            print(json.dumps(baseline), flush=True)
     return {
         "benchmark": "reproduce", "recipe": args.recipe, "dataset": args.dataset, "model": recipe.model,
         "n": len(data), "split": recipe.split, "device": device,
@@ -338,7 +400,7 @@ def run(args) -> dict[str, Any]:
         "seeds": [args.seed], "scale": args.scale, "budget_epochs": epochs, "budget_paper": dict(recipe.budget),
         "budget_unit": recipe.unit, "params": {k_: list(v) if isinstance(v, tuple) else v for k_, v in params.items()},
         "paper": recipe.paper, "paper_baselines": recipe.paper_baselines, "source": recipe.source,
-        **timings, "results": rows,
+        **timings, "start_from": start_file, "model_file": str(model_file), "results": rows,
     }
 
 
@@ -359,9 +421,13 @@ def write(record: dict[str, Any], out: Path) -> None:
              f"({record['budget_unit']}), run as epochs {record['budget_epochs']}; pretraining "
              f"{record.get('pretrain_seconds', 0):.0f} s, main phase {record['train_seconds']:.0f} s (wall).",
              f"Paper: {record['source']}; in parentheses beside ours.", "",
-             "| model | DP | LP | NMI (k) | ACC (k) | leaves | seconds |", "|---|---|---|---|---|---|---|"]
+             "| model | DP | LP | NMI (k) | ACC (k) | start NMI / ACC | leaves | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {cell(r, 'dp')} | {cell(r, 'lp')} | {cell(r, 'nmi')} | {cell(r, 'acc')} | "
-              f"{r['n_leaves']} | {r['seconds']:.0f} |" for r in record["results"]]
+              + (f"{r['start_nmi']:.3f} / {r['start_acc']:.3f}" if "start_acc" in r else "–")
+              + f" | {r['n_leaves']} | {r['seconds']:.0f} |" for r in record["results"]]
+    if record.get("start_from"):
+        lines.append(f"\nStarted from the fitted model `{record['start_from']}` (`init_from`).")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -391,11 +457,8 @@ def main() -> None:
         parser.error(f"no recipe ({args.recipe!r}, {args.dataset!r}); known: {sorted(RECIPES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = str(pyro_hc.infer.resolve_device(args.device)).split(":")[0]
-    suffix = "" if args.scale == 1 else f"_scale{args.scale:g}"
-    suffix += "".join(f"_{name}-{value}" for name, value in sorted(parse_overrides(args.set).items())
-                      if isinstance(value, (str, int, float)))
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"reproduce_{args.recipe}_{args.dataset}_{device}{suffix}.json")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / result_name(args))
+    args.out = str(out)
     args.workdir = args.workdir or str(out.parent / "reproduce_work")
     record = run(args)
     write(record, out)

@@ -125,3 +125,49 @@ def test_result_rows_read_back_the_rows_of_the_same_budget_only(tmp_path):
     again = ResultRows(path, {"epochs": 3, "hidden_dims": [16, 8]})  # a tuple reads back as a list
     assert again.get(0, "hcrl2") == {"dp": 0.5} and again.get(1, "hcrl2") == {"dp": 0.6}
     assert again.get(0, "vade") is None and len(path.read_text().splitlines()) == 3
+
+
+def _reproduce_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("reproduce", module)  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(sys.modules["reproduce"])
+    return sys.modules["reproduce"]
+
+
+@pytest.mark.skipif("mnist" not in AVAILABLE, reason="mnist not on disk (set PYRO_HC_DATA)")
+def test_reproduce_starts_kdvae_and_kdae_from_one_vade_fitted_once(tmp_path, monkeypatch):
+    """k-DVAE's recipe fits the VaDE recipe first (its record written beside), starts from its file and
+    records the start's ACC; k-DAE's recipe then reuses that file instead of fitting a second VaDE."""
+    import argparse
+
+    import dataclasses
+
+    reproduce = _reproduce_module()
+    for name, hidden in (("vade", (32,)), ("kdvae", (16,)), ("kdae", (16,))):  # small networks, same recipes
+        recipe = reproduce.RECIPES[(name, "mnist")]
+        monkeypatch.setitem(reproduce.RECIPES, (name, "mnist"),
+                            dataclasses.replace(recipe, params={**recipe.params, "hidden_dims": hidden}))
+
+    def args_for(recipe):
+        return argparse.Namespace(recipe=recipe, dataset="mnist", scale=0.01, set=[], n=200, seed=0, device="cpu",
+                                  threads=None, checkpoint_every=1, workdir=str(tmp_path / "work"), progress=False,
+                                  out=str(tmp_path / f"{recipe}.json"))
+
+    kdvae = reproduce.run(args_for("kdvae"))
+    vade_record = json.loads((tmp_path / "reproduce_vade_mnist_cpu_scale0.01.json").read_text())
+    vade_file = Path(vade_record["model_file"])
+    assert kdvae["start_from"] == str(vade_file) and vade_file.is_file()
+    assert vade_record["budget_epochs"] == {"pretrain": 1, "train": 3}  # 1 % of 50 + 300 epochs, at least one
+    first_row = kdvae["results"][0]
+    assert first_row["model"] == "kdvae" and 0.0 <= first_row["start_acc"] <= 1.0
+    assert {row["model"] for row in kdvae["results"][1:]} == {"kdvae_embedding_bisecting",
+                                                              "kdvae_embedding_kmeans_ward"}
+    fitted_at = vade_file.stat().st_mtime_ns
+    kdae = reproduce.run(args_for("kdae"))
+    assert kdae["start_from"] == str(vade_file) and vade_file.stat().st_mtime_ns == fitted_at
+    assert kdae["model_file"] != kdvae["model_file"]
+    reproduce.write(kdae, tmp_path / "kdae.json")
+    assert "start NMI / ACC" in (tmp_path / "kdae.md").read_text()
