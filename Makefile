@@ -41,8 +41,12 @@ DEMO_ARGS ?= cohiclust --dataset digits --seed 0 --epochs 30 --batch-size 128 \
 demo: $(VENV)/.installed  ## train CoHiClust on the bundled digits; print its metrics, its tree and k-means + Ward beside it
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pyro-hc fit $(DEMO_ARGS) --baseline --plot-tree --overwrite --out runs/demo
 
+# Two pytest workers at one torch thread each (tests/conftest.py): the suite's tests are mostly small
+# fits, which one thread runs as fast as two, so two workers halve the wall time on a 2-core machine.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed-test  ## the whole test suite (CI runs exactly this)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 benchmark: $(VENV)/.installed  ## VaDE on full MNIST (see benchmarks/README.md for budgets)
 	$(PY) benchmarks/vade_mnist.py

@@ -11,6 +11,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pyro_hc  # noqa: E402
 
+#: torch threads of the fitting fixtures: one per pytest-xdist worker (``make test`` runs two, one per
+#: core, and subprocesses inherit OMP_NUM_THREADS), two when the suite runs in a single process
+IN_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+FIT_THREADS = 1 if IN_WORKER else 2
+if IN_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # Tiny networks keep the suite inside its CPU budget; the paper-sized default is tested once.
 TINY_VADE = dict(n_clusters=10, latent_dim=4, hidden_dims=(32,), pretrain_epochs=2)
 
@@ -22,17 +30,5 @@ def digits():
 
 @pytest.fixture(scope="session")
 def tiny_vade(digits):
-    torch.set_num_threads(2)
+    torch.set_num_threads(FIT_THREADS)
     return pyro_hc.get_model("vade", **TINY_VADE).fit(digits, epochs=2, seed=0, progress=False)
-
-
-@pytest.fixture(scope="session")
-def default_vade(digits):
-    """VaDE at its defaults on the digits, seed 0, two threads: fitted once, for the VaDE defaults test
-    and as the start (``init_from``) of the k-DVAE quality test (about 100 s of the suite)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        return pyro_hc.get_model("vade").fit(digits, seed=0, progress=False)
-    finally:
-        torch.set_num_threads(previous)
