@@ -566,6 +566,73 @@ def test_closed_form_node_and_stick_posteriors_are_stationary_points_of_the_elbo
     assert float(brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, nudged, q_sticks).detach()) < float(elbo.detach())
 
 
+def test_conjugate_nodes_are_each_nodes_posterior_mean_and_spread():
+    """``conjugate_nodes``: under independent Normal–Gamma priors, each node's ``E μ`` and ``(E λ)^{-1/2}``
+    from what it emits (hand-summed over its (path, level) cells); under ``TreeNodePrior``, the
+    coordinate ascent's means, which a parent's children pull towards themselves."""
+    from pyro_hc.heuristics.elbo_moves import TreeNodePrior, conjugate_nodes, tree_node_posterior
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(4)
+    gaussians = conjugate_nodes(tree, resp, z_loc, z_var, prior)
+    assert sorted(gaussians) == sorted(tree.nodes())
+    stats = {}
+    for node in tree.nodes():
+        w = sum(resp[:, k, level] for k, path in enumerate(tree.paths()) for level in range(3) if path[level] == node)
+        stats[node] = (w.sum(), w @ z_loc, w @ (z_loc**2 + z_var))
+        post = prior.posterior(*stats[node])
+        mean, std = gaussians[node]
+        assert torch.allclose(mean, post.loc, rtol=1e-10) and torch.allclose(std, (post.rate / post.concentration).sqrt())
+    coupled = TreeNodePrior(prior, coupling=2.0)
+    nodes = tree.nodes()
+    parents = torch.as_tensor([-1 if tree.parent(u) is None else nodes.index(tree.parent(u)) for u in nodes])
+    count, sum_z, sum_z2 = (torch.stack([stats[u][i] for u in nodes]) for i in range(3))
+    _, loc, _, concentration, rate = tree_node_posterior(parents, count, sum_z, sum_z2, coupled)
+    tied = conjugate_nodes(tree, resp, z_loc, z_var, coupled)
+    for i, node in enumerate(nodes):
+        assert torch.allclose(tied[node][0], loc[i].to(z_loc)) and torch.allclose(tied[node][1], (rate[i] / concentration[i]).sqrt().to(z_loc))
+    assert not torch.allclose(tied[1][0], gaussians[1][0])  # the coupling moves the internal node's mean
+
+
+def test_closed_form_nodes_are_set_every_epoch_and_take_no_svi_step():
+    """``elbo_nodes="closed_form"``: the SVI steps never move a node Gaussian, every epoch's end sets
+    them (they differ between epochs), and the node parameters train again after the fit."""
+    from pyro_hc.infer import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.epochs, self.changed = 0, 0
+
+        def on_epoch_start(self, state):
+            module = state.module
+            self.at_start = module.node_locs_unconstrained.detach().clone(), module.node_scales_unconstrained.detach().clone()
+            if self.epochs and not torch.equal(self.at_start[0], self.previous):
+                self.changed += 1
+
+        def on_step_end(self, state):
+            module = state.module
+            assert torch.equal(module.node_locs_unconstrained, self.at_start[0])
+            assert torch.equal(module.node_scales_unconstrained, self.at_start[1])
+
+        def on_epoch_end(self, state):
+            self.epochs += 1
+            self.previous = self.at_start[0]
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 3, 3, 3, 0, 0], [-3, -3, -3, -3, 0, 0], [0, 0, 0, 0, 4, -4]])
+    x = centres[torch.arange(3).repeat_interleave(60)] + 0.5 * torch.randn(180, 6, generator=generator)
+    recorder = Recorder()
+    model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=5, capacity=16,
+                              likelihood="gaussian", elbo_nodes="closed_form", elbo_sticks="closed_form")
+    model.fit(x, epochs=4, batch_size=32, seed=0, progress=False, callbacks=[recorder])
+    assert recorder.epochs == 4 and recorder.changed >= 2
+    assert model.module_.node_locs_unconstrained.requires_grad and model.module_.node_scales_unconstrained.requires_grad
+    with pytest.raises(ValueError, match="elbo_nodes"):
+        pyro_hc.get_model("hcrl2", likelihood="gaussian", elbo_nodes="exact").fit(x, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="structure='elbo'"):
+        pyro_hc.get_model("hcrl2", likelihood="gaussian", structure="paper", elbo_nodes="closed_form").fit(
+            x, epochs=1, progress=False)
+
+
 def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos():
     from pyro_hc.heuristics.elbo_moves import birth_delta, merge_delta, refined_birth_delta
     from pyro_hc.models._ncrp import add_child_in_order

@@ -63,7 +63,8 @@ from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
-__all__ = ["ELBOStructureMoves", "TreeNodePrior", "ancestor_birth_delta", "birth_delta", "conjugate_sticks",
+__all__ = ["ELBOStructureMoves", "TreeNodePrior", "ancestor_birth_delta", "birth_delta", "conjugate_nodes",
+           "conjugate_sticks",
            "emission_weights", "merge_delta",
            "merge_internal_tree", "node_prior", "propose_split", "refine_responsibilities",
            "refined_birth_delta", "refined_merge_delta", "relabel_delta", "relabel_responsibilities",
@@ -231,6 +232,31 @@ def _mass_through(tree: ClusterTree, resp: Tensor) -> dict[int, Tensor]:
         for node in path:
             through[node] = through[node] + path_mass[row]
     return through
+
+
+@torch.no_grad()
+def conjugate_nodes(tree: ClusterTree, resp: Tensor, z_loc: Tensor, z_var: Tensor,
+                    prior: NormalGamma | TreeNodePrior) -> dict[int, tuple[Tensor, Tensor]]:
+    """Every node's Gaussian at its optimal ``q(μ, λ)`` from ``resp [N, K, L]``: ``{node: (mean, std)}``.
+
+    The memoized global step of the node Gaussians (Hughes & Sudderth 2013): the statistics
+    ``Σ r``, ``Σ r E z``, ``Σ r E z²`` of what each node emits give the conjugate posterior (under
+    :class:`TreeNodePrior`, the mean-field coordinate ascent of :func:`tree_node_posterior`); the
+    point Gaussian the model uses is its mean ``E μ`` with spread ``(E λ)^{-1/2}``, as a move places them.
+    A node that emits nothing gets its prior's (under :class:`TreeNodePrior`: pulled to its children).
+    """
+    n, k, levels = resp.shape
+    onehot, nodes = _emission_matrix(tree, torch.as_tensor(tree.paths(), device=resp.device), resp.dtype, resp.device)
+    count, sum_z, sum_z2 = _statistics(resp.reshape(n, k * levels) @ onehot, z_loc, z_loc.square() + z_var)
+    if isinstance(prior, TreeNodePrior):
+        position = {node: i for i, node in enumerate(nodes)}
+        parents = torch.as_tensor([-1 if tree.parent(u) is None else position[tree.parent(u)] for u in nodes])
+        _, loc, _, concentration, rate = tree_node_posterior(parents, count, sum_z, sum_z2, prior)
+    else:
+        post = prior.posterior(count[:, None], sum_z, sum_z2)
+        loc, concentration, rate = post.loc, post.concentration, post.rate
+    loc, std = loc.to(z_loc), (rate / concentration).sqrt().to(z_loc)
+    return {node: (loc[i], std[i]) for i, node in enumerate(nodes)}
 
 
 def conjugate_sticks(tree: ClusterTree, resp: Tensor, gamma: float) -> dict[int, tuple[Tensor, Tensor]]:
@@ -611,6 +637,11 @@ class ELBOStructureMoves(Callback):
         epoch that changed the tree they are updated once more, from one E-step on the new tree
         (its Gaussians as the moves placed them, no path prior; :meth:`_placed_responsibilities`).
         Default False: the sticks train by SVI with the rest of the guide.
+    closed_form_nodes:
+        At the end of every epoch, set every node's Gaussian to its conjugate posterior
+        (:func:`conjugate_nodes`) from the epoch's memoized statistics, through
+        ``set_node_gaussians(gaussians)``; the model then keeps them out of its SVI steps (memoized
+        VI's global step for the nodes). Default False: they train by SVI between the moves.
     coarse_moves:
         In an epoch without leaf moves, try the coarse moves (split and merge of internal nodes,
         re-parenting) and keep the best if it raises the ELBO (exact in closed form,
@@ -634,7 +665,7 @@ class ELBOStructureMoves(Callback):
                  prior_variance_fraction: float = 0.1, split_steps: int = 20,
                  encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0,
                  ancestor_births: bool = True, coarse_moves: bool = True, mean_coupling: float | None = None,
-                 closed_form_sticks: bool = False) -> None:
+                 closed_form_sticks: bool = False, closed_form_nodes: bool = False) -> None:
         if stick_concentration <= 0:
             raise ValueError(f"stick_concentration must be positive, got {stick_concentration}")
         if lock_epochs < 0 or merge_pairs < 0 or split_steps < 1 or min_mass < 0:
@@ -667,6 +698,7 @@ class ELBOStructureMoves(Callback):
             raise ValueError(f"mean_coupling must be positive (or None: independent node means), got {mean_coupling}")
         self.mean_coupling = None if mean_coupling is None else float(mean_coupling)
         self.closed_form_sticks = bool(closed_form_sticks)
+        self.closed_form_nodes = bool(closed_form_nodes)
         self.lock_counter = 0
         self._buffers: dict[str, Tensor] | None = None
         self._version: int | None = None
@@ -710,15 +742,17 @@ class ELBOStructureMoves(Callback):
             self._buffers["seen"] = seen > 0
         seen = self._buffers["seen"]
         z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
+        prior = node_prior(z_loc, z_var, **self.prior_settings)
+        if self.mean_coupling is not None:
+            prior = TreeNodePrior(prior, self.mean_coupling)
         if self.closed_form_sticks:  # the sticks' global step, on the tree the epoch's statistics belong to
             module.set_stick_posteriors(conjugate_sticks(tree, resp, self.stick_concentration))
+        if self.closed_form_nodes:  # the nodes' global step; the moves below place the nodes they change
+            module.set_node_gaussians(conjugate_nodes(tree, resp, z_loc, z_var, prior))
         if self.lock_counter < self.lock_epochs:
             self.lock_counter += 1
             state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0, coarse_moves=0.0)
             return
-        prior = node_prior(z_loc, z_var, **self.prior_settings)
-        if self.mean_coupling is not None:
-            prior = TreeNodePrior(prior, self.mean_coupling)
         gamma = self.stick_concentration
         paths = tree.paths()
         epoch, step = state.epoch, state.step

@@ -35,6 +35,8 @@ __all__ = ["HCRL1", "HCRL2", "HCRLModule"]
 STRUCTURES = ("paper", "elbo")
 #: how ``structure="elbo"`` learns the sticks' q(v): SVI steps, or the conjugate update at epoch end
 STICK_UPDATES = ("svi", "closed_form")
+#: how the node Gaussians are learnt under ``structure="elbo"`` (``elbo_nodes``)
+NODE_UPDATES = ("svi", "closed_form")
 
 # sticks are kept inside (0, 1) so that log v and log(1 - v) stay finite under float32
 STICK_EPS = 1e-6
@@ -311,6 +313,18 @@ class HCRLModule(NCRPTreeModule):
         self.stick_b_unconstrained[nodes] = b.log()
 
     @torch.no_grad()
+    def set_node_gaussians(self, gaussians: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Set the Gaussians of the nodes in ``gaussians`` (``{node: (mean, std)}``), e.g. the
+        conjugate update of :func:`~pyro_hc.heuristics.elbo_moves.conjugate_nodes`."""
+        if not gaussians:
+            return
+        nodes = torch.as_tensor(list(gaussians), dtype=torch.long, device=self.node_locs_unconstrained.device)
+        self.node_locs_unconstrained[nodes] = torch.stack([g[0] for g in gaussians.values()]).to(
+            self.node_locs_unconstrained)
+        self.node_scales_unconstrained[nodes] = torch.stack([g[1] for g in gaussians.values()]).to(
+            self.node_scales_unconstrained).clamp_min(1e-3).log()
+
+    @torch.no_grad()
     def _set_node_gaussian(self, node: int, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Place node ``node``'s Gaussian (an ELBO-tested move's posterior mean and spread)."""
         self.node_locs_unconstrained[node] = mean
@@ -399,6 +413,13 @@ class _HCRL(ClusterEstimator):
         ``Beta(1 + M_c, γ + M_{>c})`` from the epoch's memoized responsibilities at every epoch's end
         (memoized VI's global step for the sticks), and no SVI step on them; ``stick_lr_factor`` is
         then unused. The paper trains them by gradient.
+    elbo_nodes:
+        ``structure="elbo"`` only: how the node Gaussians are learnt. ``"svi"`` (default): point
+        estimates trained by gradient steps at ``node_lr_factor * lr``, placed at the conjugate
+        posterior by an accepted move. ``"closed_form"``: every epoch's end sets every node to the
+        mean and spread of its conjugate posterior from the epoch's memoized statistics
+        (:func:`~pyro_hc.heuristics.elbo_moves.conjugate_nodes`, memoized VI's global step) and no
+        SVI step moves them, so between moves only the networks and the level proportions train.
     """
 
     loss = "trace_enum"
@@ -432,6 +453,7 @@ class _HCRL(ClusterEstimator):
         elbo_birth_margin: float = 0.0,
         elbo_mean_coupling: float | None = 1.0,
         elbo_sticks: str = "svi",
+        elbo_nodes: str = "svi",
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -459,6 +481,7 @@ class _HCRL(ClusterEstimator):
         self.elbo_birth_margin = elbo_birth_margin
         self.elbo_mean_coupling = elbo_mean_coupling
         self.elbo_sticks = elbo_sticks
+        self.elbo_nodes = elbo_nodes
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.depth < 2:
@@ -482,6 +505,10 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"elbo_sticks must be one of {STICK_UPDATES}, got {self.elbo_sticks!r}")
         if self.elbo_sticks == "closed_form" and self.structure != "elbo":
             raise ValueError("elbo_sticks='closed_form' needs structure='elbo' (its memoized statistics)")
+        if self.elbo_nodes not in NODE_UPDATES:
+            raise ValueError(f"elbo_nodes must be one of {NODE_UPDATES}, got {self.elbo_nodes!r}")
+        if self.elbo_nodes == "closed_form" and self.structure != "elbo":
+            raise ValueError("elbo_nodes='closed_form' needs structure='elbo' (its memoized statistics)")
         if not self.elbo_birth_margin >= 0:
             raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
         # every setting checked now rather than after pretraining: GROW / PRUNE / MERGE's too, whichever
@@ -514,7 +541,8 @@ class _HCRL(ClusterEstimator):
             return ELBOStructureMoves(stick_concentration=self._stick_concentration(), lock_epochs=self.elbo_lock_epochs,
                                       max_leaves=self.max_leaves, capacity=self.capacity,
                                       birth_margin=self.elbo_birth_margin, mean_coupling=self.elbo_mean_coupling,
-                                      closed_form_sticks=self.elbo_sticks == "closed_form")
+                                      closed_form_sticks=self.elbo_sticks == "closed_form",
+                                      closed_form_nodes=self.elbo_nodes == "closed_form")
         return self._paper_heuristics(seed)
 
     def _paper_heuristics(self, seed: int | None) -> NCRPHeuristics:
@@ -530,16 +558,20 @@ class _HCRL(ClusterEstimator):
                       lr=self.pretrain_lr)
         self._init_path(x)
         sticks = (module.stick_a_unconstrained, module.stick_b_unconstrained)
-        closed_form = self.elbo_sticks == "closed_form"  # _check_config: only with structure="elbo"
+        nodes = (module.node_locs_unconstrained, module.node_scales_unconstrained)
+        # _check_config: closed forms only with structure="elbo"; set at epoch end by the structure
+        # callback, not by the optimiser
+        frozen = [*(sticks if self.elbo_sticks == "closed_form" else ()),
+                  *(nodes if self.elbo_nodes == "closed_form" else ())]
         try:
-            for param in sticks:  # set at epoch end by the structure callback, not by the optimiser
-                param.requires_grad_(not closed_form)
+            for param in frozen:
+                param.requires_grad_(False)
             self._run(module, x, phase="train", loss=self.loss, epochs=epochs, batch_size=batch_size, seed=seed,
                       progress=progress, callbacks=(self.heuristics(seed), *callbacks), lr=self.lr,
                       lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every,
                       lr_multipliers=self._lr_multipliers())
         finally:
-            for param in sticks:
+            for param in frozen:
                 param.requires_grad_(True)
 
     def _lr_multipliers(self) -> dict[str, float]:
