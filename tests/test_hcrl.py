@@ -626,6 +626,9 @@ def test_closed_form_nodes_are_set_every_epoch_and_take_no_svi_step():
     model.fit(x, epochs=4, batch_size=32, seed=0, progress=False, callbacks=[recorder])
     assert recorder.epochs == 4 and recorder.changed >= 2
     assert model.module_.node_locs_unconstrained.requires_grad and model.module_.node_scales_unconstrained.requires_grad
+    # the statistics read E z² with the encoder's variance only when asked
+    assert not model.heuristics().encoder_variance
+    assert model.set_params(elbo_encoder_variance=True).heuristics().encoder_variance
     with pytest.raises(ValueError, match="elbo_nodes"):
         pyro_hc.get_model("hcrl2", likelihood="gaussian", elbo_nodes="exact").fit(x, epochs=1, progress=False)
     with pytest.raises(ValueError, match="structure='elbo'"):
