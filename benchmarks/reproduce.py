@@ -32,7 +32,8 @@ main stage, phases and all, through the estimator's own resumable checkpoint
 budget phase sets, and its two-stage baselines are measured on the fitted model's own embedding.
 A recipe with ``start_from`` begins from the fitted model of another recipe on the same data and
 seed (k-DVAE and k-DAE from the VaDE recipe, through ``init_from``): that recipe is run first if
-its model file is not in ``--workdir`` yet, so one VaDE serves every variant.
+its model file is not in ``--workdir`` yet, so one VaDE serves every variant (``--start-scale``
+sets its budget apart from the variant's).
 """
 
 from __future__ import annotations
@@ -345,7 +346,9 @@ def run(args) -> dict[str, Any]:
 
     start_file = None
     if recipe.start_from is not None:  # the model this one starts from: its recipe's file, fitted first if need be
-        start_args = argparse.Namespace(**{**vars(args), "recipe": recipe.start_from, "set": []})
+        start_scale = getattr(args, "start_scale", None)
+        start_args = argparse.Namespace(**{**vars(args), "recipe": recipe.start_from, "set": [],
+                                           "scale": args.scale if start_scale is None else start_scale})
         start_args.out = str(Path(args.out).parent / result_name(start_args))
         start_record = run(start_args)
         write(start_record, Path(start_args.out))
@@ -439,6 +442,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every phase's budget (1: the paper's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a model parameter (JSON values), e.g. --set reconstruction=sum")
+    parser.add_argument("--start-scale", type=float, default=None,
+                        help="budget scale of the recipe this one starts from (start_from; default: --scale), "
+                             "e.g. k-DVAE's full schedule from a shorter VaDE")
     parser.add_argument("--n", type=int, default=None, help="a seeded subset of this many points")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

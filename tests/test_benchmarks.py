@@ -166,8 +166,10 @@ def test_reproduce_starts_kdvae_and_kdae_from_one_vade_fitted_once(tmp_path, mon
     assert {row["model"] for row in kdvae["results"][1:]} == {"kdvae_embedding_bisecting",
                                                               "kdvae_embedding_kmeans_ward"}
     fitted_at = vade_file.stat().st_mtime_ns
-    kdae = reproduce.run(args_for("kdae"))
+    kdae_args = args_for("kdae")
+    kdae_args.scale, kdae_args.start_scale = 0.02, 0.01  # a longer k-DAE from the same VaDE
+    kdae = reproduce.run(kdae_args)
     assert kdae["start_from"] == str(vade_file) and vade_file.stat().st_mtime_ns == fitted_at
-    assert kdae["model_file"] != kdvae["model_file"]
+    assert kdae["model_file"] != kdvae["model_file"] and kdae["budget_epochs"] == {"warmup": 1, "train": 2}
     reproduce.write(kdae, tmp_path / "kdae.json")
     assert "start NMI / ACC" in (tmp_path / "kdae.md").read_text()
