@@ -569,12 +569,13 @@ class _HCRL(ClusterEstimator):
                       epochs=self.pretrain_epochs, batch_size=batch_size, seed=seed, progress=progress,
                       lr=self.pretrain_lr)
         self._init_path(x)
-        sticks = (module.stick_a_unconstrained, module.stick_b_unconstrained)
-        nodes = (module.node_locs_unconstrained, module.node_scales_unconstrained)
-        # _check_config: closed forms only with structure="elbo"; set at epoch end by the structure
-        # callback, not by the optimiser
-        frozen = [*(sticks if self.elbo_sticks == "closed_form" else ()),
-                  *(nodes if self.elbo_nodes == "closed_form" else ())]
+        # _check_config: closed forms only with structure="elbo" (HCRL's point Gaussians; VAE-nCRP has
+        # neither); set at epoch end by the structure callback, not by the optimiser
+        frozen = []
+        if self.elbo_sticks == "closed_form":
+            frozen += [module.stick_a_unconstrained, module.stick_b_unconstrained]
+        if self.elbo_nodes == "closed_form":
+            frozen += [module.node_locs_unconstrained, module.node_scales_unconstrained]
         try:
             for param in frozen:
                 param.requires_grad_(False)
