@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -18,6 +19,19 @@ FIT_THREADS = 1 if IN_WORKER else 2
 if IN_WORKER:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block at ``n`` torch threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
 
 # Tiny networks keep the suite inside its CPU budget; the paper-sized default is tested once.
 TINY_VADE = dict(n_clusters=10, latent_dim=4, hidden_dims=(32,), pretrain_epochs=2)

@@ -8,34 +8,27 @@ VaDE serve every k-DVAE variant; keeping them in one file keeps them on one pyte
 from __future__ import annotations
 
 import pytest
-import torch
 from sklearn.cluster import KMeans
 
 import pyro_hc
 from pyro_hc.metrics import cluster_acc, nmi
 
-from .conftest import FIT_THREADS
+from .conftest import FIT_THREADS, torch_threads
 
 
 @pytest.fixture
 def one_thread():
     """k-DVAE's small per-cluster networks gain nothing from a second thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def default_vade(digits):
     """VaDE at its defaults on the digits, seed 0, ``FIT_THREADS`` threads: fitted once, for the VaDE
     defaults test and as the start (``init_from``) of the k-DVAE quality test (about 100 s of the suite)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(FIT_THREADS)
-    try:
+    with torch_threads(FIT_THREADS):
         return pyro_hc.get_model("vade").fit(digits, seed=0, progress=False)
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.mark.slow

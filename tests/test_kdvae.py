@@ -20,6 +20,8 @@ from pyro_hc.models import KDAE, KDVAE, KDVAEModule, load
 from pyro_hc.models.kdvae import OBJECTIVES, KAutoencoderObjective
 from pyro_hc.nn import BatchedLinear, BatchedMLP, mlp
 
+from .conftest import torch_threads
+
 # tiny everything: a VaDE init of one epoch, one warm-up and one main epoch on 300 digits
 TINY_KDVAE = dict(n_clusters=10, latent_dim=3, hidden_dims=(16,), epochs=1, warmup_epochs=1,
                   vade_epochs=1, vade_pretrain_epochs=1, vade_hidden_dims=(16,))
@@ -299,10 +301,8 @@ def test_module_networks_equal_k_separate_linear_stacks():
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny networks gain nothing from threads, and spare threads stall on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
