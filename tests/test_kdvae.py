@@ -17,8 +17,8 @@ import pyro_hc
 from pyro_hc.infer import local_params
 from pyro_hc.metrics import cluster_acc, nmi
 from pyro_hc.models import KDAE, KDVAE, KDVAEModule, load
-from pyro_hc.models.kdvae import OBJECTIVES, KAutoencoderObjective
-from pyro_hc.nn import BatchedLinear, BatchedMLP, mlp
+from pyro_hc.models.kdvae import OBJECTIVES, ClusterWarmup, KAutoencoderObjective
+from pyro_hc.nn import BatchedLinear, BatchedMLP, MemberRows, mlp
 
 from .conftest import torch_threads
 
@@ -71,11 +71,11 @@ def hand_cluster_elbo(module, i, x, z):
     return log_px + log_pz - log_qz
 
 
-def tiny_module(objective, seed=3, kl="analytic"):
+def tiny_module(objective, seed=3, kl="analytic", winners_only=True):
     torch.manual_seed(seed)
     with local_params():
         module = KDVAEModule(n_features=6, n_clusters=3, latent_dim=2, hidden_dims=(5, 4),
-                             likelihood="bernoulli", objective=objective, kl=kl)
+                             likelihood="bernoulli", objective=objective, kl=kl, winners_only=winners_only)
     with torch.no_grad():  # non-trivial mixture weights and encoder variances
         module.mixture_logits_unconstrained.copy_(torch.tensor([0.3, -0.5, 0.1]))
         module.encoders.log_var_head.weight.normal_(0.0, 0.3)
@@ -86,14 +86,20 @@ def tiny_module(objective, seed=3, kl="analytic"):
 def pyro_loss_and_latents(module, x, index=None, num_data=None, seed=11):
     """Pyro's loss and the z_i the guide drew for every cluster (same RNG state).
 
-    Tracing the guide with y enumerated (``config_enumerate`` also enumerates the hard objective's
-    point mass) makes its ``z`` site hold the draws of all k clusters, ``k x N x d``.
+    Soft objective: tracing the guide with y enumerated makes its ``z`` site hold the draws of all
+    k clusters, ``k x N x d``. Hard objective: the guide's first random draw is every cluster's
+    ``z_i`` (densely or, with ``winners_only``, before the winners are picked), which
+    ``cluster_elbos`` draws alike from the same RNG state.
     """
     elbo = TraceEnum_ELBO if module.objective == "soft" else Trace_ELBO
     with local_params():
         pyro.set_rng_seed(seed)
-        guide = poutine.enum(config_enumerate(module.guide), first_available_dim=-2)
-        z = poutine.trace(guide).get_trace(x, index, num_data).nodes["z"]["value"]
+        if module.objective == "soft":
+            guide = poutine.enum(config_enumerate(module.guide), first_available_dim=-2)
+            z = poutine.trace(guide).get_trace(x, index, num_data).nodes["z"]["value"]
+        else:
+            with torch.no_grad():
+                z = module.cluster_elbos(x)[0]
         pyro.set_rng_seed(seed)
         loss = elbo(max_plate_nesting=1).differentiable_loss(module.model, module.guide, x, index, num_data)
     return loss, z
@@ -151,9 +157,10 @@ def test_soft_objective_scales_minibatch_by_data_size():
     assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("winners_only", [True, False])
 @pytest.mark.parametrize("kl", ["analytic", "monte_carlo"])
-def test_hard_objective_is_max_over_cluster_elbos(kl):
-    module = tiny_module("hard", kl=kl)
+def test_hard_objective_is_max_over_cluster_elbos(kl, winners_only):
+    module = tiny_module("hard", kl=kl, winners_only=winners_only)
     x = torch.rand(9, 6)
     loss, z = pyro_loss_and_latents(module, x)
     per_cluster = hand_elbos(module, x, z)
@@ -162,8 +169,9 @@ def test_hard_objective_is_max_over_cluster_elbos(kl):
     assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-5), (loss, expected)
 
 
-def test_hard_objective_trains_only_the_winning_cluster():
-    module = tiny_module("hard")
+@pytest.mark.parametrize("winners_only", [True, False])
+def test_hard_objective_trains_only_the_winning_cluster(winners_only):
+    module = tiny_module("hard", winners_only=winners_only)
     x = torch.rand(1, 6)
     loss, z = pyro_loss_and_latents(module, x)
     winner = int(hand_elbos(module, x, z).argmax(0))
@@ -186,8 +194,9 @@ def test_soft_objective_gradients_reach_every_parameter():
         assert param.grad.abs().sum() > 0, name
 
 
-def test_kdae_objective_is_best_reconstruction():
-    module = tiny_module("hard")
+@pytest.mark.parametrize("winners_only", [True, False])
+def test_kdae_objective_is_best_reconstruction(winners_only):
+    module = tiny_module("hard", winners_only=winners_only)
     x = torch.rand(8, 6)
     with local_params():
         loss = Trace_ELBO().differentiable_loss(KAutoencoderObjective(module).model, lambda *a: None, x)
@@ -232,6 +241,60 @@ def test_model_runs_from_the_prior():
         logits = torch.stack([hand_mlp(module.decoders.net.layers, int(y[n]), z[n]) for n in range(5)])
         log_px = trace.nodes["x"]["fn"].log_prob(x)
     assert torch.allclose(log_px, hand_bernoulli_log_lik(x, logits), atol=1e-5)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("kl", ["analytic", "monte_carlo"])
+def test_winners_only_gives_the_dense_loss_and_gradients(kl, likelihood):
+    """The packed winners-only pass is the dense objective, for Eq. 6, k-DAE and both warm-ups."""
+    torch.manual_seed(5)
+    with local_params():
+        module = KDVAEModule(n_features=12, n_clusters=4, latent_dim=3, hidden_dims=(9, 7), likelihood=likelihood,
+                             kl=kl)
+    x = torch.rand(23, 12)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 1, 1, 1, 3, 3, 1, 0, 0, 0, 3, 3])  # no cluster 2
+    objectives = {"eq6": module, "kdae": KAutoencoderObjective(module),
+                  "warmup": ClusterWarmup(module, labels), "kdae_warmup": ClusterWarmup(module, labels, False)}
+    for name, objective in objectives.items():
+        results = []
+        for winners_only in (True, False):
+            module.winners_only = winners_only
+            module.zero_grad()
+            with local_params():
+                pyro.set_rng_seed(7)
+                loss = Trace_ELBO().differentiable_loss(objective.model, objective.guide, x)
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in module.parameters() if p.grad is not None]))
+        (packed, packed_grads), (dense, dense_grads) = results
+        assert torch.allclose(packed, dense, rtol=1e-6), (name, packed, dense)
+        assert len(packed_grads) == len(dense_grads) > 0, name
+        for a, b in zip(packed_grads, dense_grads):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())), name
+    module.winners_only = True
+    assert not module.cuda_graph_safe and not objectives["kdae"].cuda_graph_safe
+
+
+def test_member_rows_pack_and_unpack():
+    member = torch.tensor([2, 0, 2, 2, 1, 0])
+    rows = MemberRows(member, 4)
+    data = torch.arange(12.0).reshape(6, 2)
+    packed = rows.pack(data)
+    assert packed.shape == (4, 3, 2) and rows.width == 3
+    assert torch.equal(packed[2], data[[0, 2, 3]]) and torch.equal(packed[0, :2], data[[1, 5]])
+    assert torch.equal(packed[3], torch.zeros(3, 2)) and torch.equal(packed[0, 2], torch.zeros(2))
+    assert torch.equal(rows.unpack(packed), data)
+    with pytest.raises(ValueError, match="must lie in"):
+        MemberRows(torch.tensor([0, 4]), 4)
+    with pytest.raises(ValueError, match="expects 6 rows"):
+        rows.pack(data[:5])
+
+
+def test_estimator_asks_for_dense_networks_only_under_cuda_graphs():
+    model = KDVAE(**TINY_KDVAE)
+    model.data_spec_ = pyro_hc.estimator.DataSpec(64, None, "bernoulli")
+    assert model._build_module().winners_only
+    model._cuda_graphs = True
+    assert not model._build_module().winners_only
 
 
 # batched networks ------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from .augment import AUGMENTATIONS, BatchAugment, affine_images, random_affine
 from .backbones import BACKBONES, HEADS, STEMS, SmallCNN, make_backbone, make_head
 from .decoders import LIKELIHOODS, BatchedDecoder, Decoder, MSEDecoder
 from .encoders import BatchedEncoder, MLPEncoder, NormalEncoder
-from .mlp import BatchedLinear, BatchedMLP, Flatten, mlp
+from .mlp import BatchedLinear, BatchedMLP, Flatten, MemberRows, mlp
 
 __all__ = [
-    "mlp", "Flatten", "BatchedLinear", "BatchedMLP",
+    "mlp", "Flatten", "BatchedLinear", "BatchedMLP", "MemberRows",
     "NormalEncoder", "BatchedEncoder", "MLPEncoder",
     "LIKELIHOODS", "Decoder", "BatchedDecoder", "MSEDecoder",
     "BACKBONES", "HEADS", "STEMS", "SmallCNN", "make_backbone", "make_head",

@@ -65,7 +65,14 @@ class BatchedEncoder(nn.Module):
         nn.init.zeros_(self.log_var_head.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.trunk(x.reshape(x.shape[0], -1))
+        """Every member on every datum: ``x`` is ``N x ...`` (flattened), outputs ``k x N x latent_dim``."""
+        return self._heads(self.trunk(x.reshape(x.shape[0], -1)))
+
+    def member_rows(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member ``i`` on its own rows ``packed[i]`` (``k x M x D``, see :class:`~pyro_hc.nn.MemberRows`)."""
+        return self._heads(self.trunk(packed))
+
+    def _heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # clamp keeps exp() finite early in training, as in NormalEncoder
         scale = torch.exp(0.5 * self.log_var_head(hidden).clamp(-20.0, 10.0))
         return self.loc_head(hidden), scale

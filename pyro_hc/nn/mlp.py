@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["mlp", "Flatten", "BatchedLinear", "BatchedMLP"]
+__all__ = ["mlp", "Flatten", "BatchedLinear", "BatchedMLP", "MemberRows"]
 
 
 def mlp(
@@ -145,3 +145,49 @@ class BatchedMLP(nn.Module):
             if j < last or self.final_activation:
                 x = torch.relu(x)
         return x
+
+
+class MemberRows:
+    """Route each datum to one member of a batched network: ``N`` rows packed as ``n_members x width``.
+
+    Datum ``n`` goes to member ``member[n]``; :meth:`pack` lays the rows out as ``n_members x width x ...``
+    (member ``i``'s data in arrival order, zero rows after them, ``width`` the largest member's count)
+    for a :class:`BatchedMLP` that feeds member ``i`` its own rows, and :meth:`unpack` reads the
+    ``N`` results back in the data's order. Both are differentiable gathers.
+
+    Why: a hard assignment (k-DVAE's Eq. 6, k-DAE's reconstruction) trains only the winning member
+    of each datum. Running every member on every datum costs ``n_members`` times the arithmetic of
+    one network for nothing; the packed layout costs ``n_members x width`` rows, about one
+    network's worth when the members are balanced. ``width`` is read from the data (one host sync),
+    so the packed shapes vary between steps: not for CUDA graph capture.
+    """
+
+    def __init__(self, member: torch.Tensor, n_members: int) -> None:
+        member = torch.as_tensor(member, dtype=torch.long)
+        if member.dim() != 1:
+            raise ValueError(f"member must be a vector of member indices, got shape {tuple(member.shape)}")
+        counts = torch.bincount(member, minlength=n_members)
+        if counts.numel() > n_members:
+            raise ValueError(f"member indices must lie in [0, {n_members}), got {int(member.max())}")
+        if member.numel() and int(member.min()) < 0:
+            raise ValueError(f"member indices must lie in [0, {n_members}), got {int(member.min())}")
+        self.member = member
+        self.n_members = int(n_members)
+        self.width = int(counts.max()) if member.numel() else 0
+        # slot of datum n among its member's rows, in arrival order (stable sort, then rank in group)
+        order = torch.argsort(member, stable=True)
+        first = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(member)
+        slot[order] = torch.arange(member.numel(), device=member.device) - first[member[order]]
+        self.slot = slot
+
+    def pack(self, rows: torch.Tensor) -> torch.Tensor:
+        """``N x ...`` rows to ``n_members x width x ...`` (zero rows pad the lighter members)."""
+        if rows.shape[0] != self.member.numel():
+            raise ValueError(f"pack expects {self.member.numel()} rows, got {rows.shape[0]}")
+        packed = rows.new_zeros(self.n_members, self.width, *rows.shape[1:])
+        return packed.index_put((self.member, self.slot), rows)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """``n_members x width x ...`` results back to the data's ``N x ...`` order."""
+        return packed[self.member, self.slot]
