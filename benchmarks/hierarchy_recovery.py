@@ -60,7 +60,7 @@ DATA_DEPTH, BRANCHING = 2, 3
 #: issue 15's acceptance margin on dendrogram purity and on the number of leaves
 DP_MARGIN, LEAF_MARGIN = 0.02, 2
 TREE_MODELS = ("hcrl2", "hcrl2_coupled", "hcrl2_independent", "hcrl2_closed_sticks", "hcrl2_encoder_variance",
-               "hcrl2_closed_nodes", "hcrl2_paper", "hcrl1", "vae_ncrp", "deepect")
+               "hcrl2_closed_nodes", "hcrl2_closed_nodes_points", "hcrl2_paper", "hcrl1", "vae_ncrp", "deepect")
 
 
 def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int, n_leaves: int,
@@ -86,6 +86,9 @@ def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int
         "hcrl2_encoder_variance": dict(name="hcrl2", depth=3, elbo_encoder_variance=True, **shared),
         "hcrl2_closed_nodes": dict(name="hcrl2", depth=3, elbo_encoder_variance=True, elbo_nodes="closed_form",
                                    elbo_sticks="closed_form", **shared),
+        # the same global step from statistics that read z̄ as observed points
+        "hcrl2_closed_nodes_points": dict(name="hcrl2", depth=3, elbo_nodes="closed_form", elbo_sticks="closed_form",
+                                          **shared),
         # the paper's Algorithm 1 (GROW / PRUNE / MERGE) at its own defaults
         "hcrl2_paper": dict(name="hcrl2", depth=3, structure="paper", **shared),
         "hcrl1": dict(name="hcrl1", depth=3, **shared),
