@@ -21,7 +21,6 @@ if IN_WORKER:
     torch.set_num_threads(1)
 
 
-
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run the block at ``n`` torch threads, then restore the previous count."""

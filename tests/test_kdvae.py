@@ -285,6 +285,8 @@ def test_member_rows_pack_and_unpack():
     assert torch.equal(rows.unpack(packed), data)
     with pytest.raises(ValueError, match="must lie in"):
         MemberRows(torch.tensor([0, 4]), 4)
+    with pytest.raises(ValueError, match="must lie in"):
+        MemberRows(torch.tensor([0, -1]), 4)
     with pytest.raises(ValueError, match="expects 6 rows"):
         rows.pack(data[:5])
 

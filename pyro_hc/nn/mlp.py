@@ -166,11 +166,11 @@ class MemberRows:
         member = torch.as_tensor(member, dtype=torch.long)
         if member.dim() != 1:
             raise ValueError(f"member must be a vector of member indices, got shape {tuple(member.shape)}")
-        counts = torch.bincount(member, minlength=n_members)
-        if counts.numel() > n_members:
-            raise ValueError(f"member indices must lie in [0, {n_members}), got {int(member.max())}")
-        if member.numel() and int(member.min()) < 0:
+        if member.numel() and int(member.min()) < 0:  # before bincount, which refuses negatives itself
             raise ValueError(f"member indices must lie in [0, {n_members}), got {int(member.min())}")
+        counts = torch.bincount(member, minlength=n_members)
+        if counts.numel() > n_members:  # its length is metadata: no host sync
+            raise ValueError(f"member indices must lie in [0, {n_members}), got {int(member.max())}")
         self.member = member
         self.n_members = int(n_members)
         self.width = int(counts.max()) if member.numel() else 0
