@@ -229,13 +229,18 @@ def _pretrain_simclr(model, x, epochs: dict[str, int], args, workdir: Path) -> N
 
 
 #: pretraining stages by kind: (the model's parameters that disable its own pretraining, the trainer,
-#: the parameters only the main phase reads, which are left out of the pretraining's cache key)
-PRETRAINERS: dict[str, tuple[dict[str, Any], Callable, frozenset[str]]] = {
+#: the parameters only the main phase reads, which are left out of the pretraining's cache key, the
+#: parameters the pretraining stage fixes whatever the main phase sets).
+#: DeepECT's autoencoder is always trained on the per-feature mean of the squared error, as the
+#: authors' scripts train it, so both ``reconstruction`` weightings of the main phase start from one
+#: file and their rows differ in the main phase only (under Adam the pretraining alone barely depends
+#: on the weighting: summing over the ``D`` features scales every gradient by ``D``).
+PRETRAINERS: dict[str, tuple[dict[str, Any], Callable, frozenset[str], dict[str, Any]]] = {
     "autoencoder": ({"pretrain_epochs": 0, "layerwise_pretrain_epochs": 0}, _pretrain_autoencoder,
                     frozenset({"augment", "max_leaves", "grow_interval", "prune_threshold", "lr", "grow_sample",
-                               "prune_check_every"})),
+                               "prune_check_every", "reconstruction"}), {"reconstruction": "mean"}),
     "simclr": ({"pretrain_epochs": 0}, _pretrain_simclr,
-               frozenset({"n_leaves", "prune_start", "prune_every", "r1", "beta1", "beta2", "depth", "tree_head"})),
+               frozenset({"n_leaves", "prune_start", "prune_every", "r1", "beta1", "beta2", "depth", "tree_head"}), {}),
 }
 
 
@@ -325,7 +330,7 @@ def run(args) -> dict[str, Any]:
 
     pretrained = None
     if recipe.pretrain is not None:
-        disable, trainer, main_only = PRETRAINERS[recipe.pretrain]
+        disable, trainer, main_only, fixed = PRETRAINERS[recipe.pretrain]
         shared = {k_: v for k_, v in params.items() if k_ not in main_only}
         key = key_of({"model": recipe.model, "data": args.dataset, "split": recipe.split, "n": args.n,
                       "seed": args.seed, "params": shared, "epochs": {p: e for p, e in epochs.items() if p != "train"}})
@@ -334,7 +339,7 @@ def run(args) -> dict[str, Any]:
         started = time.perf_counter()
         if not pretrained.exists():
             stage_dir.mkdir(exist_ok=True)
-            model = pyro_hc.get_model(recipe.model, **{**params, **disable}, epochs=0)
+            model = pyro_hc.get_model(recipe.model, **{**params, **disable, **fixed}, epochs=0)
             model.fit(data, **{**fit, "progress": False})  # builds the module; trains nothing
             trainer(model, model._prepare_input(data).to(model.device_), epochs, args, stage_dir)
             model.save(pretrained)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import pyro_hc
 from pyro_hc.data import list_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,3 +175,30 @@ def test_reproduce_starts_kdvae_and_kdae_from_one_vade_fitted_once(tmp_path, mon
     assert kdae["model_file"] != kdvae["model_file"] and kdae["budget_epochs"] == {"warmup": 1, "train": 2}
     reproduce.write(kdae, tmp_path / "kdae.json")
     assert "start NMI / ACC" in (tmp_path / "kdae.md").read_text()
+
+
+@pytest.mark.skipif("usps" not in AVAILABLE, reason="usps not on disk (set PYRO_HC_DATA)")
+def test_reproduce_deepect_weightings_share_one_autoencoder(tmp_path):
+    """``--set reconstruction=sum`` and the recipe's "mean" pretrain one autoencoder, once, trained on
+    the per-feature mean; each main phase then weighs L_rec its own way."""
+    import argparse
+
+    reproduce = _reproduce_module()
+
+    def args_for(weighting):
+        return argparse.Namespace(recipe="deepect", dataset="usps", scale=0.0004, n=300, seed=0, device="cpu",
+                                  set=["hidden_dims=[16]", "max_leaves=3", "grow_interval=1",
+                                       f"reconstruction=\"{weighting}\""],
+                                  threads=None, checkpoint_every=1, workdir=str(tmp_path / "work"), progress=False,
+                                  out=str(tmp_path / f"{weighting}.json"))
+
+    mean = reproduce.run(args_for("mean"))
+    pretrained = sorted((tmp_path / "work").glob("pretrained-*.pt"))
+    assert len(pretrained) == 1 and pyro_hc.models.load(pretrained[0]).reconstruction == "mean"
+    written = pretrained[0].stat().st_mtime_ns
+    total = reproduce.run(args_for("sum"))
+    assert sorted((tmp_path / "work").glob("pretrained-*.pt")) == pretrained
+    assert pretrained[0].stat().st_mtime_ns == written  # reused, not trained again
+    assert mean["model_file"] != total["model_file"]
+    assert pyro_hc.models.load(total["model_file"]).reconstruction == "sum"
+    assert pyro_hc.models.load(mean["model_file"]).reconstruction == "mean"
