@@ -10,9 +10,10 @@ A run is a sequence of stages, each cached under ``--workdir`` and reused by lat
 
 1. **pretraining** (DeepECT: the denoising autoencoder, layer-wise then end to end; CoHiClust: the
    SimCLR backbone). Written to ``pretrained-<key>.pt``, where the key hashes the data set, seed and
-   every setting the pretraining depends on, so DeepECT and DeepECT + Aug (and the two
-   reconstruction weightings' main phases, where they share it) start from the same file, as the
-   DeepECT paper runs every method from the same autoencoders (Sec. 3.1).
+   every setting the pretraining depends on, so DeepECT and DeepECT + Aug, under either
+   reconstruction weighting of the main phase (the autoencoder is always trained on the per-feature
+   mean, as the authors train it), start from the same file, as the DeepECT paper runs every method
+   from the same autoencoders (Sec. 3.1).
 2. **two-stage baselines on the pretrained embedding**, measured in the same run: bisecting k-means
    (largest-SSE split) and k-means + Ward with ``max_leaves`` leaves.
 3. **the model's main phase**, from the pretrained file.
