@@ -229,19 +229,35 @@ def _pretrain_simclr(model, x, epochs: dict[str, int], args, workdir: Path) -> N
                weight_decay=model.weight_decay)
 
 
-#: pretraining stages by kind: (the model's parameters that disable its own pretraining, the trainer,
-#: the parameters only the main phase reads, which are left out of the pretraining's cache key, the
-#: parameters the pretraining stage fixes whatever the main phase sets).
+@dataclass(frozen=True)
+class Pretrainer:
+    """A pretraining stage shared and cached across recipes.
+
+    ``disable``: the model's parameters that turn off its own pretraining (the stage runs it instead);
+    ``train``: ``(model, x, epochs, args, stage_dir)``, trains the built model's networks in place;
+    ``main_only``: parameters only the main phase reads, left out of the pretraining's cache key;
+    ``fixed``: parameters the stage sets whatever the main phase uses.
+    """
+
+    disable: dict[str, Any]
+    train: Callable
+    main_only: frozenset[str]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+#: pretraining stages by kind.
 #: DeepECT's autoencoder is always trained on the per-feature mean of the squared error, as the
 #: authors' scripts train it, so both ``reconstruction`` weightings of the main phase start from one
 #: file and their rows differ in the main phase only (under Adam the pretraining alone barely depends
 #: on the weighting: summing over the ``D`` features scales every gradient by ``D``).
-PRETRAINERS: dict[str, tuple[dict[str, Any], Callable, frozenset[str], dict[str, Any]]] = {
-    "autoencoder": ({"pretrain_epochs": 0, "layerwise_pretrain_epochs": 0}, _pretrain_autoencoder,
-                    frozenset({"augment", "max_leaves", "grow_interval", "prune_threshold", "lr", "grow_sample",
-                               "prune_check_every", "reconstruction"}), {"reconstruction": "mean"}),
-    "simclr": ({"pretrain_epochs": 0}, _pretrain_simclr,
-               frozenset({"n_leaves", "prune_start", "prune_every", "r1", "beta1", "beta2", "depth", "tree_head"}), {}),
+PRETRAINERS: dict[str, Pretrainer] = {
+    "autoencoder": Pretrainer({"pretrain_epochs": 0, "layerwise_pretrain_epochs": 0}, _pretrain_autoencoder,
+                              frozenset({"augment", "max_leaves", "grow_interval", "prune_threshold", "lr",
+                                         "grow_sample", "prune_check_every", "reconstruction"}),
+                              {"reconstruction": "mean"}),
+    "simclr": Pretrainer({"pretrain_epochs": 0}, _pretrain_simclr,
+                         frozenset({"n_leaves", "prune_start", "prune_every", "r1", "beta1", "beta2", "depth",
+                                    "tree_head"})),
 }
 
 
@@ -331,8 +347,8 @@ def run(args) -> dict[str, Any]:
 
     pretrained = None
     if recipe.pretrain is not None:
-        disable, trainer, main_only, fixed = PRETRAINERS[recipe.pretrain]
-        shared = {k_: v for k_, v in params.items() if k_ not in main_only}
+        stage = PRETRAINERS[recipe.pretrain]
+        shared = {k_: v for k_, v in params.items() if k_ not in stage.main_only}
         key = key_of({"model": recipe.model, "data": args.dataset, "split": recipe.split, "n": args.n,
                       "seed": args.seed, "params": shared, "epochs": {p: e for p, e in epochs.items() if p != "train"}})
         pretrained = workdir / f"pretrained-{key}.pt"
@@ -340,9 +356,9 @@ def run(args) -> dict[str, Any]:
         started = time.perf_counter()
         if not pretrained.exists():
             stage_dir.mkdir(exist_ok=True)
-            model = pyro_hc.get_model(recipe.model, **{**params, **disable, **fixed}, epochs=0)
+            model = pyro_hc.get_model(recipe.model, **{**params, **stage.disable, **stage.fixed}, epochs=0)
             model.fit(data, **{**fit, "progress": False})  # builds the module; trains nothing
-            trainer(model, model._prepare_input(data).to(model.device_), epochs, args, stage_dir)
+            stage.train(model, model._prepare_input(data).to(model.device_), epochs, args, stage_dir)
             model.save(pretrained)
         timings["pretrain_seconds"] = time.perf_counter() - started
         if recipe.baselines:
@@ -373,7 +389,7 @@ def run(args) -> dict[str, Any]:
     started = time.perf_counter()
     if pretrained is not None:  # the main phase alone, resumed by the callbacks (its pretraining is a stage above)
         checkpoint = main_dir / "checkpoint-train.pt"
-        main_params.update(PRETRAINERS[recipe.pretrain][0], pretrained=str(pretrained))
+        main_params.update(PRETRAINERS[recipe.pretrain].disable, pretrained=str(pretrained))
         done = finished_epochs(checkpoint)
         model = pyro_hc.get_model(recipe.model, **main_params)
         model.fit(data, epochs=max(epochs.get("train", 0) - done, 0),
