@@ -234,7 +234,7 @@ class Pretrainer:
     """A pretraining stage shared and cached across recipes.
 
     ``disable``: the model's parameters that turn off its own pretraining (the stage runs it instead);
-    ``train``: ``(model, x, epochs, args, stage_dir)``, trains the built model's networks in place;
+    ``train``: ``(model, x, epochs, args, workdir)``, trains the built model's networks in place;
     ``main_only``: parameters only the main phase reads, left out of the pretraining's cache key;
     ``fixed``: parameters the stage sets whatever the main phase uses.
     """

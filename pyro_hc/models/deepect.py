@@ -477,8 +477,9 @@ class DeepECT(ClusterEstimator):
         main phase. The default is the one that measured better on ``digits`` (seed 0, one CPU
         thread): at 50 + 100 epochs "sum" gave DP 0.728 / ACC@10 0.752, "mean" DP 0.645 / 0.695; at
         the default 60 + 150 epochs "sum" DP 0.736 / 0.795, "mean" DP 0.701 / 0.736. On USPS at the
-        paper's schedule, from one autoencoder (``benchmarks/reproduce.py``, seed 0): "sum" DP 0.721 /
-        ACC 0.675 (paper 0.72 / 0.71), "mean" 0.566 / 0.501.
+        paper's schedule, both main phases from one autoencoder pretrained on the mean
+        (``benchmarks/reproduce.py``, seed 0): "sum" DP 0.721 / ACC 0.675 (paper 0.72 / 0.71), "mean"
+        0.566 / 0.501.
     latent_dim, hidden_dims, activation:
         Encoder ``D-hidden_dims-latent_dim`` with ``activation``, decoder mirrored
         (paper: D-500-500-2000-10, ReLU).
