@@ -275,8 +275,11 @@ class SVIEngine:
                 and not distributed.is_distributed()):
             return self.loss_and_grad(batch_x, index, num_data)
         tree = self.tree
+        # a callback may take parameters out of the steps mid-fit (HCRL's closed-form nodes): a graph
+        # recorded with their gradients would go on stepping them, so which ones train is in the key
         key = (tree.version if tree is not None else None, tuple(g["lr"] for g in self.optimizer.param_groups),
-               tuple(batch_x.shape), num_data)
+               tuple(batch_x.shape), num_data,
+               tuple(p.requires_grad for g in self.optimizer.param_groups for p in g["params"]))
         if self._captured is None or self._captured.key != key:
             self._captured = None  # release the old graph's memory before recording the next
             try:
