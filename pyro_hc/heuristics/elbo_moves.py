@@ -717,6 +717,8 @@ class ELBOStructureMoves(Callback):
         log_eta = module.level_log_proportions(x)
         z_var = scale.square() if self.encoder_variance else torch.zeros_like(scale)
         rows = {"z_loc": loc, "z_var": z_var, "resp": resp, "log_eta": log_eta}
+        if self.closed_form_nodes:  # the nodes' global step reads q(z|x)'s variance whatever the moves read
+            rows["encoder_var"] = scale.square()
         if self._buffers is None:
             n = int(state.num_data)
             self._buffers = {name: torch.zeros((n, *value.shape[1:]), dtype=value.dtype, device=value.device)
@@ -738,7 +740,8 @@ class ELBOStructureMoves(Callback):
             raise RuntimeError("the tree changed after the epoch's last step; the statistics no longer match it")
         if distributed.is_distributed():  # each datum was seen by one rank: the sums are the whole epoch's
             seen = self._buffers["seen"].to(self._buffers["z_loc"].dtype)
-            distributed.all_reduce_sum_(seen, *(self._buffers[name] for name in ("z_loc", "z_var", "resp", "log_eta")))
+            distributed.all_reduce_sum_(seen, *(self._buffers[name] for name in ("z_loc", "z_var", "resp", "log_eta",
+                                                                                 "encoder_var") if name in self._buffers))
             self._buffers["seen"] = seen > 0
         seen = self._buffers["seen"]
         z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
@@ -748,7 +751,10 @@ class ELBOStructureMoves(Callback):
         if self.closed_form_sticks:  # the sticks' global step, on the tree the epoch's statistics belong to
             module.set_stick_posteriors(conjugate_sticks(tree, resp, self.stick_concentration))
         if self.closed_form_nodes:  # the nodes' global step; the moves below place the nodes they change
-            module.set_node_gaussians(conjugate_nodes(tree, resp, z_loc, z_var, prior))
+            # E z² = z̄² + s²: the point Gaussians the SVI steps would fit to z ~ q(z|x). From z̄ alone the
+            # spreads shrink, the encoder pulls z̄ onto the narrower nodes, and the embedding collapses
+            encoder_var = self._buffers["encoder_var"][seen] if "encoder_var" in self._buffers else z_var
+            module.set_node_gaussians(conjugate_nodes(tree, resp, z_loc, encoder_var, prior))
         if self.lock_counter < self.lock_epochs:
             self.lock_counter += 1
             state.logs.update(n_paths=float(len(tree.leaves())), births=0.0, merges=0.0, coarse_moves=0.0)
