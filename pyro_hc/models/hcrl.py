@@ -435,23 +435,26 @@ class _HCRL(ClusterEstimator):
         (memoized VI's global step for the sticks), and no SVI step on them; ``stick_lr_factor`` is
         then unused. The paper trains them by gradient.
     elbo_nodes:
-        ``structure="elbo"`` only: how the node Gaussians are learnt. ``"svi"`` (default): point
-        estimates trained by gradient steps at ``node_lr_factor * lr``, placed at the conjugate
-        posterior by an accepted move. ``"closed_form"``: every epoch's end sets every node to the
-        mean and spread of its conjugate posterior from the epoch's memoized statistics
-        (:func:`~pyro_hc.heuristics.elbo_moves.conjugate_nodes`, memoized VI's global step) and no
-        SVI step moves them, so between moves only the networks and the level proportions train.
-        ``"svi_then_closed_form"``: SVI for the first ``elbo_closed_form_from`` of the epochs, the
-        closed form after. The moves score the tree with Bayesian nodes while SVI trains point
-        Gaussians; on overlapping clusters the two disagree and the search never settles (on
-        ``synthetic_tree`` at noise 0.75, balanced, leaf-only, seed 0, 30 + 60 epochs: an ancestor
-        birth, a re-parent and a merge every six epochs to the last; with the switch at epoch 40
-        the last move came at epoch 41). Over the recovery grid (3 seeds, 12 cells, one build) the
-        switch raised mean DP from 0.805 / 0.571 / 0.430 to 0.830 / 0.585 / 0.432 at noise 0.5 /
-        0.75 / 1.0, but on the digits (tutorial 06's network and budget, seeds 0–2) it lowered DP
-        from 0.445 / 0.525 / 0.478 to 0.248 / 0.443 / 0.393 and the moves went on to the last epoch, so
-        it stays opt-in (README). Closed-form nodes from the first epoch grow too few leaves
-        (memoized sweeps on the pretrained embedding of that synthetic cell stopped at 3 of 9).
+        ``structure="elbo"`` only: how the node Gaussians are learnt. ``"svi_then_closed_form"``
+        (the default under ``structure="elbo"``): point estimates trained by gradient steps at
+        ``node_lr_factor * lr`` for the first ``elbo_closed_form_from`` of the epochs (an accepted
+        move places the nodes it changes at their conjugate posterior), then memoized VI's global
+        step: every epoch's end sets every node to the mean and spread of its conjugate posterior
+        from the epoch's statistics with ``E z² = z̄² + s²`` under ``q(z|x)``
+        (:func:`~pyro_hc.heuristics.elbo_moves.conjugate_nodes`) and no SVI step moves them.
+        ``"svi"``: SVI to the end (the default before, and the one under ``structure="paper"``).
+        ``"closed_form"``: the global step from the first epoch, so between moves only the networks
+        and the level proportions train; it grows too few leaves (memoized sweeps on the pretrained
+        embedding of the synthetic cell below stopped at 3 of 9). Why the switch: the moves score
+        the tree with Bayesian nodes while SVI trains point Gaussians, and on overlapping clusters
+        the two disagree, so with SVI to the end the search never settles (``synthetic_tree`` at
+        noise 0.75, balanced, leaf-only, seed 0, 30 + 60 epochs: an ancestor birth, a re-parent and
+        a merge every six epochs to the last; with the switch at epoch 40 the last move came at
+        epoch 41). Measured against ``"svi"`` (README): the recovery grid's mean DP rose at every
+        noise level (3 seeds, 12 cells), and on the digits (tutorial 06's network and budget,
+        seeds 0–2) DP 0.556 / 0.530 / 0.524 against 0.445 / 0.525 / 0.478 — there the moves still
+        go on to the last epoch. Reading ``z̄`` alone in this step made the embedding collapse on
+        the digits (DP 0.248 at seed 0).
     elbo_closed_form_from:
         ``elbo_nodes="svi_then_closed_form"`` only: the fraction of the epochs after which the node
         Gaussians are set in closed form (switched at epoch ``ceil(fraction · epochs)``).
@@ -497,7 +500,7 @@ class _HCRL(ClusterEstimator):
         elbo_birth_margin: float = 0.0,
         elbo_mean_coupling: float | None = 1.0,
         elbo_sticks: str = "svi",
-        elbo_nodes: str = "svi",
+        elbo_nodes: str | None = None,
         elbo_closed_form_from: float = 2 / 3,
         elbo_encoder_variance: bool = False,
     ) -> None:
@@ -553,8 +556,8 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"elbo_sticks must be one of {STICK_UPDATES}, got {self.elbo_sticks!r}")
         if self.elbo_sticks == "closed_form" and self.structure != "elbo":
             raise ValueError("elbo_sticks='closed_form' needs structure='elbo' (its memoized statistics)")
-        if self.elbo_nodes not in NODE_UPDATES:
-            raise ValueError(f"elbo_nodes must be one of {NODE_UPDATES}, got {self.elbo_nodes!r}")
+        if self.elbo_nodes is not None and self.elbo_nodes not in NODE_UPDATES:
+            raise ValueError(f"elbo_nodes must be one of {NODE_UPDATES} (or None), got {self.elbo_nodes!r}")
         if self.elbo_nodes in ("closed_form", "svi_then_closed_form") and self.structure != "elbo":
             raise ValueError(f"elbo_nodes={self.elbo_nodes!r} needs structure='elbo' (its memoized statistics)")
         if isinstance(self.elbo_closed_form_from, bool) or not 0 < self.elbo_closed_form_from < 1:
@@ -578,6 +581,13 @@ class _HCRL(ClusterEstimator):
             return float(self.stick_concentration)
         return ELBO_DEFAULT_STICK_CONCENTRATION if self.structure == "elbo" else 1.0
 
+    def _node_update(self) -> str:
+        """``elbo_nodes``: as given, else ``"svi_then_closed_form"`` under ``structure="elbo"`` and
+        ``"svi"`` (the paper's gradient steps) under ``"paper"``."""
+        if self.elbo_nodes is not None:
+            return self.elbo_nodes
+        return "svi_then_closed_form" if self.structure == "elbo" else "svi"
+
     def _level_concentration(self) -> float | Sequence[float]:
         """α: as given, else leaf-heavy under ``structure="elbo"`` (:func:`leaf_heavy_alpha`) and 1 under ``"paper"``."""
         if self.level_concentration is not None:
@@ -592,7 +602,7 @@ class _HCRL(ClusterEstimator):
                                       max_leaves=self.max_leaves, capacity=self.capacity,
                                       birth_margin=self.elbo_birth_margin, mean_coupling=self.elbo_mean_coupling,
                                       closed_form_sticks=self.elbo_sticks == "closed_form",
-                                      closed_form_nodes=self.elbo_nodes == "closed_form",
+                                      closed_form_nodes=self._node_update() == "closed_form",
                                       encoder_variance=self.elbo_encoder_variance)
         return self._paper_heuristics(seed)
 
@@ -613,7 +623,7 @@ class _HCRL(ClusterEstimator):
         frozen = []  # out of the SVI steps for the whole fit
         if self.elbo_sticks == "closed_form":
             frozen += [module.stick_a_unconstrained, module.stick_b_unconstrained]
-        node_update = self.elbo_nodes
+        node_update = self._node_update()
         nodes = [module.node_locs_unconstrained, module.node_scales_unconstrained] if node_update != "svi" else []
         if node_update == "closed_form":
             frozen += nodes
