@@ -717,8 +717,8 @@ class ELBOStructureMoves(Callback):
         log_eta = module.level_log_proportions(x)
         z_var = scale.square() if self.encoder_variance else torch.zeros_like(scale)
         rows = {"z_loc": loc, "z_var": z_var, "resp": resp, "log_eta": log_eta}
-        if self.closed_form_nodes:  # the nodes' global step reads q(z|x)'s variance whatever the moves read
-            rows["encoder_var"] = scale.square()
+        if self.closed_form_nodes and not self.encoder_variance:  # the nodes' global step reads q(z|x)'s
+            rows["encoder_var"] = scale.square()  # variance whatever the moves read (else z_var is it)
         if self._buffers is None:
             n = int(state.num_data)
             self._buffers = {name: torch.zeros((n, *value.shape[1:]), dtype=value.dtype, device=value.device)

@@ -40,25 +40,6 @@ STICK_UPDATES = ("svi", "closed_form")
 NODE_UPDATES = ("svi", "closed_form", "svi_then_closed_form")
 
 
-class ClosedFormNodesFrom(Callback):
-    """From epoch ``epoch`` on, the node Gaussians take no SVI step and the structure callback sets
-    them to their conjugate posteriors at every epoch's end (``elbo_nodes="svi_then_closed_form"``).
-
-    Applied at the start of every epoch from ``epoch`` (idempotent), so a fit resumed from a
-    checkpoint past the switch is switched again.
-    """
-
-    def __init__(self, structure: ELBOStructureMoves, epoch: int, params: Sequence[torch.nn.Parameter]) -> None:
-        self.structure, self.epoch, self.params = structure, int(epoch), list(params)
-
-    def on_epoch_start(self, state) -> None:
-        if state.epoch < self.epoch:
-            return
-        self.structure.closed_form_nodes = True
-        for param in self.params:
-            param.requires_grad_(False)
-            param.grad = None
-
 # sticks are kept inside (0, 1) so that log v and log(1 - v) stay finite under float32
 STICK_EPS = 1e-6
 
@@ -352,6 +333,27 @@ class HCRLModule(NCRPTreeModule):
         self.node_scales_unconstrained[node] = std.clamp_min(1e-3).log()
 
 
+
+class ClosedFormNodesFrom(Callback):
+    """From epoch ``epoch`` on, the node Gaussians take no SVI step and the structure callback sets
+    them to their conjugate posteriors at every epoch's end (``elbo_nodes="svi_then_closed_form"``).
+
+    Applied at the start of every epoch from ``epoch`` (idempotent), so a fit resumed from a
+    checkpoint past the switch is switched again.
+    """
+
+    def __init__(self, structure: ELBOStructureMoves, epoch: int, params: Sequence[torch.nn.Parameter]) -> None:
+        self.structure, self.epoch, self.params = structure, int(epoch), list(params)
+
+    def on_epoch_start(self, state) -> None:
+        if state.epoch < self.epoch:
+            return
+        self.structure.closed_form_nodes = True
+        for param in self.params:
+            param.requires_grad_(False)
+            param.grad = None
+
+
 class _HCRL(ClusterEstimator):
     """Shared estimator of HCRL1 and HCRL2 (see :class:`HCRLModule` for the model).
 
@@ -624,12 +626,13 @@ class _HCRL(ClusterEstimator):
         if self.elbo_sticks == "closed_form":
             frozen += [module.stick_a_unconstrained, module.stick_b_unconstrained]
         node_update = self._node_update()
+        # VAE-nCRP's module has no point Gaussians: read them only when they are to be set in closed form
         nodes = [module.node_locs_unconstrained, module.node_scales_unconstrained] if node_update != "svi" else []
-        if node_update == "closed_form":
-            frozen += nodes
         structure = self.heuristics(seed)
         schedule: tuple[Callback, ...] = ()
-        if node_update == "svi_then_closed_form":  # out of the SVI steps from the switch on
+        if node_update == "closed_form":
+            frozen += nodes
+        elif node_update == "svi_then_closed_form":  # out of the SVI steps from the switch on
             schedule = (ClosedFormNodesFrom(structure, math.ceil(self.elbo_closed_form_from * epochs), nodes),)
         try:
             for param in frozen:
@@ -639,7 +642,7 @@ class _HCRL(ClusterEstimator):
                       lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every,
                       lr_multipliers=self._lr_multipliers())
         finally:
-            for param in frozen + nodes:
+            for param in frozen + (nodes if schedule else []):
                 param.requires_grad_(True)
 
     def _lr_multipliers(self) -> dict[str, float]:
