@@ -243,6 +243,49 @@ def test_checkpoint_files_are_written_atomically(tmp_path, monkeypatch):
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
 
 
+
+def test_a_ctrl_c_between_any_two_lines_of_a_checkpoint_write_leaves_no_temporary(tmp_path):
+    """A signal raises KeyboardInterrupt at whatever line runs when it lands: raise it at each line
+    event of the write in turn (the writer's own lines and those of the standard library it calls,
+    ``tempfile`` included, where a stray ``.tmp`` once came from) and check that the folder holds the
+    old checkpoint or the new one, intact, and nothing else."""
+    from pyro_hc.infer import checkpoint as ck
+
+    path = ck.save_checkpoint(tmp_path / "c.pt", {"a": torch.ones(3)})
+    library = {Path(os.__file__).parent.resolve(), Path(ck.__file__).resolve()}
+    def traced(filename: str) -> bool:
+        where = Path(filename).resolve()
+        return where in library or where.parent in library
+
+    interrupted_at = 0
+    for target in range(10_000):
+        seen = 0
+
+        def tracer(frame, event, arg):
+            nonlocal seen
+            if not traced(frame.f_code.co_filename):
+                return None
+            if event == "line":
+                seen += 1
+                if seen == target:
+                    raise KeyboardInterrupt
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            ck.save_checkpoint(path, {"a": torch.full((3,), float(target))})
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+            interrupted_at += 1
+        finally:
+            sys.settrace(None)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"], f"interrupt at line event {target}"
+        assert ck.load_checkpoint(path)["a"].shape == (3,)
+        if finished and target > seen:  # this target lay past the write's last line: every line was tried
+            break
+    assert interrupted_at > 20  # the write's own lines and those of os / pathlib were all interrupted
+
 # 5. transactional fits ------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +42,28 @@ class ModelFileError(ValueError):
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` (parent folders created) via a temporary file and a rename.
 
-    An interruption at any point leaves either the old file or the new one, never half a file, and
-    no temporary file behind.
+    An interruption at any point (a Ctrl-C lands between any two bytecodes) leaves either the old
+    file or the new one, never half a file, and no temporary file behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     body = buffer.getvalue()
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The temporary's name is fixed before the file exists, so the ``finally`` below can remove it
+    # whenever the interrupt lands: ``tempfile.mkstemp`` creates the file before it returns the name,
+    # and a Ctrl-C in between left a stray ``.tmp`` beside the checkpoint (seen in CI).
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(handle, "wb") as out:
+        with open(temporary, "xb") as out:  # "x": never another writer's file
             out.write(MAGIC + hashlib.sha256(body).digest() + len(body).to_bytes(8, "little"))
             out.write(body)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
+        os.chmod(temporary, 0o644)  # whatever the umask: a checkpoint stays readable
         os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
     return path
 
 
