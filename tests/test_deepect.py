@@ -327,6 +327,15 @@ class EmbeddingAtStart(Callback):
 
 
 def test_tree_beats_bisecting_kmeans_on_the_pretrained_embedding():
+    """DeepECT's tree against bisecting k-means (8 leaves) on the embedding it started from.
+
+    Measured 2026-12-07 (2-core CPU, one thread), fit seeds 0-19: DeepECT's dendrogram purity 0.949 ..
+    0.983 (seeds 0-4: 0.953 / 0.981 / 0.960 / 0.974 / 0.976), the baseline 0.636 .. 0.914 (0.816 /
+    0.795 / 0.758 / 0.801 / 0.868), the difference +0.069 .. +0.313 (+0.138 / +0.186 / +0.202 / +0.173
+    / +0.108). The baseline moves with the pretrained embedding far more than DeepECT does, so the old
+    bar, baseline + 0.05, held by only 0.019 at seed 10. Asserted: above the baseline (0.069 margin at
+    the worst of twenty seeds) and above 0.9 (0.049 below the worst); a collapse to one leaf scores 1/8.
+    """
     data = pyro_hc.synthetic_tree(depth=3, n_per_leaf=100, seed=0)
     grab = EmbeddingAtStart(data.x)
     model = get_model("deepect", max_leaves=8, grow_interval=30, epochs=30, pretrain_epochs=20,
@@ -337,7 +346,7 @@ def test_tree_beats_bisecting_kmeans_on_the_pretrained_embedding():
     baseline_tree, baseline_assignments = bisecting_kmeans_tree(grab.z, 8, seed=0)
     baseline = metrics.dendrogram_purity(baseline_tree, baseline_assignments, labels)
     assert len(model.tree.leaves()) == 8
-    assert dp > baseline + 0.05, (dp, baseline)
+    assert dp > 0.9 and dp > baseline, (dp, baseline)
 
 
 def test_estimator_contract_and_round_trip(tmp_path):
