@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--hidden-dims", default="500,500,2000")
     parser.add_argument("--nll-samples", type=int, default=100)
+    parser.add_argument("--tree-settings", type=json.loads, default={},
+                        help='JSON settings for the nCRP models beyond depth and network, e.g. \'{"init_tree": "embedding"}\'')
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay each training step from a CUDA graph (GPU only; see SVIEngine)")
@@ -141,7 +143,8 @@ def main() -> None:
     runs: list[tuple[str, str, dict]] = []  # (row label, registry name, constructor settings)
     for name in (n.strip() for n in args.models.split(",")):
         if name in TREE_MODELS:
-            runs += [(f"{name}-L{d}", name, dict(depth=d, **shared)) for d in map(int, args.depths.split(","))]
+            runs += [(f"{name}-L{d}", name, dict(depth=d, **shared, **args.tree_settings))
+                     for d in map(int, args.depths.split(","))]
         elif name == "vade":
             runs.append((name, name, dict(n_clusters=N_CLASSES, **shared)))
         elif name == "vae":
@@ -150,7 +153,8 @@ def main() -> None:
             parser.error(f"unknown model {name!r}; choose from vae, vade, {', '.join(TREE_MODELS)}")
 
     budget_key = {k: getattr(args, k) for k in ("n_train", "n_test", "binarise", "epochs", "pretrain_epochs",
-                                                 "batch_size", "latent_dim", "hidden_dims", "nll_samples")}
+                                                 "batch_size", "latent_dim", "hidden_dims", "nll_samples",
+                                                 "tree_settings")}
     done = ResultRows(out.with_suffix(".rows.jsonl"), budget_key)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.report_only:

@@ -4,7 +4,8 @@ What every benchmark prints beside a model, so a reader sees whether a gap is th
 the structure: :func:`kmeans_ward_tree` (k-means, then Ward linkage of the centroids) on any
 embedding (raw data, a model's own embedding, a data set's true latents),
 :func:`bisecting_kmeans_tree` (DeepECT's "AE + Bisecting" baseline) and
-:func:`hierarchical_kmeans_tree` (HCRL's Table 2 "HKM"). They import no model and no engine and
+:func:`hierarchical_kmeans_tree` (HCRL's Table 2 "HKM"); :func:`kmeans_ward_levels` cuts the
+k-means + Ward hierarchy into a fixed number of levels (HCRL's initial tree). They import no model and no engine and
 return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from .tree import ClusterTree
 
-__all__ = ["kmeans_ward_tree", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
+__all__ = ["kmeans_ward_tree", "kmeans_ward_levels", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
 
 #: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
 SPLIT_ATTR = "split"
@@ -64,6 +65,61 @@ def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTre
         graph.add_edges_from([(n_clusters + merge, int(a)), (n_clusters + merge, int(b))])
     return ClusterTree.from_graph(graph), kmeans.labels_.astype(np.int64)
 
+
+def level_group_counts(n_leaves: int, depth: int) -> list[int]:
+    """Groups per level of a ``depth``-level tree over ``n_leaves`` leaves, levels 1 .. depth-1:
+    ``round(n_leaves ** (l / (depth - 1)))``, an even fan-out (20 leaves at depth 3: 4 groups of
+    about 5; at depth 4: 3, 7, 20), never decreasing and never more than the leaves."""
+    counts, previous = [], 1
+    for level in range(1, depth):
+        count = min(n_leaves, max(previous, int(round(n_leaves ** (level / (depth - 1))))))
+        counts.append(count)
+        previous = count
+    return counts
+
+
+def kmeans_ward_levels(x: Any, n_leaves: int, depth: int, seed: int = 0) -> np.ndarray:
+    """k-means into ``n_leaves`` leaves, then the Ward linkage of the centroids cut into nested groups
+    at every level of a ``depth``-level tree (:func:`level_group_counts` groups at level ``l``).
+
+    The two-stage hierarchy of :func:`kmeans_ward_tree`, read at fixed levels: an nCRP tree has
+    every leaf at full depth, so this is the shape a model of ``depth`` levels can start from.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64 [N, depth - 1]``: each point's group at levels ``1 .. depth - 1`` (the last column
+        is its k-means leaf, ``0 .. n_leaves - 1``; a column's groups are ``0 .. g - 1``). Groups are
+        nested: points of one group at level ``l`` share their group at every level above.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not a finite ``[N, D]`` array, ``n_leaves`` is not in ``[1, N]`` or ``depth < 2``.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from sklearn.cluster import KMeans
+
+    points = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    if points.ndim != 2 or not np.all(np.isfinite(points)):
+        raise ValueError(f"x must be a finite [N, D] array, got shape {points.shape}")
+    if isinstance(n_leaves, bool) or not isinstance(n_leaves, (int, np.integer)) or not 1 <= n_leaves <= len(points):
+        raise ValueError(f"n_leaves must be an integer in [1, {len(points)}], got {n_leaves!r}")
+    if depth < 2:
+        raise ValueError(f"depth must be >= 2 levels (root and leaves), got {depth}")
+    kmeans = KMeans(int(n_leaves), n_init=10, random_state=seed).fit(points)
+    leaf = kmeans.labels_.astype(np.int64)
+    counts = level_group_counts(int(n_leaves), depth)
+    columns = []
+    if n_leaves > 1 and depth > 2:
+        merges = linkage(kmeans.cluster_centers_, method="ward")
+        for count in counts[:-1]:
+            group_of_leaf = fcluster(merges, t=count, criterion="maxclust") - 1
+            _, group_of_leaf = np.unique(group_of_leaf, return_inverse=True)  # 0 .. g-1 with no gaps
+            columns.append(group_of_leaf[leaf])
+    else:
+        columns = [np.zeros_like(leaf) for _ in counts[:-1]]
+    return np.stack([*columns, leaf], axis=1).astype(np.int64)
 
 def bisecting_kmeans_tree(embedding, n_leaves: int, seed: int | None = 0,
                           n_init: int = 1) -> tuple[ClusterTree, np.ndarray]:

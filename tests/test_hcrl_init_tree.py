@@ -1,0 +1,121 @@
+"""HCRL's initial tree from the pretrained embedding (``init_tree="embedding"``) and its builder,
+:func:`pyro_hc.baselines.kmeans_ward_levels`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pyro_hc
+from pyro_hc.baselines import kmeans_ward_levels, level_group_counts
+from pyro_hc.distributions import sibling_order
+from pyro_hc.heuristics.elbo_moves import conjugate_sticks
+from pyro_hc.infer import local_params
+
+TINY = dict(latent_dim=2, hidden_dims=(16,), pretrain_epochs=1, capacity=32)
+
+
+def test_level_group_counts_fan_out_evenly_and_never_shrink():
+    assert level_group_counts(20, 3) == [4, 20]
+    assert level_group_counts(20, 4) == [3, 7, 20]
+    assert level_group_counts(9, 3) == [3, 9]
+    assert level_group_counts(1, 4) == [1, 1, 1]
+    assert level_group_counts(2, 2) == [2]
+
+
+def test_kmeans_ward_levels_groups_are_nested_and_follow_the_blobs():
+    """Three well separated pairs of blobs: level 1 finds the pairs, level 2 (the leaves) the blobs."""
+    rng = np.random.RandomState(0)
+    centres = np.array([[0, 0], [0, 3], [40, 0], [40, 3], [0, 40], [3, 40]], dtype=float)
+    blob = np.repeat(np.arange(6), 30)
+    x = centres[blob] + 0.2 * rng.randn(len(blob), 2)
+    groups = kmeans_ward_levels(x, 6, depth=3, seed=0)
+    assert groups.shape == (len(x), 2) and groups.dtype == np.int64
+    assert sorted(np.unique(groups[:, 0])) == [0, 1] or len(np.unique(groups[:, 0])) == level_group_counts(6, 3)[0]
+    # every blob is one leaf, and every leaf lies inside one level-1 group (nesting)
+    for b in range(6):
+        assert len(np.unique(groups[blob == b, 1])) == 1
+    for leaf in np.unique(groups[:, 1]):
+        assert len(np.unique(groups[groups[:, 1] == leaf, 0])) == 1
+    # at depth 4 with 3 groups above 6 leaves (level_group_counts(6, 4) == [2, 3, 6]) the pairs are the 3 groups
+    deep = kmeans_ward_levels(x, 6, depth=4, seed=0)
+    pair = blob // 2
+    for p in range(3):
+        assert len(np.unique(deep[pair == p, 1])) == 1
+    assert len(np.unique(deep[:, 1])) == 3
+
+
+@pytest.mark.parametrize("bad", [dict(n_leaves=0), dict(n_leaves=500), dict(n_leaves=2.0), dict(depth=1)])
+def test_kmeans_ward_levels_rejects_bad_arguments(bad):
+    x = np.random.RandomState(0).randn(50, 3)
+    with pytest.raises(ValueError):
+        kmeans_ward_levels(x, **{"n_leaves": 4, "depth": 3, **bad})
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.5, separation=4.0, n_per_leaf=30, seed=0)
+
+
+@pytest.mark.parametrize("name,depth", [("hcrl2", 3), ("hcrl1", 4)])
+def test_the_initial_tree_is_kmeans_and_ward_on_the_pretrained_embedding(name, depth, blobs):
+    """Before the first SVI step (``epochs=0``): every leaf at full depth, the groups of
+    :func:`kmeans_ward_levels` on the pretrained embedding, siblings created heaviest first, every
+    node at its subtree's mean and spread, the sticks at their conjugate posterior; no labels read."""
+    unlabelled = blobs.x  # a bare tensor: nothing to read labels from
+    with local_params():
+        model = pyro_hc.get_model(name, depth=depth, **TINY, init_tree="embedding", init_leaves=9).fit(
+            unlabelled, epochs=0, seed=3, progress=False)
+        tree, module = model.tree, model.module_
+        assert len(tree.leaves()) == 9 and all(tree.level(leaf) == depth - 1 for leaf in tree.leaves())
+        assert [len([n for n in tree.nodes() if tree.level(n) == level]) for level in range(1, depth)] == \
+            level_group_counts(9, depth)
+        assert tree.events[0]["kind"] == "init_tree" and tree.events[0]["leaves"] == 9
+        z = model.transform(unlabelled).double()
+        groups = torch.as_tensor(kmeans_ward_levels(z.float(), 9, depth, seed=3))  # what the fit must have read
+        members = {tree.root: torch.ones(len(z), dtype=torch.bool)}
+        for level in range(1, depth):  # match every node of the level to the group whose mean it holds
+            nodes = [n for n in tree.nodes() if tree.level(n) == level]
+            labels = groups[:, level - 1]
+            group_means = torch.stack([z[labels == g].mean(0) for g in range(int(labels.max()) + 1)])
+            node_means = module.node_locs[nodes].detach().double()
+            match = torch.cdist(node_means, group_means).argmin(1)
+            assert sorted(match.tolist()) == list(range(len(nodes))), "one node per group"
+            for node, g in zip(nodes, match.tolist()):
+                members[node] = labels == g
+                assert bool(members[tree.parent(node)][members[node]].all()), "a node's data lie in its parent's"
+        for node, inside in members.items():
+            np.testing.assert_allclose(module.node_locs[node].detach().double().numpy(), z[inside].mean(0).numpy(),
+                                       atol=1e-4)
+            np.testing.assert_allclose(module.node_scales[node].detach().double().numpy(),
+                                       z[inside].std(0, unbiased=False).clamp_min(1e-3).numpy(), atol=1e-3)
+        for parent in tree.internal_nodes():
+            masses = [int(members[child].sum()) for child in sibling_order(tree, parent)]
+            assert masses == sorted(masses, reverse=True), "stick-breaking order: heaviest sibling first"
+        resp = torch.zeros(len(z), len(tree.paths()), depth)
+        for row, path in enumerate(tree.paths()):
+            resp[members[path[-1]], row, -1] = 1.0
+        expected = conjugate_sticks(tree, resp, model._stick_concentration())
+        for node, (a, b) in expected.items():
+            assert torch.allclose(module.stick_a[node].detach(), a, rtol=1e-4)
+            assert torch.allclose(module.stick_b[node].detach(), b, rtol=1e-4)
+
+def test_the_initial_tree_is_kept_through_a_save_and_a_fit_goes_on_from_it(blobs, tmp_path):
+    with local_params():
+        model = pyro_hc.get_model("hcrl2", depth=3, **TINY, init_tree="embedding", init_leaves=6).fit(
+            blobs, epochs=2, seed=0, progress=False)
+        path = model.save(tmp_path / "model.pt")
+        loaded = pyro_hc.models.load(path)
+        assert loaded.tree.to_json() == model.tree.to_json()
+        assert torch.equal(loaded.predict(blobs), model.predict(blobs))
+        assert loaded.get_params()["init_tree"] == "embedding" and loaded.get_params()["init_leaves"] == 6
+
+
+@pytest.mark.parametrize("bad", [dict(init_tree="kmeans"), dict(init_leaves=0), dict(init_leaves=2.5),
+                                 dict(init_leaves=True), dict(init_tree="embedding", init_leaves=100_000),
+                                 dict(init_tree="embedding", init_leaves=40, capacity=30)])
+def test_bad_initial_tree_settings_fail_before_pretraining(bad, blobs):
+    settings = {**TINY, "pretrain_epochs": 50, **bad}
+    with pytest.raises(ValueError, match="init_"):
+        pyro_hc.get_model("hcrl2", depth=3, **settings).fit(blobs, epochs=1, progress=False)
