@@ -11,7 +11,9 @@ import pyro_hc
 from pyro_hc.baselines import kmeans_ward_levels, level_group_counts
 from pyro_hc.distributions import sibling_order
 from pyro_hc.heuristics.elbo_moves import conjugate_sticks
+from pyro_hc.heuristics.elbo_moves import ELBOStructureMoves
 from pyro_hc.infer import local_params
+from pyro_hc.models.hcrl import _initial_tree_elbo, tree_from_level_groups
 
 TINY = dict(latent_dim=2, hidden_dims=(16,), pretrain_epochs=1, capacity=32)
 
@@ -51,6 +53,47 @@ def test_kmeans_ward_levels_rejects_bad_arguments(bad):
     x = np.random.RandomState(0).randn(50, 3)
     with pytest.raises(ValueError):
         kmeans_ward_levels(x, **{"n_leaves": 4, "depth": 3, **bad})
+
+
+@pytest.mark.parametrize("coupling", [1.0, None])
+def test_the_initial_trees_elbo_peaks_at_the_number_of_blobs(coupling):
+    """The Occam factor at work: five blobs (5 sd apart) in two groups, scored as depth-3 initial trees
+    of 1 .. 12 k-means leaves under the search's own priors (child means on the parent's, or
+    independent) — the ELBO rises to 5 leaves and falls after, where every further leaf splits a
+    blob. (The Normal–Gamma prior expects nodes a tenth of the embedding's variance wide: with the
+    groups 40 sd apart instead, tight blobs cost more than they explain and the scan stops at 3.)"""
+    rng = np.random.RandomState(0)
+    centres = np.array([[0, 0], [0, 5], [5, 0], [14, 14], [19, 14]], dtype=float)
+    blob = np.repeat(np.arange(5), 80)
+    z = torch.as_tensor(centres[blob] + rng.randn(len(blob), 2), dtype=torch.float32)
+    moves = ELBOStructureMoves(stick_concentration=3.0, mean_coupling=coupling)
+    log_eta = torch.log(torch.tensor([0.05, 0.05, 0.9]))
+    scores = {k: _initial_tree_elbo(tree_from_level_groups(kmeans_ward_levels(z, k, depth=3, seed=0)), z,
+                                    torch.zeros_like(z), log_eta, moves) for k in range(1, 13)}
+    best = max(scores, key=scores.get)
+    assert best == 5, scores
+    assert scores[1] < scores[2] < scores[5] and scores[12] < scores[5] - 20, scores
+
+
+def test_init_leaves_elbo_starts_from_the_best_scoring_tree_and_logs_every_score(blobs):
+    with local_params():
+        model = pyro_hc.get_model("hcrl2", depth=3, **TINY, init_tree="embedding").fit(blobs, epochs=0, seed=0,
+                                                                                      progress=False)
+        event = model.tree.events[0]
+        scores = dict(event["elbo_by_leaves"])
+        # 1 .. 30 leaves, as far as capacity (32 nodes) holds the tree: 26 leaves under 5 groups at most
+        assert sorted(scores) == [k for k in range(1, 31) if 1 + sum(level_group_counts(k, 3)) <= TINY["capacity"]]
+        assert event["kmeans_leaves"] == max(scores, key=scores.get)
+        assert len(model.tree.leaves()) == event["kmeans_leaves"]
+        # the score logged is the tree the fit started from, under the search's priors
+        module = model.module_
+        z = model.transform(blobs)
+        rebuilt = tree_from_level_groups(kmeans_ward_levels(z, event["kmeans_leaves"], 3, seed=0))
+        assert sorted(rebuilt[0].paths()) == sorted(model.tree.paths())
+        with torch.no_grad():
+            log_eta = module.level_log_proportions(blobs.x)
+        score = _initial_tree_elbo(rebuilt, z, torch.zeros_like(z), log_eta, model.heuristics(0))
+        assert score == pytest.approx(scores[event["kmeans_leaves"]], rel=1e-4, abs=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +157,9 @@ def test_the_initial_tree_is_kept_through_a_save_and_a_fit_goes_on_from_it(blobs
 
 @pytest.mark.parametrize("bad", [dict(init_tree="kmeans"), dict(init_leaves=0), dict(init_leaves=2.5),
                                  dict(init_leaves=True), dict(init_tree="embedding", init_leaves=100_000),
-                                 dict(init_tree="embedding", init_leaves=40, capacity=30)])
+                                 dict(init_tree="embedding", init_leaves=40, capacity=30),
+                                 dict(init_tree="embedding", init_leaves="elbo", structure="paper"),
+                                 dict(init_leaves="twenty")])
 def test_bad_initial_tree_settings_fail_before_pretraining(bad, blobs):
     settings = {**TINY, "pretrain_epochs": 50, **bad}
     with pytest.raises(ValueError, match="init_"):

@@ -24,7 +24,7 @@ from ..distributions import BIRTH, NestedStickBreaking, add_child_in_order, diri
 from ..estimator import ClusterEstimator, as_setting_tuple
 from ..nn import Decoder, NormalEncoder
 from ..heuristics import NCRPHeuristics
-from ..heuristics.elbo_moves import ELBOStructureMoves, conjugate_sticks
+from ..heuristics.elbo_moves import ELBOStructureMoves, TreeNodePrior, conjugate_sticks, node_prior, tree_elbo
 from ..infer import Callback, local_params
 from ..tree import ClusterTree
 from ._ncrp import NCRPTreeModule
@@ -82,6 +82,58 @@ def leaf_heavy_alpha(depth: int) -> tuple[float, ...]:
     """
     return (0.1,) * (depth - 2) + (0.2, 8.0)
 
+
+#: ``init_leaves="elbo"`` scores the initial trees of 1 .. this many k-means leaves
+INIT_LEAVES_SCAN = 30
+
+
+def tree_from_level_groups(groups: np.ndarray | torch.Tensor) -> tuple[ClusterTree, list[torch.Tensor]]:
+    """An nCRP tree with every leaf at full depth from nested group labels, ``[N, depth - 1]`` (the
+    output of :func:`~pyro_hc.baselines.kmeans_ward_levels`), one node per occupied group.
+
+    Siblings are created heaviest first (their stick-breaking order). Returns the tree and, per
+    level (root first), each point's node, ``long [N]``.
+    """
+    groups = torch.as_tensor(groups, dtype=torch.long)
+    tree = ClusterTree()
+    tree.graph.nodes[tree.root][BIRTH] = 0
+    node_of_point = [torch.full((len(groups),), tree.root, dtype=torch.long)]
+    for level in range(1, groups.shape[1] + 1):
+        parents, labels = node_of_point[-1], groups[:, level - 1]
+        pairs, row, counts = torch.unique(torch.stack([parents, labels], 1), dim=0, return_inverse=True,
+                                          return_counts=True)
+        # one node per (parent, group) pair (a loop over the tree's nodes at initialisation only)
+        lookup = torch.empty(len(pairs), dtype=torch.long)
+        for i in sorted(range(len(pairs)), key=lambda i: (int(pairs[i, 0]), -int(counts[i]))):
+            lookup[i] = add_child_in_order(tree, int(pairs[i, 0]))
+        node_of_point.append(lookup[row])
+    return tree, node_of_point
+
+
+def leaf_responsibilities(tree: ClusterTree, leaf_of_point: torch.Tensor, depth: int) -> torch.Tensor:
+    """``[N, K, L]`` one-hot responsibilities: each point on its leaf's full path (``tree.paths()``
+    order) at the leaf level."""
+    row_of_leaf = torch.zeros(max(tree.nodes()) + 1, dtype=torch.long)
+    for row, path in enumerate(tree.paths()):
+        row_of_leaf[path[-1]] = row
+    resp = torch.zeros(len(leaf_of_point), len(tree.paths()), depth)
+    resp[torch.arange(len(leaf_of_point)), row_of_leaf[leaf_of_point.cpu()], -1] = 1.0
+    return resp
+
+
+def _initial_tree_elbo(candidate: tuple[ClusterTree, list[torch.Tensor]], z_loc: torch.Tensor, z_var: torch.Tensor,
+                       log_eta: torch.Tensor, moves: ELBOStructureMoves) -> float:
+    """The ELBO the structure moves would give ``candidate`` (:func:`tree_from_level_groups`'s
+    output) in the embedding, every datum on its leaf: the nodes' and sticks' evidence under the
+    moves' own priors (Normal–Gamma, child means on the parent's under ``mean_coupling``)."""
+    tree, node_of_point = candidate
+    depth = len(node_of_point)
+    resp = leaf_responsibilities(tree, node_of_point[-1], depth).to(z_loc)
+    prior = node_prior(z_loc, z_var, **moves.prior_settings)
+    if moves.mean_coupling is not None:
+        prior = TreeNodePrior(prior, moves.mean_coupling)
+    path_nodes = torch.as_tensor(tree.paths(), dtype=torch.long, device=z_loc.device)
+    return float(tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, moves.stick_concentration))
 
 class HCRLModule(NCRPTreeModule):
     """HCRL's generative model and guide over a tree of ``depth`` levels.
@@ -468,21 +520,21 @@ class _HCRL(ClusterEstimator):
     init_tree, init_leaves:
         The tree the SVI epochs start from. ``"path"`` (default): Algorithm 1's single path at the
         embedding's mean and spread, grown by the structure search. ``"embedding"``: k-means into
-        ``init_leaves`` leaves on the pretrained embedding and the Ward linkage of the centroids cut
-        into nested groups level by level (an even fan-out, :func:`~pyro_hc.baselines.level_group_counts`:
-        20 leaves at depth 3 start under 4 level-1 nodes), every node at its subtree's mean and
-        spread; the ELBO-tested moves then merge, delete, split and regroup from there. Issue 15
-        allows an initial tree from the pretrained embedding, as VaDE's GMM starts; neither reads
-        labels, and ``init_leaves`` is a starting size, not the number of leaves the fit ends with.
-        Opt-in, because it wins on MNIST and loses on ``synthetic_tree`` (2-core CPU, one thread,
-        seed 0, structure search at its defaults): on 10,000 MNIST training digits (5 + 15 epochs,
-        batch 100, 784-500-500-2000-10, depth 3) the single path grows 11 leaves under one level-1
-        node, leaf NMI 0.502, DP 0.277, leaf purity 0.508, where this start ends with 46 leaves under
-        two, NMI 0.601, DP 0.404, purity 0.704 (VaDE at the same budget: NMI 0.643, DP 0.468; k-means
-        + Ward on the HCRL2 embeddings 0.50 / 0.52); on the recovery test's cell (balanced,
-        leaf-only, noise 0.5) it reaches DP 0.715 with 8 leaves under two level-1 nodes against the
-        single path's 0.955 with 9 under three: 20 leaves cut into 4 Ward groups split a true group,
-        and the coarse merges then join the wrong ones.
+        ``K`` leaves on the pretrained embedding and the Ward linkage of the centroids cut into
+        nested groups level by level (an even fan-out, :func:`~pyro_hc.baselines.level_group_counts`:
+        10 leaves at depth 3 start under 3 level-1 nodes), every node at its subtree's mean and
+        spread; the ELBO-tested moves then merge, delete, split and regroup from there. ``K`` is
+        ``init_leaves`` or, with ``init_leaves="elbo"`` (default), the ``K`` in ``1 ..
+        INIT_LEAVES_SCAN`` (30) whose tree scores the highest ELBO under the structure search's own
+        priors (the Occam factor of the Normal–Gamma nodes and the sticks, every datum on its k-means
+        leaf; needs ``structure="elbo"``); the event log's ``init_tree`` entry keeps every score.
+        Issue 15 allows an initial tree from the pretrained embedding, as VaDE's GMM starts; nothing
+        here reads labels. On ``synthetic_tree`` (9 leaves in 3 groups, noise 0.5, seed 0, the
+        recovery test's settings) the scan peaks at ``K = 10`` (ELBO 229 against 223 at 9, 59 at
+        20, −2067 at 1) and the fit ends with 9 leaves at DP 0.959 (the single path: 0.955); at
+        noise 0.75 DP 0.696 (the single path's three seeds: 0.69 / 0.64 / 0.61). A fixed
+        ``init_leaves=20`` there ended at DP 0.715: 20 leaves cut into 4 Ward groups split a true
+        group and the coarse merges joined the wrong ones.
     elbo_encoder_variance:
         ``structure="elbo"`` only: whether the memoized statistics use ``E z² = z̄² + s²`` of the
         encoder's ``q(z|x)`` (True: the ELBO at the current encoder) or treat ``z̄`` as observed
@@ -529,7 +581,7 @@ class _HCRL(ClusterEstimator):
         elbo_closed_form_from: float = 2 / 3,
         elbo_encoder_variance: bool = False,
         init_tree: str = "path",
-        init_leaves: int = 20,
+        init_leaves: int | str = "elbo",
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -595,9 +647,13 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
         if self.init_tree not in INIT_TREES:
             raise ValueError(f"init_tree must be one of {INIT_TREES}, got {self.init_tree!r}")
-        if isinstance(self.init_leaves, bool) or not isinstance(self.init_leaves, int) or self.init_leaves < 1:
-            raise ValueError(f"init_leaves must be an integer >= 1, got {self.init_leaves!r}")
-        if self.init_tree == "embedding":
+        if self.init_leaves != "elbo" and (isinstance(self.init_leaves, bool) or not isinstance(self.init_leaves, int)
+                                           or self.init_leaves < 1):
+            raise ValueError(f"init_leaves must be 'elbo' or an integer >= 1, got {self.init_leaves!r}")
+        if self.init_leaves == "elbo" and self.init_tree == "embedding" and self.structure != "elbo":
+            raise ValueError("init_leaves='elbo' scores the initial trees with the ELBO search's objective: it needs "
+                             "structure='elbo' (or give init_leaves a number)")
+        if self.init_tree == "embedding" and self.init_leaves != "elbo":
             if x.shape[0] < self.init_leaves:
                 raise ValueError(f"init_leaves={self.init_leaves} needs at least as many data, got {x.shape[0]}")
             groups = level_group_counts(self.init_leaves, self.depth)
@@ -703,37 +759,42 @@ class _HCRL(ClusterEstimator):
         """The tree the SVI epochs start from (``init_tree``).
 
         ``"path"``: Algorithm 1's single path (:meth:`_init_path`). ``"embedding"``: k-means into
-        ``init_leaves`` leaves on the pretrained embedding, the Ward linkage of the centroids cut
-        into nested groups at every level (:func:`~pyro_hc.baselines.kmeans_ward_levels`), as
-        VaDE's GMM starts from the pretrained embedding (issue 15 allows it; no labels are read).
-        Siblings are created heaviest first, so the stick-breaking order follows the data. Every
-        node starts at the mean and spread of the data in its subtree, and the sticks at their
-        conjugate posterior given those counts
-        (:func:`~pyro_hc.heuristics.elbo_moves.conjugate_sticks`).
+        ``K`` leaves on the pretrained embedding, the Ward linkage of the centroids cut into nested
+        groups at every level (:func:`~pyro_hc.baselines.kmeans_ward_levels`), as VaDE's GMM
+        starts from the pretrained embedding (issue 15 allows it; no labels are read). ``K`` is
+        ``init_leaves``, or with ``init_leaves="elbo"`` the ``K`` in ``1 .. INIT_LEAVES_SCAN``
+        whose tree has the highest ELBO in the embedding (:func:`_initial_tree_elbo`: the moves'
+        own objective, Occam factor included, with every datum on its k-means leaf). Siblings are
+        created heaviest first, so the stick-breaking order follows the data. Every node starts at
+        the mean and spread of the data in its subtree, and the sticks at their conjugate posterior
+        given those counts (:func:`~pyro_hc.heuristics.elbo_moves.conjugate_sticks`).
         """
         if self.init_tree == "path":
             self._init_path(x)
             return
         module = self.module_
         embedding = self._batched(module.encoder.embed, x).to(self.device_)
-        groups = torch.as_tensor(kmeans_ward_levels(embedding.cpu(), self.init_leaves, self.depth,
-                                                    seed=0 if seed is None else int(seed)))  # N x (depth-1)
-        tree = ClusterTree()
-        tree.graph.nodes[tree.root][BIRTH] = 0
-        node_of_point = [torch.full((len(groups),), tree.root, dtype=torch.long)]  # per level: each point's node
-        for level in range(1, self.depth):
-            parents, labels = node_of_point[-1], groups[:, level - 1]
-            # one node per (parent, group) pair, the heaviest group of a parent first (a loop over the
-            # tree's nodes at initialisation only; the training step never loops over nodes)
-            pairs, row, counts = torch.unique(torch.stack([parents, labels], 1), dim=0, return_inverse=True,
-                                              return_counts=True)
-            lookup = torch.empty(len(pairs), dtype=torch.long)
-            for i in sorted(range(len(pairs)), key=lambda i: (int(pairs[i, 0]), -int(counts[i]))):
-                lookup[i] = add_child_in_order(tree, int(pairs[i, 0]))
-            node_of_point.append(lookup[row])
+        seed = 0 if seed is None else int(seed)
+        scores: dict[int, float] = {}
+        if self.init_leaves == "elbo":
+            z_var = (self._batched(lambda batch: module.encoder(batch)[1], x).to(self.device_).square()
+                     if self.elbo_encoder_variance else torch.zeros_like(embedding))
+            log_eta = self._batched(module.level_log_proportions, x).to(self.device_)
+            moves = self.heuristics(seed)
+            best = None
+            for n_leaves in range(1, min(INIT_LEAVES_SCAN, len(embedding), self._init_leaves_room()) + 1):
+                candidate = tree_from_level_groups(kmeans_ward_levels(embedding.cpu(), n_leaves, self.depth, seed=seed))
+                scores[n_leaves] = _initial_tree_elbo(candidate, embedding, z_var, log_eta, moves)
+                if best is None or scores[n_leaves] > scores[best[0]]:
+                    best = (n_leaves, candidate)
+            n_leaves, (tree, node_of_point) = best
+        else:
+            n_leaves = self.init_leaves
+            tree, node_of_point = tree_from_level_groups(
+                kmeans_ward_levels(embedding.cpu(), n_leaves, self.depth, seed=seed))
         module.tree = tree
         # every node's Gaussian: the mean and spread of the data in its subtree (one scatter per level)
-        for level, nodes in enumerate(node_of_point):
+        for nodes in node_of_point:
             nodes = nodes.to(embedding.device)
             count = torch.zeros(module.capacity, device=embedding.device).index_add_(
                 0, nodes, torch.ones(len(nodes), device=embedding.device))
@@ -744,14 +805,18 @@ class _HCRL(ClusterEstimator):
             used = torch.unique(nodes)
             module.node_locs_unconstrained[used] = mean[used]
             module.node_scales_unconstrained[used] = std[used].clamp_min(1e-3).log()
-        leaf_row = {path[-1]: row for row, path in enumerate(tree.paths())}
-        rows = torch.as_tensor([leaf_row[int(leaf)] for leaf in torch.unique(node_of_point[-1])])
-        leaf_index = torch.searchsorted(torch.unique(node_of_point[-1]), node_of_point[-1])
-        resp = torch.zeros(len(groups), len(leaf_row), self.depth)
-        resp[torch.arange(len(groups)), rows[leaf_index], -1] = 1.0  # each point on its k-means leaf
+        resp = leaf_responsibilities(tree, node_of_point[-1], self.depth)
         module.set_stick_posteriors(conjugate_sticks(tree, resp, self._stick_concentration()))
-        tree.log_event("init_tree", tree.nodes(), epoch=0, step=0, source="embedding", leaves=len(leaf_row),
-                       groups=level_group_counts(self.init_leaves, self.depth))
+        tree.log_event("init_tree", tree.nodes(), epoch=0, step=0, source="embedding", leaves=len(tree.leaves()),
+                       kmeans_leaves=n_leaves, groups=level_group_counts(n_leaves, self.depth),
+                       elbo_by_leaves=[[k, v] for k, v in scores.items()] or None)
+
+    def _init_leaves_room(self) -> int:
+        """The most k-means leaves whose initial tree fits ``capacity`` (and ``max_leaves``)."""
+        room = 1
+        while room < self.capacity and 1 + sum(level_group_counts(room + 1, self.depth)) <= self.capacity:
+            room += 1
+        return room if self.max_leaves is None else min(room, self.max_leaves)
 
     def _leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
         return self.module_.leaf_log_proba(x)
