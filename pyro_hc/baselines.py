@@ -11,6 +11,7 @@ return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import networkx as nx
@@ -18,7 +19,7 @@ import numpy as np
 
 from .tree import ClusterTree
 
-__all__ = ["kmeans_ward_tree", "kmeans_ward_levels", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
+__all__ = ["kmeans_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
 
 #: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
 SPLIT_ATTR = "split"
@@ -78,9 +79,11 @@ def level_group_counts(n_leaves: int, depth: int) -> list[int]:
     return counts
 
 
-def kmeans_ward_levels(x: Any, n_leaves: int, depth: int, seed: int = 0) -> np.ndarray:
+def kmeans_ward_levels(x: Any, n_leaves: int, depth: int, seed: int = 0,
+                       group_counts: Sequence[int] | None = None) -> np.ndarray:
     """k-means into ``n_leaves`` leaves, then the Ward linkage of the centroids cut into nested groups
-    at every level of a ``depth``-level tree (:func:`level_group_counts` groups at level ``l``).
+    at every level of a ``depth``-level tree (``group_counts`` groups at levels ``1 .. depth - 2``;
+    default :func:`level_group_counts`, an even fan-out).
 
     The two-stage hierarchy of :func:`kmeans_ward_tree`, read at fixed levels: an nCRP tree has
     every leaf at full depth, so this is the shape a model of ``depth`` levels can start from.
@@ -95,11 +98,9 @@ def kmeans_ward_levels(x: Any, n_leaves: int, depth: int, seed: int = 0) -> np.n
     Raises
     ------
     ValueError
-        If ``x`` is not a finite ``[N, D]`` array, ``n_leaves`` is not in ``[1, N]`` or ``depth < 2``.
+        If ``x`` is not a finite ``[N, D]`` array, ``n_leaves`` is not in ``[1, N]``, ``depth < 2``,
+        or ``group_counts`` does not hold ``depth - 2`` non-decreasing counts in ``[1, n_leaves]``.
     """
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from sklearn.cluster import KMeans
-
     points = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
     if points.ndim != 2 or not np.all(np.isfinite(points)):
         raise ValueError(f"x must be a finite [N, D] array, got shape {points.shape}")
@@ -107,18 +108,36 @@ def kmeans_ward_levels(x: Any, n_leaves: int, depth: int, seed: int = 0) -> np.n
         raise ValueError(f"n_leaves must be an integer in [1, {len(points)}], got {n_leaves!r}")
     if depth < 2:
         raise ValueError(f"depth must be >= 2 levels (root and leaves), got {depth}")
-    kmeans = KMeans(int(n_leaves), n_init=10, random_state=seed).fit(points)
-    leaf = kmeans.labels_.astype(np.int64)
-    counts = level_group_counts(int(n_leaves), depth)
+    centroids, leaf = kmeans_leaves(points, int(n_leaves), seed)
+    counts = level_group_counts(int(n_leaves), depth)[:-1] if group_counts is None else list(group_counts)
+    return ward_levels(centroids, leaf, counts)
+
+
+def kmeans_leaves(x: Any, n_leaves: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """k-means (10 restarts): the ``[n_leaves, D]`` centroids and each point's cluster, ``int64 [N]``."""
+    from sklearn.cluster import KMeans
+
+    kmeans = KMeans(int(n_leaves), n_init=10, random_state=seed).fit(np.asarray(x, dtype=np.float64))
+    return kmeans.cluster_centers_, kmeans.labels_.astype(np.int64)
+
+
+def ward_levels(centroids: np.ndarray, leaf: np.ndarray, group_counts: Sequence[int]) -> np.ndarray:
+    """The Ward linkage of ``centroids`` cut into ``group_counts[l]`` nested groups for each level above the
+    leaves; returns ``int64 [N, len(group_counts) + 1]`` (the last column ``leaf``), as :func:`kmeans_ward_levels`."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    n_leaves = len(centroids)
+    counts = [int(c) for c in group_counts]
+    if any(not 1 <= c <= n_leaves for c in counts) or counts != sorted(counts):
+        raise ValueError(f"group_counts must be non-decreasing counts in [1, {n_leaves}], got {counts}")
     columns = []
-    if n_leaves > 1 and depth > 2:
-        merges = linkage(kmeans.cluster_centers_, method="ward")
-        for count in counts[:-1]:
-            group_of_leaf = fcluster(merges, t=count, criterion="maxclust") - 1
-            _, group_of_leaf = np.unique(group_of_leaf, return_inverse=True)  # 0 .. g-1 with no gaps
-            columns.append(group_of_leaf[leaf])
-    else:
-        columns = [np.zeros_like(leaf) for _ in counts[:-1]]
+    merges = linkage(centroids, method="ward") if n_leaves > 1 and counts else None
+    for count in counts:
+        if merges is None:
+            group_of_leaf = np.zeros(n_leaves, dtype=np.int64)
+        else:
+            _, group_of_leaf = np.unique(fcluster(merges, t=count, criterion="maxclust"), return_inverse=True)
+        columns.append(group_of_leaf[leaf])  # 0 .. g-1 with no gaps
     return np.stack([*columns, leaf], axis=1).astype(np.int64)
 
 def bisecting_kmeans_tree(embedding, n_leaves: int, seed: int | None = 0,

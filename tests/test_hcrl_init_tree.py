@@ -48,7 +48,8 @@ def test_kmeans_ward_levels_groups_are_nested_and_follow_the_blobs():
     assert len(np.unique(deep[:, 1])) == 3
 
 
-@pytest.mark.parametrize("bad", [dict(n_leaves=0), dict(n_leaves=500), dict(n_leaves=2.0), dict(depth=1)])
+@pytest.mark.parametrize("bad", [dict(n_leaves=0), dict(n_leaves=500), dict(n_leaves=2.0), dict(depth=1),
+                                 dict(group_counts=[5]), dict(group_counts=[0]), dict(depth=4, group_counts=[3, 2])])
 def test_kmeans_ward_levels_rejects_bad_arguments(bad):
     x = np.random.RandomState(0).randn(50, 3)
     with pytest.raises(ValueError):
@@ -77,23 +78,29 @@ def test_the_initial_trees_elbo_peaks_at_the_number_of_blobs(coupling):
 
 def test_init_leaves_elbo_starts_from_the_best_scoring_tree_and_logs_every_score(blobs):
     with local_params():
-        model = pyro_hc.get_model("hcrl2", depth=3, **TINY, init_tree="embedding").fit(blobs, epochs=0, seed=0,
-                                                                                      progress=False)
+        settings = {**TINY, "pretrain_epochs": 30, "latent_dim": 4}  # an embedding with clusters to count
+        model = pyro_hc.get_model("hcrl2", depth=3, **settings, init_tree="embedding").fit(blobs, epochs=0, seed=0,
+                                                                                          progress=False)
         event = model.tree.events[0]
         scores = dict(event["elbo_by_leaves"])
         # 1 .. 30 leaves, as far as capacity (32 nodes) holds the tree: 26 leaves under 5 groups at most
         assert sorted(scores) == [k for k in range(1, 31) if 1 + sum(level_group_counts(k, 3)) <= TINY["capacity"]]
         assert event["kmeans_leaves"] == max(scores, key=scores.get)
         assert len(model.tree.leaves()) == event["kmeans_leaves"]
-        # the score logged is the tree the fit started from, under the search's priors
+        # the fit started from the best tree of both scans, and its logged score is its ELBO
         module = model.module_
         z = model.transform(blobs)
-        rebuilt = tree_from_level_groups(kmeans_ward_levels(z, event["kmeans_leaves"], 3, seed=0))
+        assert event["groups"][-1] == event["kmeans_leaves"]
+        group_scores = dict(event["elbo_by_groups"])  # level-1 counts 1, 2, ... scanned at the chosen leaves
+        assert event["kmeans_leaves"] >= 3 and list(group_scores)[:3] == ["1", "2", "3"]
+        rebuilt = tree_from_level_groups(kmeans_ward_levels(z, event["kmeans_leaves"], 3, seed=0,
+                                                            group_counts=event["groups"][:-1]))
         assert sorted(rebuilt[0].paths()) == sorted(model.tree.paths())
         with torch.no_grad():
             log_eta = module.level_log_proportions(blobs.x)
         score = _initial_tree_elbo(rebuilt, z, torch.zeros_like(z), log_eta, model.heuristics(0))
-        assert score == pytest.approx(scores[event["kmeans_leaves"]], rel=1e-4, abs=1e-2)
+        best = max(scores[event["kmeans_leaves"]], max(group_scores.values()))
+        assert score == pytest.approx(best, rel=1e-4, abs=1e-2)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pyro.infer import config_enumerate
 from pyro.nn import PyroParam
 from torch.distributions import constraints
 
-from ..baselines import kmeans_ward_levels, level_group_counts
+from ..baselines import kmeans_leaves, level_group_counts, ward_levels
 from ..distributions import BIRTH, NestedStickBreaking, add_child_in_order, dirichlet_laplace_approximation
 from ..estimator import ClusterEstimator, as_setting_tuple
 from ..nn import Decoder, NormalEncoder
@@ -776,22 +776,44 @@ class _HCRL(ClusterEstimator):
         embedding = self._batched(module.encoder.embed, x).to(self.device_)
         seed = 0 if seed is None else int(seed)
         scores: dict[int, float] = {}
+        group_scores: dict[str, float] = {}
+        points = embedding.cpu().numpy()
         if self.init_leaves == "elbo":
             z_var = (self._batched(lambda batch: module.encoder(batch)[1], x).to(self.device_).square()
                      if self.elbo_encoder_variance else torch.zeros_like(embedding))
             log_eta = self._batched(module.level_log_proportions, x).to(self.device_)
             moves = self.heuristics(seed)
-            best = None
+
+            def score(leaves: tuple[np.ndarray, np.ndarray], counts: list[int]) -> float:
+                candidate = tree_from_level_groups(ward_levels(*leaves, counts))
+                return _initial_tree_elbo(candidate, embedding, z_var, log_eta, moves)
+
+            best = None  # the number of leaves, at an even fan-out of the groups above them
             for n_leaves in range(1, min(INIT_LEAVES_SCAN, len(embedding), self._init_leaves_room()) + 1):
-                candidate = tree_from_level_groups(kmeans_ward_levels(embedding.cpu(), n_leaves, self.depth, seed=seed))
-                scores[n_leaves] = _initial_tree_elbo(candidate, embedding, z_var, log_eta, moves)
+                leaves = kmeans_leaves(points, n_leaves, seed)
+                scores[n_leaves] = score(leaves, level_group_counts(n_leaves, self.depth)[:-1])
                 if best is None or scores[n_leaves] > scores[best[0]]:
-                    best = (n_leaves, candidate)
-            n_leaves, (tree, node_of_point) = best
+                    best = (n_leaves, leaves)
+            n_leaves, leaves = best
+            # then the groups of each level above the leaves, top down, between their neighbours' counts
+            counts = level_group_counts(n_leaves, self.depth)[:-1]
+            best_score = scores[n_leaves]
+            for level in range(len(counts)):
+                low = counts[level - 1] if level > 0 else 1
+                high = counts[level + 1] if level + 1 < len(counts) else n_leaves
+                for count in range(low, high + 1):
+                    trial = counts[:level] + [count] + counts[level + 1:]
+                    if 1 + sum(trial) + n_leaves > self.capacity:
+                        break
+                    group_scores[",".join(map(str, trial))] = value = score(leaves, trial)
+                    if value > best_score:
+                        best_score, counts = value, trial
+            groups = ward_levels(*leaves, counts)
         else:
             n_leaves = self.init_leaves
-            tree, node_of_point = tree_from_level_groups(
-                kmeans_ward_levels(embedding.cpu(), n_leaves, self.depth, seed=seed))
+            counts = level_group_counts(n_leaves, self.depth)[:-1]
+            groups = ward_levels(*kmeans_leaves(points, n_leaves, seed), counts)
+        tree, node_of_point = tree_from_level_groups(groups)
         module.tree = tree
         # every node's Gaussian: the mean and spread of the data in its subtree (one scatter per level)
         for nodes in node_of_point:
@@ -808,8 +830,9 @@ class _HCRL(ClusterEstimator):
         resp = leaf_responsibilities(tree, node_of_point[-1], self.depth)
         module.set_stick_posteriors(conjugate_sticks(tree, resp, self._stick_concentration()))
         tree.log_event("init_tree", tree.nodes(), epoch=0, step=0, source="embedding", leaves=len(tree.leaves()),
-                       kmeans_leaves=n_leaves, groups=level_group_counts(n_leaves, self.depth),
-                       elbo_by_leaves=[[k, v] for k, v in scores.items()] or None)
+                       kmeans_leaves=n_leaves, groups=[*counts, n_leaves],
+                       elbo_by_leaves=[[k, v] for k, v in scores.items()] or None,
+                       elbo_by_groups=[[k, v] for k, v in group_scores.items()] or None)
 
     def _init_leaves_room(self) -> int:
         """The most k-means leaves whose initial tree fits ``capacity`` (and ``max_leaves``)."""
