@@ -401,6 +401,29 @@ def test_a_pretrained_backbone_is_reused(tmp_path):
         CoHiClust(**{**config, "contrastive_head": "mlp"}, pretrained=str(path), epochs=0).fit(data, progress=False)
 
 
+@pytest.mark.slow  # five fits of the demo's recipe, ~20 s each at one thread
+def test_digits_small_cnn_beats_kmeans_on_raw_pixels_on_average_over_five_seeds():
+    """Issue 16's acceptance, "CoHiClust (small CNN) beats k-means on raw pixels in ACC and NMI", as the
+    mean over fit seeds 0-4 (one seed cannot carry it: seed 8 falls 0.083 below k-means in ACC, and a
+    seed's outcome moves between CPUs). Measured 2026-12-07 (2-core CPU, one thread): mean ACC / NMI
+    0.841 / 0.794 over seeds 0-4 and 0.815 / 0.774 over seeds 5-9, against k-means' 0.792 / 0.742: the
+    bar "above k-means" holds by 0.023 / 0.032 for the worse group of five."""
+    torch.set_num_threads(1)
+    data = pyro_hc.load_dataset("digits")
+    labels = data.y.numpy()
+    kmeans = KMeans(10, n_init=10, random_state=0).fit(data.flat().numpy())
+    baseline = {"acc": cluster_acc(labels, kmeans.labels_), "nmi": nmi(labels, kmeans.labels_)}
+    runs = []
+    for seed in range(5):
+        model = pyro_hc.get_model(
+            "cohiclust", depth=4, n_leaves=10, backbone="small_cnn", crop_scale=(0.7, 1.0), pretrain_epochs=10,
+            epochs=30, batch_size=128, lr=3e-3, prune_start=10,
+        )
+        runs.append(pyro_hc.evaluate(model.fit(data, seed=seed, progress=False), data))
+    mean = {key: float(np.mean([run[key] for run in runs])) for key in ("acc", "nmi")}
+    assert mean["acc"] > baseline["acc"] and mean["nmi"] > baseline["nmi"], (mean, baseline, runs)
+
+
 def test_digits_small_cnn_comes_near_kmeans_on_raw_pixels(tmp_path):
     """The demo's recipe (10 SimCLR + 30 tree epochs) against k-means on the raw pixels (ACC 0.792, NMI 0.742).
 
