@@ -79,8 +79,8 @@ def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int
         "hcrl2": dict(name="hcrl2", depth=3, **shared),
         # the same, spelled out (the ``hierarchy_recovery_settle_encvar_*`` results' name for it)
         "hcrl2_closed_after": dict(name="hcrl2", depth=3, elbo_nodes="svi_then_closed_form", **shared),
-        # the default search from an initial tree of the pretrained embedding (k-means into 20 leaves, Ward
-        # groups level by level) instead of Algorithm 1's single path
+        # the default search from an initial tree of the pretrained embedding (k-means leaves, Ward groups
+        # level by level, both counts chosen by the search's ELBO) instead of Algorithm 1's single path
         "hcrl2_init_embedding": dict(name="hcrl2", depth=3, init_tree="embedding", **shared),
         # the same search with the node Gaussians trained by SVI to the end (the default before)
         "hcrl2_svi_nodes": dict(name="hcrl2", depth=3, elbo_nodes="svi", **shared),

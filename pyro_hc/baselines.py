@@ -4,9 +4,10 @@ What every benchmark prints beside a model, so a reader sees whether a gap is th
 the structure: :func:`kmeans_ward_tree` (k-means, then Ward linkage of the centroids) on any
 embedding (raw data, a model's own embedding, a data set's true latents),
 :func:`bisecting_kmeans_tree` (DeepECT's "AE + Bisecting" baseline) and
-:func:`hierarchical_kmeans_tree` (HCRL's Table 2 "HKM"); :func:`kmeans_ward_levels` cuts the
-k-means + Ward hierarchy into a fixed number of levels (HCRL's initial tree). They import no model and no engine and
-return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf.
+:func:`hierarchical_kmeans_tree` (HCRL's Table 2 "HKM"). They import no model and no engine and
+return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf; :func:`kmeans_ward_levels`
+(built from :func:`kmeans_leaves` and :func:`ward_levels`) returns the same two-stage hierarchy
+read at a fixed number of levels, as group labels (HCRL's initial tree).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 
 from .tree import ClusterTree
 
-__all__ = ["kmeans_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
+__all__ = ["kmeans_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts",
+           "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
 
 #: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
 SPLIT_ATTR = "split"
@@ -49,7 +51,7 @@ def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTre
     leaves : numpy.ndarray
         ``[N]`` the leaf of each point.
     """
-    from sklearn.cluster import AgglomerativeClustering, KMeans
+    from sklearn.cluster import AgglomerativeClustering
 
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         x = x.detach().cpu().numpy()
@@ -58,13 +60,13 @@ def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTre
         raise ValueError(f"x must be a finite [N, D] array, got shape {x.shape}")
     if not isinstance(n_clusters, (int, np.integer)) or not 2 <= n_clusters <= x.shape[0]:
         raise ValueError(f"n_clusters must be an integer in [2, {x.shape[0]}], got {n_clusters!r}")
-    kmeans = KMeans(int(n_clusters), n_init=10, random_state=seed).fit(x)
-    ward = AgglomerativeClustering(n_clusters=1, linkage="ward", compute_full_tree=True).fit(kmeans.cluster_centers_)
+    centroids, leaves = kmeans_leaves(x, int(n_clusters), seed)
+    ward = AgglomerativeClustering(n_clusters=1, linkage="ward", compute_full_tree=True).fit(centroids)
     graph = nx.DiGraph()
     graph.add_nodes_from(range(n_clusters))
     for merge, (a, b) in enumerate(ward.children_):
         graph.add_edges_from([(n_clusters + merge, int(a)), (n_clusters + merge, int(b))])
-    return ClusterTree.from_graph(graph), kmeans.labels_.astype(np.int64)
+    return ClusterTree.from_graph(graph), leaves
 
 
 def level_group_counts(n_leaves: int, depth: int) -> list[int]:
@@ -139,6 +141,7 @@ def ward_levels(centroids: np.ndarray, leaf: np.ndarray, group_counts: Sequence[
             _, group_of_leaf = np.unique(fcluster(merges, t=count, criterion="maxclust"), return_inverse=True)
         columns.append(group_of_leaf[leaf])  # 0 .. g-1 with no gaps
     return np.stack([*columns, leaf], axis=1).astype(np.int64)
+
 
 def bisecting_kmeans_tree(embedding, n_leaves: int, seed: int | None = 0,
                           n_init: int = 1) -> tuple[ClusterTree, np.ndarray]:

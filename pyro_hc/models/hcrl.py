@@ -135,6 +135,7 @@ def _initial_tree_elbo(candidate: tuple[ClusterTree, list[torch.Tensor]], z_loc:
     path_nodes = torch.as_tensor(tree.paths(), dtype=torch.long, device=z_loc.device)
     return float(tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, moves.stick_concentration))
 
+
 class HCRLModule(NCRPTreeModule):
     """HCRL's generative model and guide over a tree of ``depth`` levels.
 
@@ -819,18 +820,18 @@ class _HCRL(ClusterEstimator):
             groups = ward_levels(*kmeans_leaves(points, n_leaves, seed), counts)
         tree, node_of_point = tree_from_level_groups(groups)
         module.tree = tree
-        # every node's Gaussian: the mean and spread of the data in its subtree (one scatter per level)
-        for nodes in node_of_point:
-            nodes = nodes.to(embedding.device)
-            count = torch.zeros(module.capacity, device=embedding.device).index_add_(
-                0, nodes, torch.ones(len(nodes), device=embedding.device))
-            total = torch.zeros(module.capacity, embedding.shape[1], device=embedding.device)
-            mean = total.index_add(0, nodes, embedding) / count.clamp_min(1)[:, None]
-            square = total.index_add(0, nodes, embedding.square()) / count.clamp_min(1)[:, None]
-            std = (square - mean.square()).clamp_min(1e-6).sqrt()
-            used = torch.unique(nodes)
-            module.node_locs_unconstrained[used] = mean[used]
-            module.node_scales_unconstrained[used] = std[used].clamp_min(1e-3).log()
+        # every node's Gaussian: the mean and spread of the data in its subtree (each point once per level)
+        nodes = torch.cat(node_of_point).to(embedding.device)
+        points_per_level = embedding.repeat(len(node_of_point), 1)
+        count = torch.zeros(module.capacity, device=embedding.device).index_add_(
+            0, nodes, torch.ones_like(nodes, dtype=embedding.dtype))
+        total = torch.zeros(module.capacity, embedding.shape[1], device=embedding.device)
+        mean = total.index_add(0, nodes, points_per_level) / count.clamp_min(1)[:, None]
+        square = total.index_add(0, nodes, points_per_level.square()) / count.clamp_min(1)[:, None]
+        std = (square - mean.square()).clamp_min(1e-6).sqrt()
+        used = torch.unique(nodes)
+        module.node_locs_unconstrained[used] = mean[used]
+        module.node_scales_unconstrained[used] = std[used].clamp_min(1e-3).log()
         resp = leaf_responsibilities(tree, node_of_point[-1], self.depth)
         module.set_stick_posteriors(conjugate_sticks(tree, resp, self._stick_concentration()))
         tree.log_event("init_tree", tree.nodes(), epoch=0, step=0, source="embedding", leaves=len(tree.leaves()),
