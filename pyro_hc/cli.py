@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._catalog import DATASETS, FILE_FORMATS, MODELS
+from ._files import atomic_write
 
 if TYPE_CHECKING:  # annotations only: the commands import the data module when they run
     from .data import Dataset
@@ -267,12 +268,7 @@ def _unlock(out: Path) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically (a temporary file and a rename)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: handle.write(text), text=True)
 
 
 def _resume_command(argv: Sequence[str], out: Path) -> str:
@@ -330,8 +326,7 @@ def _fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return 130
         scores = evaluate(model, dataset) if dataset.y is not None else {}
         model.save(out / MODEL_FILE)
-        model.tree.save(out / f".{TREE_FILE}.tmp")
-        os.replace(out / f".{TREE_FILE}.tmp", out / TREE_FILE)
+        model.tree.save(out / TREE_FILE)  # atomic
         record = {"model": args.model, "dataset": args.dataset, "split": args.split, "data_root": args.data_root,
                   "config": model.get_params(), "fit": model.fit_info_, "metrics": scores,
                   "data_file": _data_file_record(args)}
@@ -558,8 +553,8 @@ def _report_tree(model, dataset: Dataset, out: Path | None, model_name: str, *, 
     text = format_tree(model.tree, assignments, labels, class_names=dataset.class_names, charset=_charset())
     print(text)
     if out is not None:
-        (out / "tree.txt").write_text(format_tree(model.tree, assignments, labels, class_names=dataset.class_names)
-                                      + "\n", encoding="utf-8")
+        _write_text(out / "tree.txt", format_tree(model.tree, assignments, labels, class_names=dataset.class_names)
+                    + "\n")
     if baseline:
         if labels is None:
             print("no labels, so no baseline comparison")
@@ -569,7 +564,7 @@ def _report_tree(model, dataset: Dataset, out: Path | None, model_name: str, *, 
             comparison = baseline_comparison(model.tree, assignments, dataset.x, labels, seed=seed)
             print(format_comparison(comparison, model_name))
             if out is not None:
-                (out / "baseline.json").write_text(json.dumps(comparison, indent=2))
+                _write_text(out / "baseline.json", json.dumps(comparison, indent=2))
     if picture and out is not None:
         import matplotlib
 

@@ -73,9 +73,9 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import tarfile
-import tempfile
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -89,6 +89,7 @@ import torch
 from torch import Tensor
 
 from ._catalog import FILE_FORMATS
+from ._files import atomic_write
 
 __all__ = [
     "Dataset",
@@ -821,33 +822,27 @@ def _materialise(source: Path, target: Path, check: Callable[[Path, Path], None]
                 return
         except (OSError, ValueError):
             pass  # an unreadable stamp just means unpacking again
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-    )
-    try:
-        opener: Callable[..., Any] = gzip.open if source.suffix == ".gz" else open
+    opener: Callable[..., Any] = gzip.open if source.suffix == ".gz" else open
+
+    def copy(out) -> None:
         try:
-            with opener(source, "rb") as fin, os.fdopen(handle, "wb") as fout:
-                shutil.copyfileobj(fin, fout, length=1 << 22)
+            with opener(source, "rb") as fin:
+                shutil.copyfileobj(fin, out, length=1 << 22)
         except (OSError, EOFError, ValueError) as err:  # gzip.BadGzipFile is an OSError; zlib.error too
             raise ValueError(f"{source} is damaged or truncated (cannot decompress it: {err}); "
                              f"the cached copy {target} was left as it was") from err
-        if check is not None:
-            check(source, Path(temporary))
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a shared cache should stay readable
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    stamp.write_text(json.dumps(record))
+
+    atomic_write(target, copy, check=None if check is None else (lambda temporary: check(source, temporary)))
+    atomic_write(stamp, lambda out: out.write(json.dumps(record)), text=True)
 
 
 def _extract_tar(archive: Path, destination: Path, member_folder: str) -> None:
     """Extract ``archive`` so that ``destination / member_folder`` appears atomically."""
     destination.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=destination, prefix=".extract."))
+    # named before it exists (unlike ``tempfile.mkdtemp``), so an interrupt anywhere leaves no scratch folder
+    scratch = destination / f".extract.{secrets.token_hex(6)}"
     try:
+        scratch.mkdir()
         with tarfile.open(archive, "r:*") as tar:
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(scratch, filter="data")
@@ -1257,17 +1252,8 @@ def _newsgroups_matrix(where: _Where) -> dict[str, np.ndarray]:
         "labels": labels, "is_test": is_test,
         "vocabulary": np.asarray(vectorizer.get_feature_names_out(), dtype=str),
     }
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a shared cache should stay readable
-        os.replace(temporary, cache)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    stamp.write_text(json.dumps(_newsgroups_record(source)))
+    atomic_write(cache, lambda out: np.savez(out, **arrays))
+    atomic_write(stamp, lambda out: out.write(json.dumps(_newsgroups_record(source))), text=True)
     return arrays
 
 

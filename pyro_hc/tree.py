@@ -60,6 +60,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._files import atomic_write
+
 __all__ = ["ClusterTree", "TreeTensors", "NodeNotFoundError"]
 
 #: Identifies the JSON layout written by :meth:`ClusterTree.to_json`.
@@ -952,10 +954,10 @@ class ClusterTree:
         return tree
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_json` to ``path`` as a JSON file."""
+        """Write :meth:`to_json` to ``path`` as a JSON file, atomically: an interrupted save leaves the
+        file that was there before, never half a tree."""
         text = json.dumps(self.to_json(), indent=1)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        atomic_write(path, lambda handle: handle.write(text), text=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ClusterTree:

@@ -228,34 +228,101 @@ def test_every_damaged_model_file_is_named_as_such(small, tmp_path, capsys):
     assert "truncated" in err and "Traceback" not in err
 
 
-def test_checkpoint_files_are_written_atomically(tmp_path, monkeypatch):
+def _writers(folder: Path) -> dict:
+    """Every file pyro_hc replaces, as ``name: (write(version), read() -> version)`` on one file in ``folder``:
+    a checkpoint, a saved tree, a data-cache copy (with its stamp) and a CLI run record."""
+    from pyro_hc import data as data_module
     from pyro_hc.infer import checkpoint as ck
+    from pyro_hc.tree import ClusterTree
 
-    path = ck.save_checkpoint(tmp_path / "c.pt", {"a": torch.ones(3)})
-    good = path.read_bytes()
+    def checkpoint(version):
+        ck.save_checkpoint(folder / "c.pt", {"a": torch.full((3,), float(version))})
+
+    trees = []
+    for size in range(5):
+        trees.append(ClusterTree())
+        for _ in range(size + 1):
+            trees[-1].add_child(trees[-1].root)
+
+    def tree(version):
+        trees[version % 5].save(folder / "tree.json")
+
+    source = folder.parent / "source.bin"  # outside the folder whose listing the tests check
+
+    def cache(version):
+        source.write_bytes(bytes([version % 256]) * 1000)
+        os.utime(source, ns=(version + 1, version + 1))  # a new stamp record every time
+        data_module._materialise(source, folder / "copy.bin")
+
+    def record(version):
+        cli._write_text(folder / "metrics.json", json.dumps({"version": version}))
+
+    return {
+        "checkpoint": (checkpoint, lambda: int(ck.load_checkpoint(folder / "c.pt")["a"][0])),
+        "tree": (tree, lambda: len(ClusterTree.load(folder / "tree.json"))),
+        "cache": (cache, lambda: (folder / "copy.bin").read_bytes()[0]
+                  + 0 * len(json.loads((folder / "copy.bin.source.json").read_text()))),
+        "record": (record, lambda: json.loads((folder / "metrics.json").read_text())["version"]),
+    }
+
+
+WRITERS = ["checkpoint", "tree", "cache", "record"]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_files_are_replaced_atomically(tmp_path, monkeypatch, writer):
+    from pyro_hc import _files
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    write, read = _writers(folder)[writer]
+    write(1)
+    files, good = sorted(p.name for p in folder.iterdir()), read()
 
     def interrupted_write(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ck.os, "replace", interrupted_write)
+    monkeypatch.setattr(_files.os, "replace", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
-        ck.save_checkpoint(path, {"a": torch.zeros(3)})
-    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+        write(2)
+    assert read() == good and sorted(p.name for p in folder.iterdir()) == files
 
 
-
-def test_a_ctrl_c_between_any_two_lines_of_a_checkpoint_write_leaves_no_temporary(tmp_path):
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_ctrl_c_between_any_two_lines_of_a_write_leaves_no_temporary(tmp_path, writer):
     """A signal raises KeyboardInterrupt at whatever line runs when it lands: raise it at each line
     event of the write in turn (the writer's own lines and those of the standard library it calls,
     ``tempfile`` included, where a stray ``.tmp`` once came from) and check that the folder holds the
-    old checkpoint or the new one, intact, and nothing else."""
+    old file or the new one, intact, and nothing else. Every writer of the package goes through
+    ``pyro_hc._files.atomic_write``; before it, the data caches used ``tempfile.mkstemp`` and a saved
+    tree was written in place."""
+    from pyro_hc import _files
+    from pyro_hc import data as data_module
+    from pyro_hc import tree as tree_module
     from pyro_hc.infer import checkpoint as ck
 
-    path = ck.save_checkpoint(tmp_path / "c.pt", {"a": torch.ones(3)})
-    library = {Path(os.__file__).parent.resolve(), Path(ck.__file__).resolve()}
+    folder = tmp_path / "files"
+    folder.mkdir()
+    write, read = _writers(folder)[writer]
+    write(1)
+    files = sorted(p.name for p in folder.iterdir())
+    import genericpath
+    import posixpath
+    import secrets
+    import shutil
+    import tempfile
+
+    # the file system's modules of the standard library (not json's encoder, which runs before any write)
+    library = {Path(m.__file__).resolve() for m in (_files, ck, data_module, tree_module, cli, os, genericpath,
+                                                       posixpath, secrets, shutil, tempfile, gzip)}
+    library.add(Path(Path.__module__ and sys.modules["pathlib"].__file__).resolve())
+
+    known: dict[str, bool] = {}
+
     def traced(filename: str) -> bool:
-        where = Path(filename).resolve()
-        return where in library or where.parent in library
+        if filename not in known:
+            known[filename] = Path(filename).resolve() in library
+        return known[filename]
 
     interrupted_at = 0
     for target in range(10_000):
@@ -273,18 +340,19 @@ def test_a_ctrl_c_between_any_two_lines_of_a_checkpoint_write_leaves_no_temporar
 
         sys.settrace(tracer)
         try:
-            ck.save_checkpoint(path, {"a": torch.full((3,), float(target))})
+            write(target + 2)
             finished = True
         except KeyboardInterrupt:
             finished = False
             interrupted_at += 1
         finally:
             sys.settrace(None)
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"], f"interrupt at line event {target}"
-        assert ck.load_checkpoint(path)["a"].shape == (3,)
+        assert sorted(p.name for p in folder.iterdir()) == files, f"interrupt at line event {target}"
+        read()  # the old file or the new one, intact
         if finished and target > seen:  # this target lay past the write's last line: every line was tried
             break
     assert interrupted_at > 20  # the write's own lines and those of os / pathlib were all interrupted
+
 
 # 5. transactional fits ------------------------------------------------------------------------------
 

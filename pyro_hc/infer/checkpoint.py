@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._files import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "ModelFileError"]
 
@@ -45,26 +45,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     An interruption at any point (a Ctrl-C lands between any two bytecodes) leaves either the old
     file or the new one, never half a file, and no temporary file behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     body = buffer.getvalue()
-    # The temporary's name is fixed before the file exists, so the ``finally`` below can remove it
-    # whenever the interrupt lands: ``tempfile.mkstemp`` creates the file before it returns the name,
-    # and a Ctrl-C in between left a stray ``.tmp`` beside the checkpoint (seen in CI).
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(temporary, "xb") as out:  # "x": never another writer's file
-            out.write(MAGIC + hashlib.sha256(body).digest() + len(body).to_bytes(8, "little"))
-            out.write(body)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)  # whatever the umask: a checkpoint stays readable
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+
+    def write(out) -> None:
+        out.write(MAGIC + hashlib.sha256(body).digest() + len(body).to_bytes(8, "little"))
+        out.write(body)
+
+    return atomic_write(path, write)
 
 
 def _describe_unknown(path: Path, head: bytes) -> ModelFileError:
