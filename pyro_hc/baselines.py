@@ -2,8 +2,9 @@
 
 What every benchmark prints beside a model, so a reader sees whether a gap is the representation or
 the structure: :func:`kmeans_ward_tree` (k-means, then Ward linkage of the centroids) on any
-embedding (raw data, a model's own embedding, a data set's true latents),
-:func:`bisecting_kmeans_tree` (DeepECT's "AE + Bisecting" baseline) and
+embedding (raw data, a model's own embedding, a data set's true latents), :func:`leaves_ward_tree`
+(any clustering's leaves linked by Ward's method: a model's own leaves, to tell what its leaves are
+worth from what its grouping of them is worth), :func:`bisecting_kmeans_tree` (DeepECT's "AE + Bisecting" baseline) and
 :func:`hierarchical_kmeans_tree` (HCRL's Table 2 "HKM"). They import no model and no engine and
 return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf; :func:`kmeans_ward_levels`
 (built from :func:`kmeans_leaves` and :func:`ward_levels`) returns the same two-stage hierarchy
@@ -20,7 +21,7 @@ import numpy as np
 
 from .tree import ClusterTree
 
-__all__ = ["kmeans_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts",
+__all__ = ["kmeans_ward_tree", "leaves_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts",
            "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
 
 #: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
@@ -51,8 +52,6 @@ def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTre
     leaves : numpy.ndarray
         ``[N]`` the leaf of each point.
     """
-    from sklearn.cluster import AgglomerativeClustering
-
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         x = x.detach().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
@@ -61,12 +60,61 @@ def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTre
     if not isinstance(n_clusters, (int, np.integer)) or not 2 <= n_clusters <= x.shape[0]:
         raise ValueError(f"n_clusters must be an integer in [2, {x.shape[0]}], got {n_clusters!r}")
     centroids, leaves = kmeans_leaves(x, int(n_clusters), seed)
+    return _ward_tree(centroids), leaves
+
+
+def leaves_ward_tree(x: Any, assignments: Any) -> tuple[ClusterTree, np.ndarray]:
+    """Any clustering's leaves, linked by Ward's method on their centroids in ``x``.
+
+    The second stage of :func:`kmeans_ward_tree`, for leaves found by something else: a model's own
+    leaves (``model.predict``) re-linked in its own embedding separate what its leaves are worth from
+    what its grouping of them is worth.
+
+    Parameters
+    ----------
+    x : array-like
+        ``[N, D]`` points.
+    assignments : array-like of int
+        ``[N]`` each point's cluster (any ids; at least two distinct).
+
+    Returns
+    -------
+    tree : ClusterTree
+        A binary tree whose leaves ``0 .. K - 1`` are the clusters in ascending order of their ids; the
+        merge ``i`` of the linkage is node ``K + i``.
+    leaves : numpy.ndarray
+        ``[N]`` the leaf of each point.
+    """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if hasattr(assignments, "detach") and hasattr(assignments, "cpu"):
+        assignments = assignments.detach().cpu().numpy()
+    assignments = np.asarray(assignments)
+    if x.ndim != 2 or assignments.shape != (x.shape[0],):
+        raise ValueError(f"need [N, D] points and [N] assignments, got {x.shape} and {assignments.shape}")
+    ids, leaves = np.unique(assignments, return_inverse=True)
+    n_clusters = len(ids)
+    if n_clusters < 2:
+        raise ValueError("Ward's method needs at least two clusters to link, got one")
+    counts = np.bincount(leaves, minlength=n_clusters)
+    centroids = np.zeros((n_clusters, x.shape[1]))
+    np.add.at(centroids, leaves, x)
+    centroids /= counts[:, None]
+    return _ward_tree(centroids), leaves.astype(np.int64)
+
+
+def _ward_tree(centroids: np.ndarray) -> ClusterTree:
+    """The Ward linkage of ``[K, D]`` centroids as a binary tree: leaves ``0 .. K - 1``, merge ``i`` is node ``K + i``."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    n_clusters = len(centroids)
     ward = AgglomerativeClustering(n_clusters=1, linkage="ward", compute_full_tree=True).fit(centroids)
     graph = nx.DiGraph()
     graph.add_nodes_from(range(n_clusters))
     for merge, (a, b) in enumerate(ward.children_):
         graph.add_edges_from([(n_clusters + merge, int(a)), (n_clusters + merge, int(b))])
-    return ClusterTree.from_graph(graph), leaves
+    return ClusterTree.from_graph(graph)
 
 
 def level_group_counts(n_leaves: int, depth: int) -> list[int]:

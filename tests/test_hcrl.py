@@ -317,6 +317,31 @@ def test_kmeans_ward_tree_recovers_a_clear_hierarchy_from_the_true_latents():
         kmeans_ward_tree(torch.full((4, 2), float("nan")), 2)
 
 
+def test_leaves_ward_tree_links_given_leaves_by_their_centroids():
+    """A clustering's own leaves (ids in any order, here the true fine labels scrambled) re-linked by
+    Ward's method: the coarse groups come back as subtrees, and the leaves are those given."""
+    from pyro_hc.baselines import leaves_ward_tree
+    from pyro_hc.metrics import dendrogram_purity
+
+    data = pyro_hc.synthetic_tree(depth=2, branching=3, noise=0.3, separation=6.0, n_per_leaf=30, seed=1)
+    labels = data.y.numpy()
+    scrambled = np.array([17, 3, 40, 8, 99, 5, 61, 2, 11])[labels]  # any ids
+    tree, leaves = leaves_ward_tree(data.latent, scrambled)
+    assert sorted(tree.leaves()) == list(range(9)) and len(tree.internal_nodes()) == 8
+    assert np.array_equal(np.unique(scrambled)[leaves], scrambled)  # leaf i is the i-th smallest id
+    # scored on the coarse classes (three fine labels each, numbered left to right), purity 1 needs the
+    # grouping: each coarse class's three leaves under one subtree
+    coarse = labels // 3
+    assert dendrogram_purity(tree, leaves, coarse) == pytest.approx(1.0)
+    # the grouping is read off the points: with the points shuffled against the leaves it is lost
+    shuffled = data.latent[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    assert dendrogram_purity(*leaves_ward_tree(shuffled, scrambled), coarse) < 0.9
+    with pytest.raises(ValueError, match="two clusters"):
+        leaves_ward_tree(data.latent, np.zeros(len(labels), dtype=int))
+    with pytest.raises(ValueError, match=r"\[N\] assignments"):
+        leaves_ward_tree(data.latent, labels[:-1])
+
+
 @pytest.mark.slow
 def test_hcrl2_recovers_a_hierarchy_on_synthetic_tree_data():
     """Three coarse clusters of three leaves each; HCRL2 (depth 3) grows its tree from one path.
