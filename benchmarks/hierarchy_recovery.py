@@ -59,7 +59,7 @@ from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
 DATA_DEPTH, BRANCHING = 2, 3
 #: issue 15's acceptance margin on dendrogram purity and on the number of leaves
 DP_MARGIN, LEAF_MARGIN = 0.02, 2
-TREE_MODELS = ("hcrl2", "hcrl2_init_embedding", "hcrl2_closed_after", "hcrl2_svi_nodes", "hcrl2_coupled", "hcrl2_independent", "hcrl2_closed_sticks", "hcrl2_encoder_variance",
+TREE_MODELS = ("hcrl2", "hcrl2_init_embedding", "hcrl2_init_path", "hcrl2_closed_after", "hcrl2_svi_nodes", "hcrl2_coupled", "hcrl2_independent", "hcrl2_closed_sticks", "hcrl2_encoder_variance",
                "hcrl2_closed_nodes", "hcrl2_closed_nodes_points", "hcrl2_paper", "hcrl1", "vae_ncrp", "deepect")
 
 
@@ -75,13 +75,16 @@ def model_configs(hidden: tuple[int, ...], latent_dim: int, pretrain_epochs: int
     shared = dict(latent_dim=latent_dim, hidden_dims=hidden, pretrain_epochs=pretrain_epochs)
     return {
         # the default search: moves accepted on the ELBO, child means centred on the parent's (κ = 1),
-        # node Gaussians by SVI for the first two thirds of the epochs and in closed form after
+        # node Gaussians by SVI for the first two thirds of the epochs and in closed form after, started
+        # from a k-means + Ward tree of the pretrained embedding (init_tree="embedding")
         "hcrl2": dict(name="hcrl2", depth=3, **shared),
         # the same, spelled out (the ``hierarchy_recovery_settle_encvar_*`` results' name for it)
         "hcrl2_closed_after": dict(name="hcrl2", depth=3, elbo_nodes="svi_then_closed_form", **shared),
-        # the default search from an initial tree of the pretrained embedding (k-means leaves, Ward groups
-        # level by level, both counts chosen by the search's ELBO) instead of Algorithm 1's single path
+        # the default's start spelled out: an initial tree of the pretrained embedding (k-means leaves, Ward
+        # groups level by level, both counts chosen by the search's ELBO; the ``*_init_embedding`` results'
+        # name for it), and the same search from Algorithm 1's single path (the default until then)
         "hcrl2_init_embedding": dict(name="hcrl2", depth=3, init_tree="embedding", **shared),
+        "hcrl2_init_path": dict(name="hcrl2", depth=3, init_tree="path", **shared),
         # the same search with the node Gaussians trained by SVI to the end (the default before)
         "hcrl2_svi_nodes": dict(name="hcrl2", depth=3, elbo_nodes="svi", **shared),
         # the same search at another κ (--mean-coupling), and with independent node priors

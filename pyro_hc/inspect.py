@@ -186,10 +186,19 @@ def _generic_draws(model: ClusterEstimator, x: torch.Tensor, collector: _Collect
         enumerated = [name for name, site in model_trace.nodes.items()
                       if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
                       and site["infer"].get("enumerate") is not None]
-        if enumerated:
+        # a site with one value (a one-leaf tree's path) is a point mass; Pyro's contraction cannot target
+        # its size-1 enumeration dim, so it is conditioned on that value and the others are enumerated
+        single = {name: model_trace.nodes[name]["fn"].enumerate_support(expand=False)[0].expand(batch.shape[0])
+                  for name in enumerated
+                  if model_trace.nodes[name]["fn"].enumerate_support(expand=False).shape[0] == 1}
+        if single:
+            conditioned = poutine.condition(conditioned, data=single)
+        marginals = {}
+        if len(single) < len(enumerated):
             marginals = elbo.compute_marginals(conditioned, _empty_guide, batch)
+        if enumerated:
             for name in enumerated:
-                probs = marginals[name].probs
+                probs = batch.new_ones(batch.shape[0], 1) if name in single else marginals[name].probs
                 collector.add(SITE_NAMES.get(name, name), probs, True, SITE_DIMS.get(name))
                 if name == "path":  # the full paths, renormalised, are the leaves' posterior (predict_proba)
                     full = probs[:, :n_full]

@@ -117,8 +117,8 @@ def test_hcrl_module_coarse_edits_keep_the_tree_and_place_the_gaussians():
     import pyro_hc
 
     model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=2, hidden_dims=(8,), capacity=16, pretrain_epochs=0,
-                              likelihood="gaussian", structure="elbo")
-    model.fit(torch.randn(20, 4), epochs=0, progress=False)  # builds the module
+                              likelihood="gaussian", structure="elbo", init_tree="path")
+    model.fit(torch.randn(20, 4), epochs=0, progress=False)  # builds the module on one path
     module = model.module_
     for _ in range(3):
         add_child_in_order(module.tree, 1)  # leaves 2..5 under coarse node 1

@@ -784,7 +784,8 @@ def test_elbo_structure_splits_separated_blobs_and_refuses_to_merge_them_back():
     centres = torch.tensor([[3.0, 3, 3, 3, 0, 0], [-3, -3, -3, -3, 0, 0], [0, 0, 0, 0, 4, -4]])
     labels = torch.arange(3).repeat_interleave(60)
     config = dict(depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=5, capacity=16, structure="elbo",
-                  likelihood="gaussian", level_concentration=(0.1, 0.2, 8.0), elbo_mean_coupling=None)
+                  likelihood="gaussian", level_concentration=(0.1, 0.2, 8.0), elbo_mean_coupling=None,
+                  init_tree="path")  # one leaf at the start
     x = centres[labels] + 0.5 * torch.randn(180, 6, generator=generator)
     model = pyro_hc.get_model("hcrl2", **config).fit(x, epochs=4, batch_size=32, seed=0, progress=False)
     births = [e for e in model.tree.events if e["kind"] in ("birth", "ancestor_birth") and e["accepted"]]
@@ -797,23 +798,21 @@ def test_elbo_structure_splits_separated_blobs_and_refuses_to_merge_them_back():
 def test_hcrl2_elbo_structure_recovers_the_fine_clusters_on_synthetic_tree_data():
     """The recovery test's setting at HCRL2's defaults (the ELBO search): not told the number of leaves.
 
-    Measured on this machine (2-core CPU, one thread, 30 + 60 epochs), seed 0, at the defaults (child
-    means centred on the parent's, κ = 1; node Gaussians by SVI for 40 epochs, in closed form after):
-    dendrogram purity 0.954 with 9 leaves, the last move at epoch 44, against k-means + Ward on the
-    same run's embedding given the true k 0.942 (SVI nodes to the end, the default before: 0.942 with
-    9 leaves; independent node priors, earlier: 0.946 with 9 leaves;
-    seeds 1 / 2 in ``benchmarks/hierarchy_recovery.py``'s grid at κ = 1: 0.91 / 0.84; ``structure="paper"``
-    0.71 / 0.87 / 0.71 for seeds 0–2).
-
-    Spread, measured 2026-12-07 (2-core CPU, one thread), fit seeds 0-9: dendrogram purity 0.955 /
-    0.936 / 0.898 / 0.838 / 0.958 / 0.950 / 0.975 / 0.946 / 0.917 / 0.954, the baseline 0.918 .. 0.952,
-    purity - baseline -0.079 .. +0.032 (seeds 2, 3, 8 below it), NMI 0.963 / 0.951 / 0.900 / 0.921 /
-    0.965 / 0.957 / 0.978 / 0.955 / 0.917 / 0.961, leaves 9 / 9 / 12 / 10 / 9 / 9 / 9 / 9 / 9 / 9. The
-    old bars (issue 15's DP ≥ 0.9, baseline - 0.05, 7-11 leaves) held at seed 0 only with slack that
-    seeds 2 and 3 do not have (another CPU moves a fit as much as another seed). Asserted, each with
-    margin over the worst seed: DP > 0.75 (0.088), DP > baseline - 0.15 (0.071), NMI > 0.85 (0.05),
-    7-14 leaves (the truth is 9). A collapse (DP 1/9, NMI 0), random leaves, a search that never
-    grows (1 leaf) or one that runs away (capacity 128) still fails.
+    The defaults start from a k-means + Ward tree of the pretrained embedding, sized by the search's
+    ELBO (``init_tree="embedding"``; child means centred on the parent's, κ = 1; node Gaussians by SVI
+    for 40 epochs, in closed form after). Spread, measured 2026-12-07 (2-core CPU, one thread, 30 + 60
+    epochs), fit seeds 0-9: dendrogram purity 0.917 / 0.826 / 0.886 / 0.850 / 0.915 / 0.950 / 0.965 /
+    0.825 / 0.911 / 0.949 (mean 0.899), k-means + Ward on each run's embedding given the true k
+    0.917 .. 0.946, purity - baseline -0.107 .. +0.021, NMI 0.948 / 0.889 / 0.901 / 0.927 / 0.935 /
+    0.959 / 0.970 / 0.900 / 0.934 / 0.957, leaves 9 / 9 / 11 / 8 / 10 / 9 / 9 / 8 / 9 / 9, three level-1
+    nodes (four at seed 2). From Algorithm 1's single path (``init_tree="path"``, the default before)
+    the same seeds gave 0.955 / 0.936 / 0.898 / 0.838 / 0.958 / 0.950 / 0.975 / 0.946 / 0.917 / 0.954
+    (mean 0.933): on this cell the single path does better; on the digits the embedding start groups
+    the leaves and the single path does not (README, ``benchmarks/hcrl_digits.py``). Issue 15's
+    "DP ≥ 0.9 at noise 0.5" holds for 6 of these 10 seeds; it is not asserted at one seed. Asserted,
+    each with margin over the worst seed: DP > 0.75 (0.075), DP > baseline - 0.15 (0.043),
+    NMI > 0.85 (0.039), 7-14 leaves (the truth is 9). A collapse (DP 1/9, NMI 0), random leaves, a
+    search that never grows (1 leaf) or one that runs away (capacity 128) still fails.
     """
     from pyro_hc.baselines import kmeans_ward_tree
     from pyro_hc.metrics import dendrogram_purity, nmi
@@ -892,7 +891,7 @@ def test_closed_form_sticks_are_the_conjugate_update_of_each_epoch_and_take_no_s
     recorder = Recorder()
     model = pyro_hc.get_model("hcrl2", depth=3, latent_dim=2, hidden_dims=(16,), pretrain_epochs=5, capacity=16,
                               likelihood="gaussian", level_concentration=(0.1, 0.2, 8.0), elbo_sticks="closed_form",
-                              elbo_mean_coupling=None)
+                              elbo_mean_coupling=None, init_tree="path")
     model.fit(x, epochs=4, batch_size=32, seed=0, progress=False, callbacks=[recorder])
     assert recorder.checked >= 2 and len(model.tree.leaves()) == 3  # the blobs' three leaves, as with SVI sticks
     # after the last epoch's update every active stick holds the data: a = 1 + the mass through its node

@@ -136,6 +136,26 @@ def test_a_draw_gives_the_closed_form_responsibilities_of_its_own_latents(fitted
     assert np.allclose(post["level_responsibility"].values[chain, draw], joint.logsumexp(-2).exp(), atol=1e-4)
 
 
+def test_a_one_leaf_tree_has_a_point_mass_path_and_the_closed_form_levels(data, small):
+    """A tree with one path (an HCRL2 fit before any move) used to fail inside Pyro's contraction, which
+    cannot target a size-1 enumeration dim: its path is now a point mass and the levels still
+    come from the draw (η × the path's node Gaussians at the stored z)."""
+    model = pyro_hc.get_model("hcrl2", **TINY_NCRP, init_tree="path").fit(data, epochs=0, **FIT)
+    assert len(model.tree.leaves()) == 1
+    post = to_inference_data(model, small, num_samples=3, num_chains=2, seed=0).posterior
+    assert post["path_responsibility"].shape == (2, 3, len(small), 1)
+    assert np.all(post["path_responsibility"].values == 1) and np.all(post["leaf_proba"].values == 1)
+    module = model.module_
+    z = torch.as_tensor(post["z"].values[1, 2])
+    eta = torch.as_tensor(post["eta"].values[1, 2])
+    with torch.no_grad():
+        node = module.path_index().path_nodes[0]
+        component = torch.distributions.Normal(module.node_locs.double()[node], module.node_scales.double()[node]
+                                               ).log_prob(z[:, None, :]).sum(-1)
+        expected = torch.softmax(torch.log(eta) + component, -1)
+    assert np.allclose(post["level_responsibility"].values[1, 2], expected, atol=1e-4)
+
+
 def test_vade_cluster_posterior_of_a_draw_is_p_c_given_that_z(fitted, idatas):
     model, post = fitted["vade"], idatas["vade"].posterior
     z = torch.as_tensor(post["z"].values[0, 2], dtype=torch.float32)

@@ -415,9 +415,10 @@ class ClosedFormNodesFrom(Callback):
 class _HCRL(ClusterEstimator):
     """Shared estimator of HCRL1 and HCRL2 (see :class:`HCRLModule` for the model).
 
-    Training follows Algorithm 1: autoencoder pretraining, one path of ``depth`` Gaussians
-    initialised at the embedding's mean and spread, then SVI epochs after each of which the
-    structure search may change the tree: the paper's GROW / PRUNE / MERGE
+    Training follows Algorithm 1: autoencoder pretraining, an initial tree in the pretrained
+    embedding (``init_tree``: under the default ELBO search a k-means + Ward tree sized by the ELBO;
+    under ``structure="paper"`` the paper's one path of ``depth`` Gaussians at the embedding's mean
+    and spread), then SVI epochs after each of which the structure search may change the tree: the paper's GROW / PRUNE / MERGE
     (:class:`~pyro_hc.heuristics.NCRPHeuristics`, ``structure="paper"``) or moves accepted on the
     ELBO (``structure="elbo"``, the default; see ``structure`` below).
 
@@ -519,8 +520,9 @@ class _HCRL(ClusterEstimator):
         ``elbo_nodes="svi_then_closed_form"`` only: the fraction of the epochs after which the node
         Gaussians are set in closed form (switched at epoch ``ceil(fraction · epochs)``).
     init_tree, init_leaves:
-        The tree the SVI epochs start from. ``"path"`` (default): Algorithm 1's single path at the
-        embedding's mean and spread, grown by the structure search. ``"embedding"``: k-means into
+        The tree the SVI epochs start from. Default (None): ``"embedding"`` under
+        ``structure="elbo"``, ``"path"`` under ``"paper"``. ``"path"``: Algorithm 1's single path at
+        the embedding's mean and spread, grown by the structure search. ``"embedding"``: k-means into
         ``K`` leaves on the pretrained embedding and the Ward linkage of the centroids cut into
         nested groups level by level, every node at its subtree's mean and spread; the ELBO-tested
         moves then merge, delete, split and regroup from there. ``K`` is ``init_leaves`` (its groups
@@ -538,7 +540,16 @@ class _HCRL(ClusterEstimator):
         digits, 5 + 15 epochs, seed 0: the fit ends with 51 leaves, leaf NMI 0.600 and purity 0.829
         against the single path's 11 leaves, 0.502 and 0.508; DP 0.358 against 0.277; VaDE at the
         same budget NMI 0.643, DP 0.468). The scan fits 30 k-means: seconds on small data, minutes
-        on MNIST.
+        on MNIST. Why the embedding is the default under the ELBO search: from one path the levels
+        above the leaves group little, because a new level-1 node pays the nCRP's price of a new
+        table (on the digits 10-14 nats at γ = 3, about ``γ log n``) while the leaves' data hardly
+        tell groups apart (the level-1 nodes emit 2 % of the data under the leaf-heavy α); started
+        from Ward's groups, the search keeps most of them. Measured (``benchmarks/hcrl_digits.py``,
+        tutorial 06's network and budget, seeds 0-2, CPU): DP 0.662 / 0.628 / 0.618 with 8-9
+        level-1 nodes against the single path's 0.558 / 0.610 / 0.535 with 1-3 (NMI 0.738 against
+        0.732 on average); MNIST above; on ``synthetic_tree``'s recovery grid (3 seeds, 12 cells) a
+        tie in mean DP (0.833 / 0.617 / 0.447 against 0.835 / 0.604 / 0.434 at noise 0.5 / 0.75 /
+        1.0). The cost is time: the fits carry more leaves (digits: 106-147 s against 40-45 s).
     elbo_encoder_variance:
         ``structure="elbo"`` only: whether the memoized statistics use ``E z² = z̄² + s²`` of the
         encoder's ``q(z|x)`` (True: the ELBO at the current encoder) or treat ``z̄`` as observed
@@ -584,7 +595,7 @@ class _HCRL(ClusterEstimator):
         elbo_nodes: str | None = None,
         elbo_closed_form_from: float = 2 / 3,
         elbo_encoder_variance: bool = False,
-        init_tree: str = "path",
+        init_tree: str | None = None,
         init_leaves: int | str = "elbo",
     ) -> None:
         self.depth = depth
@@ -649,15 +660,15 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"elbo_closed_form_from must be a fraction in (0, 1), got {self.elbo_closed_form_from!r}")
         if not self.elbo_birth_margin >= 0:
             raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
-        if self.init_tree not in INIT_TREES:
-            raise ValueError(f"init_tree must be one of {INIT_TREES}, got {self.init_tree!r}")
+        if self.init_tree is not None and self.init_tree not in INIT_TREES:
+            raise ValueError(f"init_tree must be one of {INIT_TREES} (or None), got {self.init_tree!r}")
         if self.init_leaves != "elbo" and (isinstance(self.init_leaves, bool) or not isinstance(self.init_leaves, int)
                                            or self.init_leaves < 1):
             raise ValueError(f"init_leaves must be 'elbo' or an integer >= 1, got {self.init_leaves!r}")
         if self.init_leaves == "elbo" and self.init_tree == "embedding" and self.structure != "elbo":
             raise ValueError("init_leaves='elbo' scores the initial trees with the ELBO search's objective: it needs "
                              "structure='elbo' (or give init_leaves a number)")
-        if self.init_tree == "embedding" and self.init_leaves != "elbo":
+        if self._init_tree_kind() == "embedding" and self.init_leaves != "elbo":
             if x.shape[0] < self.init_leaves:
                 raise ValueError(f"init_leaves={self.init_leaves} needs at least as many data, got {x.shape[0]}")
             groups = level_group_counts(self.init_leaves, self.depth)
@@ -687,6 +698,13 @@ class _HCRL(ClusterEstimator):
         if self.elbo_nodes is not None:
             return self.elbo_nodes
         return "svi_then_closed_form" if self.structure == "elbo" else "svi"
+
+    def _init_tree_kind(self) -> str:
+        """``init_tree``: as given, else ``"embedding"`` under ``structure="elbo"`` and ``"path"``
+        (Algorithm 1's single path) under ``"paper"``."""
+        if self.init_tree is not None:
+            return self.init_tree
+        return "embedding" if self.structure == "elbo" else "path"
 
     def _level_concentration(self) -> float | Sequence[float]:
         """α: as given, else leaf-heavy under ``structure="elbo"`` (:func:`leaf_heavy_alpha`) and 1 under ``"paper"``."""
@@ -774,7 +792,7 @@ class _HCRL(ClusterEstimator):
         spread of the data in its subtree, and the sticks at their conjugate posterior given those
         counts (:func:`~pyro_hc.heuristics.elbo_moves.conjugate_sticks`).
         """
-        if self.init_tree == "path":
+        if self._init_tree_kind() == "path":
             self._init_path(x)
             return
         module = self.module_
