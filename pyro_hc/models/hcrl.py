@@ -812,7 +812,9 @@ class _HCRL(ClusterEstimator):
                 return _initial_tree_elbo(candidate, embedding, z_var, log_eta, moves)
 
             best = None  # the number of leaves, at an even fan-out of the groups above them
-            for n_leaves in range(1, min(INIT_LEAVES_SCAN, len(embedding), self._init_leaves_room()) + 1):
+            # no more leaves than distinct points: k-means cannot fill more (scikit-learn warns and repeats one)
+            distinct = len(np.unique(points, axis=0))
+            for n_leaves in range(1, min(INIT_LEAVES_SCAN, distinct, self._init_leaves_room()) + 1):
                 leaves = kmeans_leaves(points, n_leaves, seed)
                 scores[n_leaves] = score(leaves, level_group_counts(n_leaves, self.depth)[:-1])
                 if best is None or scores[n_leaves] > scores[best[0]]:
