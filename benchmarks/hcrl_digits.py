@@ -22,20 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
-import pyro
 import torch
 
 import pyro_hc
 from pyro_hc.baselines import kmeans_ward_tree, leaves_ward_tree
 from pyro_hc.metrics import cluster_acc, dendrogram_purity, nmi
+from pyro_hc.report import write_benchmark_result
 
 #: tutorial 06's HCRL2 (its full run)
 BASE = dict(depth=3, latent_dim=6, hidden_dims=(256, 128), pretrain_epochs=20, elbo_mean_coupling=1.0)
@@ -127,21 +123,11 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    record = {
-        "benchmark": "hcrl_digits", "command": shlex.join(["python", *sys.argv]),
-        "device": str(pyro_hc.infer.resolve_device(args.device)),
-        "device_name": platform.machine(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "pyro": pyro.__version__, "seconds": time.perf_counter() - started,
-        "budget": {"base": {k: list(v) if isinstance(v, tuple) else v for k, v in base.items()}, "n": len(data),
-                   "epochs": args.epochs, "batch_size": args.batch_size, "seeds": args.seeds},
-        "results": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    budget = {"base": {k: list(v) if isinstance(v, tuple) else v for k, v in base.items()}, "n": len(data),
+              "epochs": args.epochs, "batch_size": args.batch_size, "seeds": args.seeds}
     table = markdown(rows)
-    out.with_suffix(".md").write_text(f"device {record['device']} ({record['cpu_threads']} thread(s)), "
-                                      f"{record['seconds']:.0f} s, budget {record['budget']}\n\n{table}\n")
+    write_benchmark_result(args.out, "hcrl_digits", str(pyro_hc.infer.resolve_device(args.device)),
+                           time.perf_counter() - started, budget, rows, table)
     print(table)
 
 

@@ -41,19 +41,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import pyro
 import torch
 
 import pyro_hc
 from pyro_hc.baselines import kmeans_ward_tree
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
+from pyro_hc.report import write_benchmark_result
 
 #: the balanced true tree: 3 coarse clusters of 3 fine clusters
 DATA_DEPTH, BRANCHING = 2, 3
@@ -265,22 +261,12 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
 
-    record = {
-        "benchmark": "hierarchy_recovery", "command": shlex.join(["python", *sys.argv]),
-        "device": str(pyro_hc.infer.resolve_device(args.device)),
-        "device_name": platform.machine(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "pyro": pyro.__version__, "seconds": time.perf_counter() - started,
-        "budget": {k: getattr(args, k) for k in ("trees", "emission", "noise", "unbalanced_tree", "separation",
-                                                  "n_per_leaf", "n_per_internal", "seeds", "epochs",
-                                                  "pretrain_epochs", "batch_size", "latent_dim", "hidden_dims")},
-        "results": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    budget = {k: getattr(args, k) for k in ("trees", "emission", "noise", "unbalanced_tree", "separation", "n_per_leaf",
+                                            "n_per_internal", "seeds", "epochs", "pretrain_epochs", "batch_size",
+                                            "latent_dim", "hidden_dims")}
     table = markdown(rows)
-    out.with_suffix(".md").write_text(f"device {record['device']} ({record['cpu_threads']} thread(s)), "
-                                      f"{record['seconds']:.0f} s, budget {record['budget']}\n\n{table}\n")
+    write_benchmark_result(args.out, "hierarchy_recovery", str(pyro_hc.infer.resolve_device(args.device)),
+                           time.perf_counter() - started, budget, rows, table)
     print(table)
 
 

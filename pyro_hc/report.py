@@ -21,6 +21,9 @@ benchmark (a paper's table on a CPU takes hours) so that a stopped run resumes w
 from __future__ import annotations
 
 import json
+import platform
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,12 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from ._files import atomic_write
 from .baselines import kmeans_ward_tree
 from .tree import ClusterTree
 
 __all__ = ["format_tree", "subtree_class_counts", "baseline_comparison", "format_comparison", "CHARSETS",
-           "ResultRows"]
+           "ResultRows", "write_benchmark_result"]
 
 #: connectors and bar blocks; "ascii" for terminals that cannot print box-drawing characters
 CHARSETS: dict[str, dict[str, Any]] = {
@@ -249,3 +253,27 @@ class ResultRows:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as rows_file:
             rows_file.write(json.dumps({"seed": seed, "model": model, "budget": self.budget, **row}) + "\n")
+
+
+def write_benchmark_result(out: str | Path, benchmark: str, device: str, seconds: float, budget: dict[str, Any],
+                           results: list[dict[str, Any]], table: str) -> dict[str, Any]:
+    """Write a benchmark's JSON record to ``out`` and its Markdown table beside it (``.md``), atomically.
+
+    The record names the command line, the device and the machine (architecture, processor, torch's
+    threads), the torch and Pyro versions, the wall ``seconds``, the ``budget`` and the ``results``
+    rows: what a reader needs to know on which device and budget a number was measured. Returns it.
+    """
+    import pyro
+    import torch
+
+    record = {
+        "benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "device": device,
+        "device_name": platform.machine(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "pyro": pyro.__version__, "seconds": seconds, "budget": budget,
+        "results": results,
+    }
+    out = Path(out)
+    atomic_write(out, lambda handle: handle.write(json.dumps(record, indent=2, ensure_ascii=False)), text=True)
+    atomic_write(out.with_suffix(".md"), lambda handle: handle.write(
+        f"device {device} ({record['cpu_threads']} thread(s)), {seconds:.0f} s, budget {budget}\n\n{table}\n"), text=True)
+    return record
