@@ -151,6 +151,24 @@ def test_the_initial_tree_is_kmeans_and_ward_on_the_pretrained_embedding(name, d
             assert torch.allclose(module.stick_a[node].detach(), a, rtol=1e-4)
             assert torch.allclose(module.stick_b[node].detach(), b, rtol=1e-4)
 
+@pytest.mark.parametrize("structure, start", [("elbo", "embedding"), ("paper", "path")])
+def test_the_default_start_follows_the_structure_search(structure, start, blobs):
+    """``init_tree=None``: the ELBO search starts from the embedding's tree, the paper's Algorithm 1
+    from its single path; the explicit value is kept as given (``get_params``)."""
+    model = pyro_hc.get_model("hcrl2", depth=3, **TINY, structure=structure).fit(blobs, epochs=0, seed=0,
+                                                                                progress=False)
+    assert model.get_params()["init_tree"] is None
+    events = [event["kind"] for event in model.tree.events]
+    if start == "embedding":  # the scan's choice of leaves is another test's; here, that it ran
+        assert events[0] == "init_tree" and model.tree.events[0]["source"] == "embedding"
+    else:
+        assert "init_tree" not in events and len(model.tree.leaves()) == 1
+    explicit = pyro_hc.get_model("hcrl2", depth=3, **TINY, structure=structure,
+                                 init_tree="path" if start == "embedding" else "embedding", init_leaves=4)
+    explicit.fit(blobs, epochs=0, seed=0, progress=False)
+    assert len(explicit.tree.leaves()) == (1 if start == "embedding" else 4)
+
+
 def test_the_initial_tree_is_kept_through_a_save_and_a_fit_goes_on_from_it(blobs, tmp_path):
     with local_params():
         model = pyro_hc.get_model("hcrl2", depth=3, **TINY, init_tree="embedding", init_leaves=6).fit(
