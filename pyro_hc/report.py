@@ -259,16 +259,18 @@ def write_benchmark_result(out: str | Path, benchmark: str, device: str, seconds
                            results: list[dict[str, Any]], table: str) -> dict[str, Any]:
     """Write a benchmark's JSON record to ``out`` and its Markdown table beside it (``.md``), atomically.
 
-    The record names the command line, the device and the machine (architecture, processor, torch's
-    threads), the torch and Pyro versions, the wall ``seconds``, the ``budget`` and the ``results``
+    The record names the command line, the device and the machine (the GPU's name on CUDA, else the
+    architecture; the processor and torch's threads), the torch and Pyro versions, the wall ``seconds``, the ``budget`` and the ``results``
     rows: what a reader needs to know on which device and budget a number was measured. Returns it.
     """
     import pyro
     import torch
 
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
     record = {
         "benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "device": device,
-        "device_name": platform.machine(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name(device) if on_gpu else platform.machine(),
+        "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__, "pyro": pyro.__version__, "seconds": seconds, "budget": budget,
         "results": results,
     }

@@ -116,6 +116,24 @@ def test_the_smoke_driver_reports_a_failing_script(tmp_path):
     assert report[str(good)]["returncode"] == 0 and (tmp_path / "good.txt").read_text() == "ok"
 
 
+def test_a_benchmark_result_names_its_device_budget_and_versions_next_to_its_table(tmp_path):
+    import pyro
+    import torch
+
+    from pyro_hc.report import write_benchmark_result
+
+    out = tmp_path / "deep" / "bench.json"
+    out.parent.mkdir()
+    out.with_suffix(".md").write_text("an older table")  # replaced whole
+    record = write_benchmark_result(out, "bench", "cpu", 12.3, {"epochs": 2}, [{"dp": 0.5}], "| dp |\n| 0.5 |")
+    assert json.loads(out.read_text()) == record
+    assert record["device"] == "cpu" and record["budget"] == {"epochs": 2} and record["results"] == [{"dp": 0.5}]
+    assert record["torch"] == torch.__version__ and record["pyro"] == pyro.__version__ and record["cpu_threads"] >= 1
+    assert out.with_suffix(".md").read_text() == "device cpu (%d thread(s)), 12 s, budget {'epochs': 2}\n\n| dp |\n| 0.5 |\n" % (
+        record["cpu_threads"])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.md"]  # no temporary left
+
+
 def test_result_rows_read_back_the_rows_of_the_same_budget_only(tmp_path):
     from pyro_hc.report import ResultRows
 
