@@ -188,9 +188,8 @@ def _generic_draws(model: ClusterEstimator, x: torch.Tensor, collector: _Collect
                       and site["infer"].get("enumerate") is not None]
         # a site with one value (a one-leaf tree's path) is a point mass; Pyro's contraction cannot target
         # its size-1 enumeration dim, so it is conditioned on that value and the others are enumerated
-        single = {name: model_trace.nodes[name]["fn"].enumerate_support(expand=False)[0].expand(batch.shape[0])
-                  for name in enumerated
-                  if model_trace.nodes[name]["fn"].enumerate_support(expand=False).shape[0] == 1}
+        supports = {name: model_trace.nodes[name]["fn"].enumerate_support(expand=False) for name in enumerated}
+        single = {name: support[0].expand(batch.shape[0]) for name, support in supports.items() if len(support) == 1}
         if single:
             conditioned = poutine.condition(conditioned, data=single)
         marginals = {}

@@ -418,9 +418,10 @@ class _HCRL(ClusterEstimator):
     Training follows Algorithm 1: autoencoder pretraining, an initial tree in the pretrained
     embedding (``init_tree``: under the default ELBO search a k-means + Ward tree sized by the ELBO;
     under ``structure="paper"`` the paper's one path of ``depth`` Gaussians at the embedding's mean
-    and spread), then SVI epochs after each of which the structure search may change the tree: the paper's GROW / PRUNE / MERGE
-    (:class:`~pyro_hc.heuristics.NCRPHeuristics`, ``structure="paper"``) or moves accepted on the
-    ELBO (``structure="elbo"``, the default; see ``structure`` below).
+    and spread), then SVI epochs after each of which the structure search may change the tree: the
+    paper's GROW / PRUNE / MERGE (:class:`~pyro_hc.heuristics.NCRPHeuristics`,
+    ``structure="paper"``) or moves accepted on the ELBO (``structure="elbo"``, the default; see
+    ``structure`` below).
 
     Parameters
     ----------
