@@ -52,9 +52,7 @@ def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTre
     leaves : numpy.ndarray
         ``[N]`` the leaf of each point.
     """
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
+    x = _as_points(x)
     if x.ndim != 2 or not np.all(np.isfinite(x)):
         raise ValueError(f"x must be a finite [N, D] array, got shape {x.shape}")
     if not isinstance(n_clusters, (int, np.integer)) or not 2 <= n_clusters <= x.shape[0]:
@@ -85,12 +83,8 @@ def leaves_ward_tree(x: Any, assignments: Any) -> tuple[ClusterTree, np.ndarray]
     leaves : numpy.ndarray
         ``[N]`` the leaf of each point.
     """
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if hasattr(assignments, "detach") and hasattr(assignments, "cpu"):
-        assignments = assignments.detach().cpu().numpy()
-    assignments = np.asarray(assignments)
+    x = _as_points(x)
+    assignments = np.asarray(assignments.detach().cpu() if hasattr(assignments, "detach") else assignments)
     if x.ndim != 2 or assignments.shape != (x.shape[0],):
         raise ValueError(f"need [N, D] points and [N] assignments, got {x.shape} and {assignments.shape}")
     ids, leaves = np.unique(assignments, return_inverse=True)
@@ -102,6 +96,11 @@ def leaves_ward_tree(x: Any, assignments: Any) -> tuple[ClusterTree, np.ndarray]
     np.add.at(centroids, leaves, x)
     centroids /= counts[:, None]
     return _ward_tree(centroids), leaves.astype(np.int64)
+
+
+def _as_points(x: Any) -> np.ndarray:
+    """A tensor or array-like as a float64 NumPy array (on the host)."""
+    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
 
 
 def _ward_tree(centroids: np.ndarray) -> ClusterTree:
@@ -151,7 +150,7 @@ def kmeans_ward_levels(x: Any, n_leaves: int, depth: int, seed: int = 0,
         If ``x`` is not a finite ``[N, D]`` array, ``n_leaves`` is not in ``[1, N]``, ``depth < 2``,
         or ``group_counts`` does not hold ``depth - 2`` non-decreasing counts in ``[1, n_leaves]``.
     """
-    points = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    points = _as_points(x)
     if points.ndim != 2 or not np.all(np.isfinite(points)):
         raise ValueError(f"x must be a finite [N, D] array, got shape {points.shape}")
     if isinstance(n_leaves, bool) or not isinstance(n_leaves, (int, np.integer)) or not 1 <= n_leaves <= len(points):
@@ -167,7 +166,7 @@ def kmeans_leaves(x: Any, n_leaves: int, seed: int = 0) -> tuple[np.ndarray, np.
     """k-means (10 restarts): the ``[n_leaves, D]`` centroids and each point's cluster, ``int64 [N]``."""
     from sklearn.cluster import KMeans
 
-    kmeans = KMeans(int(n_leaves), n_init=10, random_state=seed).fit(np.asarray(x, dtype=np.float64))
+    kmeans = KMeans(int(n_leaves), n_init=10, random_state=seed).fit(_as_points(x))
     return kmeans.cluster_centers_, kmeans.labels_.astype(np.int64)
 
 
@@ -201,7 +200,7 @@ def bisecting_kmeans_tree(embedding, n_leaves: int, seed: int | None = 0,
     always splits the current leaf with the largest score, so replaying "split the frontier node
     with the largest score" recovers the split order.
     """
-    embedding = np.asarray(embedding, dtype=np.float64)
+    embedding = _as_points(embedding)
     from sklearn.cluster import BisectingKMeans
 
     model = BisectingKMeans(n_clusters=n_leaves, bisecting_strategy="biggest_inertia", random_state=seed,
@@ -249,7 +248,7 @@ def hierarchical_kmeans_tree(x: Any, branching: int, levels: int, seed: int = 0)
     """
     from sklearn.cluster import KMeans
 
-    points = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    points = _as_points(x)
     if points.ndim != 2:
         raise ValueError(f"x must be [N, D], got shape {points.shape}")
     if branching < 2 or levels < 1:

@@ -195,13 +195,12 @@ def _generic_draws(model: ClusterEstimator, x: torch.Tensor, collector: _Collect
         marginals = {}
         if len(single) < len(enumerated):
             marginals = elbo.compute_marginals(conditioned, _empty_guide, batch)
-        if enumerated:
-            for name in enumerated:
-                probs = batch.new_ones(batch.shape[0], 1) if name in single else marginals[name].probs
-                collector.add(SITE_NAMES.get(name, name), probs, True, SITE_DIMS.get(name))
-                if name == "path":  # the full paths, renormalised, are the leaves' posterior (predict_proba)
-                    full = probs[:, :n_full]
-                    collector.add("leaf_proba", full / full.sum(-1, keepdim=True), True, ("leaf",))
+        for name in enumerated:
+            probs = batch.new_ones(batch.shape[0], 1) if name in single else marginals[name].probs
+            collector.add(SITE_NAMES.get(name, name), probs, True, SITE_DIMS.get(name))
+            if name == "path":  # the full paths, renormalised, are the leaves' posterior (predict_proba)
+                full = probs[:, :n_full]
+                collector.add("leaf_proba", full / full.sum(-1, keepdim=True), True, ("leaf",))
         if predictive:
             collector.add("x", module.decoder.mean(values["z"]), True, ("feature",))
     collector.end_draw()

@@ -260,8 +260,9 @@ def write_benchmark_result(out: str | Path, benchmark: str, device: str, seconds
     """Write a benchmark's JSON record to ``out`` and its Markdown table beside it (``.md``), atomically.
 
     The record names the command line, the device and the machine (the GPU's name on CUDA, else the
-    architecture; the processor and torch's threads), the torch and Pyro versions, the wall ``seconds``, the ``budget`` and the ``results``
-    rows: what a reader needs to know on which device and budget a number was measured. Returns it.
+    architecture; the processor and torch's threads), the torch and Pyro versions, the wall
+    ``seconds``, the ``budget`` and the ``results`` rows: what a reader needs to know on which device
+    and budget a number was measured. Returns it.
     """
     import pyro
     import torch

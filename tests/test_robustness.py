@@ -307,6 +307,7 @@ def test_a_ctrl_c_between_any_two_lines_of_a_write_leaves_no_temporary(tmp_path,
     write(1)
     files = sorted(p.name for p in folder.iterdir())
     import genericpath
+    import pathlib
     import posixpath
     import secrets
     import shutil
@@ -314,8 +315,7 @@ def test_a_ctrl_c_between_any_two_lines_of_a_write_leaves_no_temporary(tmp_path,
 
     # the file system's modules of the standard library (not json's encoder, which runs before any write)
     library = {Path(m.__file__).resolve() for m in (_files, ck, data_module, tree_module, cli, os, genericpath,
-                                                       posixpath, secrets, shutil, tempfile, gzip)}
-    library.add(Path(Path.__module__ and sys.modules["pathlib"].__file__).resolve())
+                                                       pathlib, posixpath, secrets, shutil, tempfile, gzip)}
 
     known: dict[str, bool] = {}
 

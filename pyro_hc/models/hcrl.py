@@ -550,9 +550,9 @@ class _HCRL(ClusterEstimator):
         level-1 nodes against the single path's 0.558 / 0.610 / 0.535 with 1-3 (NMI 0.738 against
         0.732 on average); MNIST above, and on all 70,000 digits (60,000 trained, 5 + 15 epochs,
         seed 0) 95 leaves under 4 level-1 nodes, leaf NMI 0.597, DP 0.320 against the single path's
-        68 leaves under one node, 0.568, 0.240 (VaDE: 0.660, 0.456); on ``synthetic_tree``'s recovery grid (3 seeds, 12 cells) a
-        tie in mean DP (0.833 / 0.617 / 0.447 against 0.835 / 0.604 / 0.434 at noise 0.5 / 0.75 /
-        1.0). The cost is time: the fits carry more leaves (digits: 106-147 s against 40-45 s).
+        68 leaves under one node, 0.568, 0.240 (VaDE: 0.660, 0.456); on ``synthetic_tree``'s
+        recovery grid (3 seeds, 12 cells) a tie in mean DP (0.833 / 0.617 / 0.447 against 0.835 /
+        0.604 / 0.434 at noise 0.5 / 0.75 / 1.0). The cost is time: the fits carry more leaves (digits: 106-147 s against 40-45 s).
     elbo_encoder_variance:
         ``structure="elbo"`` only: whether the memoized statistics use ``E z² = z̄² + s²`` of the
         encoder's ``q(z|x)`` (True: the ELBO at the current encoder) or treat ``z̄`` as observed
