@@ -485,11 +485,13 @@ def test_no_gradient_reaches_an_internal_node_through_an_inner_path(per_datum_le
 
 # ELBO-tested structure moves ---------------------------------------------------------------------
 
-def brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nodes=None, q_sticks=None):
+def brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nodes=None, q_sticks=None,
+                          data_weight=1.0):
     """The embedding-space ELBO by its definition, one datum, path, level and node at a time.
 
     q(μ_i, λ_i) and q(v_c) default to their closed-form optima; pass them (dicts node -> NormalGamma
-    / (α, β)) to evaluate elsewhere.
+    / (α, β)) to evaluate elsewhere. ``data_weight`` ζ: the coarsened ELBO, every datum's term
+    (and so its part of the optimal q's statistics) weighed by ζ, the priors' KL terms not.
     """
     from torch.distributions import Beta, kl_divergence
 
@@ -505,12 +507,13 @@ def brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nod
     if q_nodes is None:
         q_nodes = {}
         for node, w in node_weights.items():
+            w = data_weight * w
             stats = (w.sum(), w @ z_loc, w @ (z_loc**2 + z_var))
             q_nodes[node] = prior.posterior(*stats)
     mass = {node: resp.new_zeros(()) for node in tree.nodes()}
     for k, path in enumerate(paths):
         for node in path:
-            mass[node] = mass[node] + resp[:, k, :].sum()
+            mass[node] = mass[node] + data_weight * resp[:, k, :].sum()
     if q_sticks is None:
         q_sticks = {}
         for parent in tree.internal_nodes():
@@ -531,7 +534,8 @@ def brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, q_nod
             for level in range(levels):
                 r = resp[i, k, level]
                 ell = q_nodes[path[level]].expected_log_likelihood(z_loc[i], z_var[i]).sum()
-                elbo = elbo + r * (ell + log_path + log_eta[i, level]) - (r * torch.log(r) if r > 0 else 0.0)
+                elbo = elbo + data_weight * (r * (ell + log_path + log_eta[i, level])
+                                             - (r * torch.log(r) if r > 0 else 0.0))
     for node, q in q_nodes.items():
         elbo = elbo - kl_divergence(q, prior).sum()
     for child, (a, b) in q_sticks.items():

@@ -293,11 +293,14 @@ def _emission_matrix(tree: ClusterTree, path_nodes: Tensor, dtype, device) -> tu
 
 
 def refine_responsibilities(tree: ClusterTree, path_nodes: Tensor, rows: Sequence[int], resp: Tensor, z_loc: Tensor,
-                            z_var: Tensor, log_eta: Tensor, prior: NormalGamma, steps: int) -> Tensor:
+                            z_var: Tensor, log_eta: Tensor, prior: NormalGamma, steps: int,
+                            data_weight: float = 1.0) -> Tensor:
     """A few partial E-steps: each datum's mass on the full paths ``rows`` is redistributed over
     those paths' (path, level) cells under the nodes' conjugate posteriors (the other paths' cells
     stay as they are). Any ``q`` gives a valid ELBO; this one lets the data a move touches
-    re-choose their level and path under the proposed structure ("refined briefly")."""
+    re-choose their level and path under the proposed structure ("refined briefly").
+    ``data_weight``: ζ of a coarsened ELBO (:func:`tree_elbo`), which weighs the statistics the
+    posteriors are read from; each datum's own ``q`` is the same softmax at any ζ."""
     n, k, levels = resp.shape
     onehot, _ = _emission_matrix(tree, path_nodes, resp.dtype, resp.device)
     rows = torch.as_tensor(list(rows), dtype=torch.long, device=resp.device)
@@ -305,7 +308,7 @@ def refine_responsibilities(tree: ClusterTree, path_nodes: Tensor, rows: Sequenc
     z_sq = z_loc.square() + z_var
     log_eta = log_eta.expand(n, levels)
     for _ in range(steps):
-        count, sum_z, sum_z2 = _statistics(resp.reshape(n, k * levels) @ onehot, z_loc, z_sq)
+        count, sum_z, sum_z2 = _statistics(data_weight * resp.reshape(n, k * levels) @ onehot, z_loc, z_sq)
         post = prior.posterior(count[:, None], sum_z, sum_z2)  # nodes x d
         ell = post.expected_log_likelihood(z_loc[:, None, :], z_var[:, None, :]).sum(-1)  # N x nodes
         cell_ell = (ell @ onehot.T).reshape(n, k, levels)[:, rows, :]  # N x |rows| x L
@@ -319,8 +322,16 @@ def refine_responsibilities(tree: ClusterTree, path_nodes: Tensor, rows: Sequenc
 
 
 def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
-              log_eta: Tensor, prior: NormalGamma, gamma: float) -> Tensor:
+              log_eta: Tensor, prior: NormalGamma, gamma: float, data_weight: float = 1.0) -> Tensor:
     """The ELBO of the tree's mixture in the embedding at the optimal node and stick posteriors.
+
+    With ``data_weight`` ζ < 1 it is the *coarsened* ELBO (Miller & Dunson, "Robust Bayesian
+    inference via coarsening", JASA 2019): every datum's part — its statistics in the nodes', its
+    mass in the sticks', its entropy and level terms — weighs ζ, the power likelihood
+    ``p(x | θ)^ζ`` against the unchanged priors. A mixture scored on N points with ζ = α / (α + N)
+    chooses its components as if it had seen about α of them, so the number it keeps stops growing
+    with N where the clusters are not exactly Gaussian (the Bayesian mixture's known failure under
+    misspecification: every real cluster is split until the pieces are). ζ = 1: the ELBO.
 
     Parameters
     ----------
@@ -336,10 +347,12 @@ def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor
         ``[N, L]`` (or ``[L]``) expected log level proportions ``E log η_{n,l}``.
     prior, gamma:
         The nodes' Normal–Gamma prior and the sticks' ``Beta(1, γ)`` concentration.
+    data_weight:
+        ζ in (0, 1], the weight of every datum (above).
     """
     n, k, levels = resp.shape
     onehot, nodes = _emission_matrix(tree, path_nodes, resp.dtype, resp.device)
-    node_weights = resp.reshape(n, k * levels) @ onehot  # N x nodes: what each node emits
+    node_weights = data_weight * resp.reshape(n, k * levels) @ onehot  # N x nodes: what each node emits
     count, sum_z, sum_z2 = _statistics(node_weights, z_loc, z_loc.square() + z_var)
     if isinstance(prior, TreeNodePrior):
         position = {node: i for i, node in enumerate(nodes)}
@@ -347,12 +360,12 @@ def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor
         total = tree_node_posterior(parents, count, sum_z, sum_z2, prior)[0]
     else:
         total = _node_evidence(prior, count, sum_z, sum_z2).sum()
-    through = _mass_through(tree, resp)
+    through = _mass_through(tree, data_weight * resp)
     for parent in tree.internal_nodes():
         total = total + _stick_term(torch.stack([through[c] for c in sibling_order(tree, parent)]), gamma)
     entropy = -_xlogx(resp).sum()
     levels_term = (resp * log_eta.expand(n, levels)[:, None, :]).sum()
-    return total + entropy + levels_term
+    return total + data_weight * (entropy + levels_term)
 
 
 def _group_masses(tree: ClusterTree, parent: int, path_mass: Tensor, paths: Sequence[tuple[int, ...]]) -> tuple[
@@ -369,16 +382,18 @@ def _group_masses(tree: ClusterTree, parent: int, path_mass: Tensor, paths: Sequ
 
 
 def birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
-                prior: NormalGamma, gamma: float) -> Tensor:
+                prior: NormalGamma, gamma: float, data_weight: float = 1.0) -> Tensor:
     """ΔELBO of splitting full path ``row``'s leaf in two: datum n's share of the path goes to the
     old leaf with fraction ``split[n]``, the rest to a new last sibling.
 
     Only the leaf's node term, its sibling group's sticks and the entropy change; the ancestors
-    emit what they emitted (the datum's level on the path is kept).
+    emit what they emitted (the datum's level on the path is kept). ``data_weight``: ζ of the
+    coarsened ELBO (:func:`tree_elbo`).
     """
     paths = tree.paths()
     leaf, parent = paths[row][-1], paths[row][-2]
     z_sq = z_loc.square() + z_var
+    resp = data_weight * resp  # every datum's part weighs ζ, its entropy too (through path_weight)
     leaf_weight = resp[:, row, -1]
     weights = torch.stack([leaf_weight, leaf_weight * split, leaf_weight * (1 - split)], -1)
     count, sum_z, sum_z2 = _statistics(weights, z_loc, z_sq)
@@ -394,29 +409,31 @@ def birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor, z_loc:
 
 
 def merge_delta(tree: ClusterTree, keep_row: int, drop_row: int, resp: Tensor, z_loc: Tensor, z_var: Tensor,
-                prior: NormalGamma, gamma: float) -> Tensor:
+                prior: NormalGamma, gamma: float, data_weight: float = 1.0) -> Tensor:
     """ΔELBO of folding the leaf of full path ``drop_row`` into that of ``keep_row`` (sibling leaves):
-    every datum's share of the dropped path goes to the kept one, level by level."""
+    every datum's share of the dropped path goes to the kept one, level by level. ``data_weight``:
+    ζ of the coarsened ELBO (:func:`tree_elbo`)."""
     paths = tree.paths()
     keep, drop, parent = paths[keep_row][-1], paths[drop_row][-1], paths[keep_row][-2]
     if paths[drop_row][-2] != parent:
         raise ValueError(f"leaves {keep} and {drop} are not siblings")
     z_sq = z_loc.square() + z_var
-    a, b = resp[:, keep_row, -1], resp[:, drop_row, -1]
+    a, b = data_weight * resp[:, keep_row, -1], data_weight * resp[:, drop_row, -1]
     count, sum_z, sum_z2 = _statistics(torch.stack([a, b, a + b], -1), z_loc, z_sq)
     node = _node_evidence(prior, count, sum_z, sum_z2)
-    children, masses = _group_masses(tree, parent, resp.sum((0, 2)), paths)
+    children, masses = _group_masses(tree, parent, data_weight * resp.sum((0, 2)), paths)
     merged = masses.clone()
     merged[children.index(keep)] += masses[children.index(drop)]
     merged = torch.cat([merged[: children.index(drop)], merged[children.index(drop) + 1:]])
     sticks = _stick_term(merged, gamma) - _stick_term(masses, gamma)
     r1, r2 = resp[:, keep_row, :], resp[:, drop_row, :]
-    entropy = (_xlogx(r1) + _xlogx(r2) - _xlogx(r1 + r2)).sum()
+    entropy = data_weight * (_xlogx(r1) + _xlogx(r2) - _xlogx(r1 + r2)).sum()
     return node[2] - node[0] - node[1] + sticks + entropy
 
 
 def refined_birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
-                        log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int) -> tuple[Tensor, Tensor]:
+                        log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int,
+                        data_weight: float = 1.0) -> tuple[Tensor, Tensor]:
     """ΔELBO of a leaf birth after ``steps`` partial E-steps on the split path's data, before and
     after (:func:`refine_responsibilities`); both sides are refined alike, so what the E-steps
     improve in the current tree's ``q`` is not credited to the move. With ``steps=0`` it equals :func:`birth_delta`. Also returns the two leaves'
@@ -431,26 +448,31 @@ def refined_birth_delta(tree: ClusterTree, row: int, split: Tensor, resp: Tensor
     columns[paths[row]] = resp[:, row] * split[:, None]
     after = torch.stack([columns[path] for path in after_paths], 1)
     pair = [after_paths.index(paths[row]), after_paths.index(paths[row][:-1] + (new_leaf,))]
-    delta, after = _refined_delta(tree, resp, [row], grown, after, pair, z_loc, z_var, log_eta, prior, gamma, steps)
+    delta, after = _refined_delta(tree, resp, [row], grown, after, pair, z_loc, z_var, log_eta, prior, gamma, steps,
+                                  data_weight)
     return delta, after[:, pair, -1]
 
 
 def _refined_delta(tree: ClusterTree, before: Tensor, rows_before: Sequence[int], grown: ClusterTree,
                    after: Tensor, rows_after: Sequence[int], z_loc: Tensor, z_var: Tensor, log_eta: Tensor,
-                   prior: NormalGamma, gamma: float, steps: int) -> tuple[Tensor, Tensor]:
+                   prior: NormalGamma, gamma: float, steps: int, data_weight: float = 1.0) -> tuple[Tensor, Tensor]:
     """``tree_elbo(grown, after) − tree_elbo(tree, before)`` after ``steps`` partial E-steps on the
-    rows each side's move touches (:func:`refine_responsibilities`), and the refined ``after``."""
+    rows each side's move touches (:func:`refine_responsibilities`), and the refined ``after``
+    (both at the coarsening ``data_weight``)."""
     before_nodes = torch.as_tensor(tree.paths(), dtype=torch.long, device=before.device)
     after_nodes = torch.as_tensor(grown.paths(), dtype=torch.long, device=after.device)
-    before = refine_responsibilities(tree, before_nodes, rows_before, before, z_loc, z_var, log_eta, prior, steps)
-    after = refine_responsibilities(grown, after_nodes, rows_after, after, z_loc, z_var, log_eta, prior, steps)
-    delta = (tree_elbo(grown, after_nodes, after, z_loc, z_var, log_eta, prior, gamma)
-             - tree_elbo(tree, before_nodes, before, z_loc, z_var, log_eta, prior, gamma))
+    before = refine_responsibilities(tree, before_nodes, rows_before, before, z_loc, z_var, log_eta, prior, steps,
+                                     data_weight)
+    after = refine_responsibilities(grown, after_nodes, rows_after, after, z_loc, z_var, log_eta, prior, steps,
+                                    data_weight)
+    delta = (tree_elbo(grown, after_nodes, after, z_loc, z_var, log_eta, prior, gamma, data_weight)
+             - tree_elbo(tree, before_nodes, before, z_loc, z_var, log_eta, prior, gamma, data_weight))
     return delta, after
 
 
 def refined_merge_delta(tree: ClusterTree, keep_row: int, drop_row: int, resp: Tensor, z_loc: Tensor, z_var: Tensor,
-                        log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int) -> Tensor:
+                        log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int,
+                        data_weight: float = 1.0) -> Tensor:
     """ΔELBO of a leaf merge (:func:`merge_delta`) after ``steps`` partial E-steps on the two paths
     before and on the merged one after — scored as :func:`refined_birth_delta` scores a birth, so
     that a birth and the merge that would undo it are judged by the same measure (with
@@ -464,12 +486,12 @@ def refined_merge_delta(tree: ClusterTree, keep_row: int, drop_row: int, resp: T
     after_paths = merged.paths()
     after = torch.stack([columns[path] for path in after_paths], 1)
     delta, _ = _refined_delta(tree, resp, [keep_row, drop_row], merged, after, [after_paths.index(paths[keep_row])],
-                              z_loc, z_var, log_eta, prior, gamma, steps)
+                              z_loc, z_var, log_eta, prior, gamma, steps, data_weight)
     return delta
 
 
 def ancestor_birth_delta(tree: ClusterTree, parent: int, share: Tensor, resp: Tensor, z_loc: Tensor, z_var: Tensor,
-                         log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int
+                         log_eta: Tensor, prior: NormalGamma, gamma: float, steps: int, data_weight: float = 1.0
                          ) -> tuple[Tensor, Tensor, ClusterTree, int]:
     """ΔELBO of a new leaf below ``parent`` (one level above the leaves) that takes, of every datum,
     the fraction ``share[n]`` of what the ancestors of ``parent``'s paths emit for it (their cells
@@ -499,7 +521,7 @@ def ancestor_birth_delta(tree: ClusterTree, parent: int, share: Tensor, resp: Te
     # elsewhere in the tree, and a birth must not be credited with what moving them there would gain
     # (it would make a duplicate of that leaf, which a re-parent and a merge then undo, epoch after epoch)
     delta, after = _refined_delta(tree, resp, range(len(paths)), grown, after, range(len(after_paths)), z_loc, z_var,
-                                  log_eta, prior, gamma, steps)
+                                  log_eta, prior, gamma, steps, data_weight)
     return delta, after[:, born_row, -1], grown, new_leaf
 
 
@@ -536,17 +558,18 @@ def reparent_tree(tree: ClusterTree, node: int, new_parent: int) -> ClusterTree:
 
 
 def relabel_delta(tree: ClusterTree, new_tree: ClusterTree, resp: Tensor, z_loc: Tensor, z_var: Tensor,
-                  log_eta: Tensor, prior: NormalGamma, gamma: float, base: Tensor | None = None) -> Tensor:
+                  log_eta: Tensor, prior: NormalGamma, gamma: float, base: Tensor | None = None,
+                  data_weight: float = 1.0) -> Tensor:
     """ΔELBO of a coarse move (``new_tree`` has the same leaves; every datum keeps its ``q`` over
     (leaf, level), so what an internal node emitted for a moved subtree's data is emitted by the
     subtree's new ancestor). Exact: only the node and stick terms change, the entropy and level
-    terms do not. ``base``: ``tree``'s ELBO, when already known."""
+    terms do not. ``base``: ``tree``'s ELBO (at the same coarsening ``data_weight``), when already known."""
     if base is None:
         base = tree_elbo(tree, torch.as_tensor(tree.paths(), device=resp.device), resp, z_loc, z_var, log_eta, prior,
-                         gamma)
+                         gamma, data_weight)
     after = relabel_responsibilities(tree, new_tree, resp)
     new_nodes = torch.as_tensor(new_tree.paths(), device=resp.device)
-    return tree_elbo(new_tree, new_nodes, after, z_loc, z_var, log_eta, prior, gamma) - base
+    return tree_elbo(new_tree, new_nodes, after, z_loc, z_var, log_eta, prior, gamma, data_weight) - base
 
 
 def emission_weights(tree: ClusterTree, resp: Tensor) -> dict[int, Tensor]:
@@ -657,6 +680,14 @@ class ELBOStructureMoves(Callback):
         three separated blobs, s ≈ 0.84 against clusters 0.2–0.3 wide), so at its pre-move value
         the ELBO undervalues every split, while after the move SVI shrinks it. The default scores
         the structure the embedding supports, as k-means + Ward on ``E q(z|x)`` does.
+    coarsening:
+        None (default): the moves are scored on the ELBO. A number α: on the coarsened ELBO
+        (:func:`tree_elbo`; Miller & Dunson 2019) with every datum weighing ζ = α / (α + N) for the
+        epoch's N data, so the search keeps the components that about α points would support. The
+        Normal–Gamma nodes' Occam factor grows like log N while a split of a cluster that is not
+        quite Gaussian gains in proportion to N, so at ζ = 1 the number of leaves grows with the
+        data (on all of MNIST, to the node capacity). Only the structure decisions are coarsened;
+        the closed-form node and stick updates and the SVI steps see every datum at full weight.
     """
 
     def __init__(self, stick_concentration: float = 1.0, lock_epochs: int = 1, max_leaves: int | None = None,
@@ -665,7 +696,8 @@ class ELBOStructureMoves(Callback):
                  prior_variance_fraction: float = 0.1, split_steps: int = 20,
                  encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0,
                  ancestor_births: bool = True, coarse_moves: bool = True, mean_coupling: float | None = None,
-                 closed_form_sticks: bool = False, closed_form_nodes: bool = False) -> None:
+                 closed_form_sticks: bool = False, closed_form_nodes: bool = False,
+                 coarsening: float | None = None) -> None:
         if stick_concentration <= 0:
             raise ValueError(f"stick_concentration must be positive, got {stick_concentration}")
         if lock_epochs < 0 or merge_pairs < 0 or split_steps < 1 or min_mass < 0:
@@ -699,12 +731,20 @@ class ELBOStructureMoves(Callback):
         self.mean_coupling = None if mean_coupling is None else float(mean_coupling)
         self.closed_form_sticks = bool(closed_form_sticks)
         self.closed_form_nodes = bool(closed_form_nodes)
+        if coarsening is not None and not coarsening > 0:
+            raise ValueError(f"coarsening must be positive (or None: the ELBO itself), got {coarsening}")
+        self.coarsening = None if coarsening is None else float(coarsening)
+        self.data_weight = 1.0  # ζ of the epoch being scored (data_weight_for)
         self.lock_counter = 0
         self._buffers: dict[str, Tensor] | None = None
         self._version: int | None = None
 
     def on_epoch_start(self, state: FitState) -> None:
         self._buffers, self._version = None, None
+
+    def data_weight_for(self, num_data: int) -> float:
+        """ζ = α / (α + N) of the coarsened ELBO the moves score on ``num_data`` points (1 without ``coarsening``)."""
+        return 1.0 if self.coarsening is None else self.coarsening / (self.coarsening + num_data)
 
     @torch.no_grad()
     def on_step_end(self, state: FitState) -> None:
@@ -745,6 +785,7 @@ class ELBOStructureMoves(Callback):
             self._buffers["seen"] = seen > 0
         seen = self._buffers["seen"]
         z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
+        self.data_weight = self.data_weight_for(z_loc.shape[0])
         prior = node_prior(z_loc, z_var, **self.prior_settings)
         if self.mean_coupling is not None:
             prior = TreeNodePrior(prior, self.mean_coupling)
@@ -828,7 +869,7 @@ class ELBOStructureMoves(Callback):
                 continue
             split = propose_split(z_loc, z_var, weight, self.split_steps)
             delta, weights = refined_birth_delta(tree, row, split, resp, z_loc, z_var, log_eta, prior, gamma,
-                                                 self.refine_steps)
+                                                 self.refine_steps, self.data_weight)
             proposals.append((float(delta), row, weights))
         if self.ancestor_births:
             levels = resp.shape[-1]
@@ -843,7 +884,7 @@ class ELBOStructureMoves(Callback):
                 share = split if self._spread(z_loc, z_var, emitted * split) <= self._spread(
                     z_loc, z_var, emitted * (1 - split)) else 1 - split  # the tighter half: a missing cluster
                 delta, weight, _, _ = ancestor_birth_delta(tree, parent, share, resp, z_loc, z_var, log_eta, prior,
-                                                           gamma, self.refine_steps)
+                                                           gamma, self.refine_steps, self.data_weight)
                 proposals.append((float(delta), -1 - parent, weight[:, None]))
         proposals.sort(key=lambda item: -item[0])
         births = 0
@@ -892,11 +933,13 @@ class ELBOStructureMoves(Callback):
         exact in closed form (:func:`relabel_delta`)."""
         levels = resp.shape[-1]
         device = resp.device
-        base = tree_elbo(tree, torch.as_tensor(paths, device=device), resp, z_loc, z_var, log_eta, prior, gamma)
+        base = tree_elbo(tree, torch.as_tensor(paths, device=device), resp, z_loc, z_var, log_eta, prior, gamma,
+                         self.data_weight)
         candidates: list[tuple[float, str, dict]] = []
 
         def consider(kind: str, new_tree: ClusterTree, **info) -> None:
-            delta = float(relabel_delta(tree, new_tree, resp, z_loc, z_var, log_eta, prior, gamma, base))
+            delta = float(relabel_delta(tree, new_tree, resp, z_loc, z_var, log_eta, prior, gamma, base,
+                                        self.data_weight))
             candidates.append((delta, kind, dict(info, new_tree=new_tree)))
 
         coarse = [u for u in tree.internal_nodes() if 1 <= tree.level(u) <= levels - 2]
@@ -1002,7 +1045,7 @@ class ELBOStructureMoves(Callback):
             a, b = pairs[index]
             keep_row, drop_row = (a, b) if float(resp[:, a].sum()) >= float(resp[:, b].sum()) else (b, a)
             delta = float(refined_merge_delta(tree, keep_row, drop_row, resp, z_loc, z_var, log_eta, prior, gamma,
-                                              self.refine_steps))
+                                              self.refine_steps, self.data_weight))
             candidates.append((delta, paths[keep_row][-1], paths[drop_row][-1], keep_row, drop_row))
         best = max(candidates, key=lambda item: item[0])
         accept = best[0] > 0

@@ -125,7 +125,8 @@ def _initial_tree_elbo(candidate: tuple[ClusterTree, list[torch.Tensor]], z_loc:
                        log_eta: torch.Tensor, moves: ELBOStructureMoves) -> float:
     """The ELBO the structure moves would give ``candidate`` (:func:`tree_from_level_groups`'s
     output) in the embedding, every datum on its leaf: the nodes' and sticks' evidence under the
-    moves' own priors (Normal–Gamma, child means on the parent's under ``mean_coupling``)."""
+    moves' own priors (Normal–Gamma, child means on the parent's under ``mean_coupling``) and
+    coarsening."""
     tree, node_of_point = candidate
     depth = len(node_of_point)
     resp = leaf_responsibilities(tree, node_of_point[-1], depth).to(z_loc)
@@ -133,7 +134,8 @@ def _initial_tree_elbo(candidate: tuple[ClusterTree, list[torch.Tensor]], z_loc:
     if moves.mean_coupling is not None:
         prior = TreeNodePrior(prior, moves.mean_coupling)
     path_nodes = torch.as_tensor(tree.paths(), dtype=torch.long, device=z_loc.device)
-    return float(tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, moves.stick_concentration))
+    return float(tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, moves.stick_concentration,
+                           moves.data_weight_for(z_loc.shape[0])))
 
 
 class HCRLModule(NCRPTreeModule):
@@ -562,6 +564,14 @@ class _HCRL(ClusterEstimator):
         ten with ``z̄`` spread 0.03–0.05 against an encoder scale of 0.2), and in them tiny
         fluctuations of ``z̄`` look like tight clusters, so births split along coordinates that
         carry no information.
+    elbo_coarsening:
+        ``structure="elbo"`` only: None (default) scores the moves and the initial scan on the
+        ELBO; a number α scores them on the coarsened ELBO with every datum weighing
+        ζ = α / (α + N) (Miller & Dunson, JASA 2019; ``coarsening`` of
+        :class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`), so the tree keeps the leaves
+        about α points would support. Why it exists: the Normal–Gamma nodes' Occam factor grows
+        like log N while splitting a cluster that is not quite Gaussian gains in proportion to N,
+        so on all of MNIST the ELBO search grows leaves to the node capacity.
     """
 
     loss = "trace_enum"
@@ -600,6 +610,7 @@ class _HCRL(ClusterEstimator):
         elbo_encoder_variance: bool = False,
         init_tree: str | None = None,
         init_leaves: int | str = "elbo",
+        elbo_coarsening: float | None = None,
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -632,6 +643,7 @@ class _HCRL(ClusterEstimator):
         self.elbo_encoder_variance = elbo_encoder_variance
         self.init_tree = init_tree
         self.init_leaves = init_leaves
+        self.elbo_coarsening = elbo_coarsening
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.depth < 2:
@@ -724,7 +736,8 @@ class _HCRL(ClusterEstimator):
                                       birth_margin=self.elbo_birth_margin, mean_coupling=self.elbo_mean_coupling,
                                       closed_form_sticks=self.elbo_sticks == "closed_form",
                                       closed_form_nodes=self._node_update() == "closed_form",
-                                      encoder_variance=self.elbo_encoder_variance)
+                                      encoder_variance=self.elbo_encoder_variance,
+                                      coarsening=self.elbo_coarsening)
         return self._paper_heuristics(seed)
 
     def _paper_heuristics(self, seed: int | None) -> NCRPHeuristics:

@@ -1,0 +1,127 @@
+"""The coarsened ELBO of HCRL's structure moves (``data_weight`` ζ, ``coarsening`` α; Miller & Dunson 2019)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pyro_hc
+from pyro_hc.baselines import kmeans_ward_levels
+from pyro_hc.heuristics.elbo_moves import (ELBOStructureMoves, TreeNodePrior, ancestor_birth_delta, birth_delta,
+                                           merge_delta, refined_birth_delta, relabel_delta, relabel_responsibilities,
+                                           reparent_tree, split_internal_tree, tree_elbo)
+from pyro_hc.models._ncrp import add_child_in_order
+from pyro_hc.models.hcrl import _initial_tree_elbo, tree_from_level_groups
+
+from .test_coarse_moves import two_group_problem
+from .test_hcrl import brute_force_tree_elbo, tiny_structure_problem
+
+ZETA = 0.3
+
+
+def test_coarsened_tree_elbo_equals_the_brute_force_coarsened_elbo():
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(1)
+    path_nodes = torch.as_tensor(tree.paths())
+    closed = tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, gamma, data_weight=ZETA)
+    brute = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, data_weight=ZETA)
+    assert float(closed) == pytest.approx(float(brute), rel=1e-8, abs=1e-8)
+    # not the ELBO itself: the weight reaches every datum's term
+    full = tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, gamma)
+    assert abs(float(full) - float(closed)) > 1.0
+
+
+def test_coarsened_leaf_move_deltas_equal_brute_force_differences():
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(2)
+    before = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, data_weight=ZETA)
+    split = torch.rand(resp.shape[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grown = tree.copy()
+    new = add_child_in_order(grown, 1)
+    rows = {path: resp[:, k] for k, path in enumerate(tree.paths())}
+    rows[(0, 1, new)] = rows[(0, 1, 2)] * (1 - split[:, None])
+    rows[(0, 1, 2)] = rows[(0, 1, 2)] * split[:, None]
+    after = brute_force_tree_elbo(grown, torch.stack([rows[path] for path in grown.paths()], 1), z_loc, z_var,
+                                  log_eta, prior, gamma, data_weight=ZETA)
+    delta = birth_delta(tree, 0, split, resp, z_loc, z_var, prior, gamma, data_weight=ZETA)
+    assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+    refined, _ = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=0,
+                                     data_weight=ZETA)
+    assert float(refined) == pytest.approx(float(delta), rel=1e-8, abs=1e-8)
+    assert abs(float(delta) - float(birth_delta(tree, 0, split, resp, z_loc, z_var, prior, gamma))) > 1e-3
+    merged = tree.copy()
+    merged.remove_leaf(3)
+    after = brute_force_tree_elbo(merged, (resp[:, 0] + resp[:, 1])[:, None], z_loc, z_var, log_eta, prior, gamma,
+                                  data_weight=ZETA)
+    delta = merge_delta(tree, 0, 1, resp, z_loc, z_var, prior, gamma, data_weight=ZETA)
+    assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+
+
+def test_coarsened_coarse_and_ancestor_deltas_equal_brute_force_differences():
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(1)
+    before = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, data_weight=ZETA)
+    for new_tree in (split_internal_tree(tree, 1, [3, 4])[0], reparent_tree(tree, 4, 5)):
+        delta = relabel_delta(tree, new_tree, resp, z_loc, z_var, log_eta, prior, gamma, data_weight=ZETA)
+        after = brute_force_tree_elbo(new_tree, relabel_responsibilities(tree, new_tree, resp), z_loc, z_var,
+                                      log_eta, prior, gamma, data_weight=ZETA)
+        assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+    share = torch.rand(resp.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    delta, _, grown, new_leaf = ancestor_birth_delta(tree, 1, share, resp, z_loc, z_var, log_eta, prior, gamma,
+                                                     steps=0, data_weight=ZETA)
+    rows = {path: resp[:, k].clone() for k, path in enumerate(tree.paths())}
+    taken = torch.zeros(resp.shape[0], dtype=resp.dtype)
+    for path in [(0, 1, 2), (0, 1, 3), (0, 1, 4)]:
+        taken += rows[path][:, :-1].sum(-1) * share
+        rows[path][:, :-1] *= (1 - share)[:, None]
+    rows[(0, 1, new_leaf)] = torch.stack([torch.zeros_like(taken), torch.zeros_like(taken), taken], -1)
+    after = brute_force_tree_elbo(grown, torch.stack([rows[path] for path in grown.paths()], 1), z_loc, z_var,
+                                  log_eta, prior, gamma, data_weight=ZETA)
+    assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
+
+
+def test_coarsening_by_one_over_m_scores_m_copies_of_the_data_as_the_data_once():
+    """Every term is weighted, child means on the parent's included (no brute force for that prior):
+    the data repeated twice at ζ = 1/2 score exactly as the data once at ζ = 1."""
+    tree, resp, z_loc, z_var, log_eta, base, gamma = two_group_problem(3)
+    prior = TreeNodePrior(base, coupling=0.7)
+    path_nodes = torch.as_tensor(tree.paths())
+    once = tree_elbo(tree, path_nodes, resp, z_loc, z_var, log_eta, prior, gamma)
+    twice = tree_elbo(tree, path_nodes, resp.repeat(2, 1, 1), z_loc.repeat(2, 1), z_var.repeat(2, 1),
+                      log_eta.repeat(2, 1), prior, gamma, data_weight=0.5)
+    assert float(twice) == pytest.approx(float(once), rel=1e-7, abs=1e-6)
+
+
+def test_data_weight_is_alpha_over_alpha_plus_n_and_validated():
+    assert ELBOStructureMoves().data_weight_for(10_000) == 1.0
+    assert ELBOStructureMoves(coarsening=1000).data_weight_for(3000) == pytest.approx(0.25)
+    for bad in (0, -5.0, float("nan")):
+        with pytest.raises(ValueError, match="coarsening"):
+            ELBOStructureMoves(coarsening=bad)
+
+
+def test_coarsening_stops_the_number_of_leaves_growing_with_the_data():
+    """Three clusters, each two unit Gaussians 3.5 sd apart: on 300 points the ELBO keeps 3 leaves,
+    on 15,000 it splits every cluster in two (6 leaves score higher); coarsened at α = 300 the
+    15,000 points are again scored as about 300 would be, and 3 leaves win."""
+    def gap(per_cluster, coarsening):
+        rng = np.random.RandomState(0)
+        centres = np.array([[0, 0], [12, 0], [6, 12]], dtype=float)
+        cluster = np.repeat(np.arange(3), per_cluster)
+        side = rng.randint(0, 2, len(cluster)) * 2 - 1
+        z = torch.as_tensor(centres[cluster] + np.stack([side * 1.75, np.zeros(len(cluster))], 1)
+                            + rng.randn(len(cluster), 2), dtype=torch.float32)
+        moves = ELBOStructureMoves(stick_concentration=3.0, mean_coupling=1.0, coarsening=coarsening)
+        log_eta = torch.log(torch.tensor([0.05, 0.05, 0.9]))
+        score = {k: _initial_tree_elbo(tree_from_level_groups(kmeans_ward_levels(z, k, depth=3, seed=0,
+                                                                                 group_counts=[3])),
+                                       z, torch.zeros_like(z), log_eta, moves) for k in (3, 6)}
+        return score[6] - score[3]
+
+    assert gap(5000, None) > 500  # measured +1048 nats
+    assert gap(5000, 300.0) < -5  # measured −18.9
+    assert gap(100, None) < 0  # measured −3.7: the small sample does not split either
+
+
+def test_hcrl_passes_its_coarsening_to_the_moves():
+    model = pyro_hc.get_model("hcrl2", elbo_coarsening=500.0)
+    assert model.heuristics(0).coarsening == 500.0
+    assert pyro_hc.get_model("hcrl2").heuristics(0).coarsening is None
