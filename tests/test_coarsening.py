@@ -125,3 +125,7 @@ def test_hcrl_passes_its_coarsening_to_the_moves():
     model = pyro_hc.get_model("hcrl2", elbo_coarsening=500.0)
     assert model.heuristics(0).coarsening == 500.0
     assert pyro_hc.get_model("hcrl2").heuristics(0).coarsening is None
+    digits = pyro_hc.load_dataset("digits", n_samples=40)
+    for bad in (0.0, -1.0, "1000", True):
+        with pytest.raises(ValueError, match="elbo_coarsening"):
+            pyro_hc.get_model("hcrl2", elbo_coarsening=bad, pretrain_epochs=1, epochs=1).fit(digits, progress=False)
