@@ -13,7 +13,9 @@ read at a fixed number of levels, as group labels (HCRL's initial tree).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import networkx as nx
@@ -21,11 +23,31 @@ import numpy as np
 
 from .tree import ClusterTree
 
-__all__ = ["kmeans_ward_tree", "leaves_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts",
+__all__ = ["initial_clusters_check", "kmeans_ward_tree", "leaves_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts",
            "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
 
 #: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
 SPLIT_ATTR = "split"
+
+
+@contextlib.contextmanager
+def initial_clusters_check(points: Any, n_clusters: int, model: str) -> Iterator[None]:
+    """Around a scikit-learn k-means or GMM start of ``n_clusters`` on ``points``: when the points
+    have fewer distinct rows than that, one warning of ours that says so, in place of
+    scikit-learn's ``ConvergenceWarning`` repeated at every restart ("Number of distinct clusters
+    (1) found smaller than n_clusters"), which names neither the model nor the cause."""
+    distinct = len(np.unique(_as_points(points), axis=0))
+    if distinct >= n_clusters:
+        yield
+        return
+    warnings.warn(f"{model}: its initial clustering sees {distinct} distinct point(s) for n_clusters={n_clusters} "
+                  "(constant or duplicated data, or a collapsed embedding), so some clusters start as copies of "
+                  "others", RuntimeWarning, stacklevel=3)
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Number of distinct clusters", category=ConvergenceWarning)
+        yield
 
 
 def kmeans_ward_tree(x: Any, n_clusters: int, seed: int = 0) -> tuple[ClusterTree, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pyro
@@ -336,3 +337,21 @@ def test_training_checkpoints_load_as_models(digits, tmp_path):
     restored = load(tmp_path / "ck.pt")  # written after the last epoch of the main phase
     assert torch.equal(restored.predict(small), model.predict(small))
     assert restored.tree.to_json() == model.tree.to_json()
+
+
+@pytest.mark.parametrize("name", ["vade", "kdvae"])
+def test_constant_data_warn_once_in_our_words_not_scikit_learns(name):
+    """k-means / GMM starts on points with fewer distinct rows than clusters: scikit-learn repeats a
+    ConvergenceWarning at every restart; the user gets one RuntimeWarning naming the model instead."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = torch.full((40, 64), 0.5)
+    settings = dict(n_clusters=4, epochs=1, latent_dim=2, hidden_dims=(8,))
+    settings.update(pretrain_epochs=1) if name == "vade" else settings.update(
+        vade_epochs=1, vade_pretrain_epochs=1, vade_hidden_dims=(8,), warmup_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pyro_hc.get_model(name, **settings).fit(x, progress=False)
+    ours = [w for w in caught if issubclass(w.category, RuntimeWarning) and "distinct point" in str(w.message)]
+    assert ours and all("n_clusters=4" in str(w.message) for w in ours)
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]

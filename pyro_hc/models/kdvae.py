@@ -23,6 +23,7 @@ from pyro.nn import PyroModule, PyroParam
 from sklearn.cluster import KMeans
 from torch import nn
 
+from ..baselines import initial_clusters_check
 from ..estimator import ClusterEstimator, NotFittedError, as_setting_tuple
 from ..infer import Callback, local_params
 from ..nn import BatchedDecoder, BatchedEncoder, MemberRows
@@ -572,7 +573,9 @@ class KDVAE(ClusterEstimator):
         else:
             features = x.reshape(x.shape[0], -1).cpu()
         self.vade_ = vade
-        kmeans = KMeans(self.n_clusters, n_init=10, random_state=seed).fit(features.double().numpy())
+        features = features.double().numpy()
+        with initial_clusters_check(features, self.n_clusters, "k-DVAE"):
+            kmeans = KMeans(self.n_clusters, n_init=10, random_state=seed).fit(features)
         self.init_labels_ = torch.as_tensor(kmeans.labels_, dtype=torch.long)
         record["loss"] = record["kmeans_inertia"] = float(kmeans.inertia_) / x.shape[0]
         record.update(cluster_scores(labels, kmeans.labels_))

@@ -19,6 +19,7 @@ from sklearn.mixture import GaussianMixture
 from torch.distributions import constraints
 
 from .. import metrics
+from ..baselines import initial_clusters_check
 from ..estimator import ClusterEstimator, as_setting_tuple
 from ..infer import Callback, FitState
 from ..nn import Decoder, NormalEncoder
@@ -451,18 +452,20 @@ class VaDE(ClusterEstimator):
     def _candidate_mixtures(self, embedding: np.ndarray, seed: int | None, n: int) -> list[GaussianMixture]:
         """Step 2's GMM(s) on one embedding: the paper's one, or ``init_candidates`` single-start fits."""
         options = dict(covariance_type="diag", reg_covar=1e-4)
-        if self.init_candidates == 1:
-            return [GaussianMixture(self.n_clusters, n_init=10, random_state=seed, **options).fit(embedding)]
         seeds = _child_seeds(seed, self.init_candidates)
-        if self.init_selection != "heldout_likelihood":
-            return [GaussianMixture(self.n_clusters, n_init=1, random_state=s, **options).fit(embedding) for s in seeds]
         order = np.random.default_rng(seeds[0]).permutation(n)
         heldout, fitted_on = order[: n // 5], order[n // 5:]
         mixtures = []
-        for s in seeds:
-            gmm = GaussianMixture(self.n_clusters, n_init=1, random_state=s, **options).fit(embedding[fitted_on])
-            gmm.heldout_log_likelihood_ = float(gmm.score(embedding[heldout]))
-            mixtures.append(gmm)
+        with initial_clusters_check(embedding, self.n_clusters, "VaDE"):
+            if self.init_candidates == 1:
+                return [GaussianMixture(self.n_clusters, n_init=10, random_state=seed, **options).fit(embedding)]
+            for s in seeds:
+                if self.init_selection != "heldout_likelihood":
+                    mixtures.append(GaussianMixture(self.n_clusters, n_init=1, random_state=s, **options).fit(embedding))
+                    continue
+                gmm = GaussianMixture(self.n_clusters, n_init=1, random_state=s, **options).fit(embedding[fitted_on])
+                gmm.heldout_log_likelihood_ = float(gmm.score(embedding[heldout]))
+                mixtures.append(gmm)
         return mixtures
 
     @torch.no_grad()
