@@ -93,7 +93,7 @@ def test_coarsening_by_one_over_m_scores_m_copies_of_the_data_as_the_data_once()
 def test_data_weight_is_alpha_over_alpha_plus_n_and_validated():
     assert ELBOStructureMoves().data_weight_for(10_000) == 1.0
     assert ELBOStructureMoves(coarsening=1000).data_weight_for(3000) == pytest.approx(0.25)
-    for bad in (0, -5.0, float("nan")):
+    for bad in (0, -5.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="coarsening"):
             ELBOStructureMoves(coarsening=bad)
 
@@ -126,6 +126,6 @@ def test_hcrl_passes_its_coarsening_to_the_moves():
     assert model.heuristics(0).coarsening == 500.0
     assert pyro_hc.get_model("hcrl2").heuristics(0).coarsening is None
     digits = pyro_hc.load_dataset("digits", n_samples=40)
-    for bad in (0.0, -1.0, "1000", True):
+    for bad in (0.0, -1.0, float("inf"), "1000", True):
         with pytest.raises(ValueError, match="elbo_coarsening"):
             pyro_hc.get_model("hcrl2", elbo_coarsening=bad, pretrain_epochs=1, epochs=1).fit(digits, progress=False)

@@ -731,8 +731,8 @@ class ELBOStructureMoves(Callback):
         self.mean_coupling = None if mean_coupling is None else float(mean_coupling)
         self.closed_form_sticks = bool(closed_form_sticks)
         self.closed_form_nodes = bool(closed_form_nodes)
-        if coarsening is not None and not coarsening > 0:
-            raise ValueError(f"coarsening must be positive (or None: the ELBO itself), got {coarsening}")
+        if coarsening is not None and not 0 < coarsening < math.inf:
+            raise ValueError(f"coarsening must be positive and finite (or None: the ELBO itself), got {coarsening}")
         self.coarsening = None if coarsening is None else float(coarsening)
         self.data_weight = 1.0  # ζ of the epoch being scored (data_weight_for)
         self.lock_counter = 0

@@ -676,8 +676,8 @@ class _HCRL(ClusterEstimator):
         if not self.elbo_birth_margin >= 0:
             raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
         if self.elbo_coarsening is not None and (isinstance(self.elbo_coarsening, bool) or not isinstance(
-                self.elbo_coarsening, (int, float)) or not self.elbo_coarsening > 0):
-            raise ValueError(f"elbo_coarsening must be a positive number (or None: the ELBO itself), "
+                self.elbo_coarsening, (int, float)) or not 0 < self.elbo_coarsening < math.inf):
+            raise ValueError(f"elbo_coarsening must be a positive finite number (or None: the ELBO itself), "
                              f"got {self.elbo_coarsening!r}")
         if self.init_tree is not None and self.init_tree not in INIT_TREES:
             raise ValueError(f"init_tree must be one of {INIT_TREES} (or None), got {self.init_tree!r}")
