@@ -20,7 +20,10 @@ plus the entropy of the responsibilities ``q(ζ_n, l_n)`` and their level term (
 moves below). Optionally (``mean_coupling``, :class:`TreeNodePrior`) each child's mean is centred on
 its parent's instead of the embedding's mean; the nodes' part is then a mean-field bound found by
 coordinate ascent over the whole tree (:func:`tree_node_posterior`), and it is what lets a grouping
-of leaves that emit alone raise the ELBO. :func:`tree_elbo` computes the whole; :func:`birth_delta` and :func:`merge_delta`
+of leaves that emit alone raise the ELBO. Optionally (``coarsening`` α) the moves score the
+*coarsened* ELBO, every datum's part weighed by ζ = α / (α + N) (Miller & Dunson 2019), so that the
+number of components stops growing with N on clusters that are not exactly Gaussian.
+:func:`tree_elbo` computes the whole; :func:`birth_delta` and :func:`merge_delta`
 the change a move makes, from the statistics of the nodes it touches only.
 
 Moves (:class:`ELBOStructureMoves`, an engine callback run at epoch end):
