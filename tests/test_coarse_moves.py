@@ -36,8 +36,9 @@ def two_group_problem(seed=0, n=9):
     return tree, resp, z_loc, z_var, log_eta, prior, 1.3
 
 
+@pytest.mark.parametrize("data_weight", [1.0, 0.3])  # 0.3: the coarsened ELBO (tests/test_coarsening.py)
 @pytest.mark.parametrize("move", ["split_internal", "merge_internal", "reparent"])
-def test_coarse_move_delta_elbo_equals_the_difference_of_brute_force_elbos(move):
+def test_coarse_move_delta_elbo_equals_the_difference_of_brute_force_elbos(move, data_weight):
     tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(1)
     if move == "split_internal":
         new_tree, sibling = split_internal_tree(tree, 1, [3, 4])
@@ -50,19 +51,20 @@ def test_coarse_move_delta_elbo_equals_the_difference_of_brute_force_elbos(move)
         new_tree = reparent_tree(tree, 4, 5)
         assert new_tree.children(5) == [4, 6]
     assert tree.children(1) == [2, 3, 4]  # the copy was edited, not the tree
-    delta = relabel_delta(tree, new_tree, resp, z_loc, z_var, log_eta, prior, gamma)
+    delta = relabel_delta(tree, new_tree, resp, z_loc, z_var, log_eta, prior, gamma, data_weight=data_weight)
     after = relabel_responsibilities(tree, new_tree, resp)
-    expected = (brute_force_tree_elbo(new_tree, after, z_loc, z_var, log_eta, prior, gamma)
-                - brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma))
+    expected = (brute_force_tree_elbo(new_tree, after, z_loc, z_var, log_eta, prior, gamma, data_weight=data_weight)
+                - brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, data_weight=data_weight))
     assert float(delta) == pytest.approx(float(expected), rel=1e-8, abs=1e-8)
     assert abs(float(delta)) > 1e-3  # the move changes the ELBO: the check above is not vacuous
 
 
-def test_ancestor_birth_delta_without_refinement_equals_the_difference_of_brute_force_elbos():
+@pytest.mark.parametrize("data_weight", [1.0, 0.3])
+def test_ancestor_birth_delta_without_refinement_equals_the_difference_of_brute_force_elbos(data_weight):
     tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(2)
     share = torch.rand(resp.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     delta, weight, grown, new_leaf = ancestor_birth_delta(tree, 1, share, resp, z_loc, z_var, log_eta, prior, gamma,
-                                                          steps=0)
+                                                          steps=0, data_weight=data_weight)
     # by hand: the paths below node 1 give `share` of their root- and coarse-level cells to the new leaf
     rows = {path: resp[:, k].clone() for k, path in enumerate(tree.paths())}
     taken = torch.zeros(resp.shape[0], dtype=resp.dtype)
@@ -73,8 +75,8 @@ def test_ancestor_birth_delta_without_refinement_equals_the_difference_of_brute_
     after = torch.stack([rows[path] for path in grown.paths()], 1)
     assert torch.allclose(after.sum((1, 2)), torch.ones(resp.shape[0], dtype=resp.dtype))
     assert torch.allclose(weight, taken)
-    expected = (brute_force_tree_elbo(grown, after, z_loc, z_var, log_eta, prior, gamma)
-                - brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma))
+    expected = (brute_force_tree_elbo(grown, after, z_loc, z_var, log_eta, prior, gamma, data_weight=data_weight)
+                - brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, data_weight=data_weight))
     assert float(delta) == pytest.approx(float(expected), rel=1e-8, abs=1e-8)
 
 

@@ -750,33 +750,37 @@ def test_closed_form_nodes_read_the_encoder_variance_whatever_the_moves_read():
             assert bool((std > points[node][1]).all())  # the encoder's variance widens every node
 
 
-def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos():
+@pytest.mark.parametrize("data_weight", [1.0, 0.3])  # 0.3: the coarsened ELBO (tests/test_coarsening.py)
+def test_birth_and_merge_delta_elbo_equal_the_difference_of_brute_force_elbos(data_weight):
     from pyro_hc.heuristics.elbo_moves import birth_delta, merge_delta, refined_birth_delta
     from pyro_hc.models._ncrp import add_child_in_order
 
     tree, resp, z_loc, z_var, log_eta, prior, gamma = tiny_structure_problem(2)
-    before = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma)
+    weighted = dict(data_weight=data_weight)
+    before = brute_force_tree_elbo(tree, resp, z_loc, z_var, log_eta, prior, gamma, **weighted)
     split = torch.rand(resp.shape[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     # birth on path (0, 1, 2): leaf 2 keeps `split` of each datum's share of the path, a new leaf the rest
-    delta = birth_delta(tree, 0, split, resp, z_loc, z_var, prior, gamma)
+    delta = birth_delta(tree, 0, split, resp, z_loc, z_var, prior, gamma, **weighted)
     grown = tree.copy()
     new = add_child_in_order(grown, 1)
     rows = {path: resp[:, k] for k, path in enumerate(tree.paths())}
     rows[(0, 1, new)] = rows[(0, 1, 2)] * (1 - split[:, None])
     rows[(0, 1, 2)] = rows[(0, 1, 2)] * split[:, None]
     resp_after = torch.stack([rows[path] for path in grown.paths()], 1)
-    after = brute_force_tree_elbo(grown, resp_after, z_loc, z_var, log_eta, prior, gamma)
+    after = brute_force_tree_elbo(grown, resp_after, z_loc, z_var, log_eta, prior, gamma, **weighted)
     assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
     # without refinement the callback's ΔELBO is the same; the refined one scores valid q's too
-    unrefined, _ = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=0)
+    unrefined, _ = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=0, **weighted)
     assert float(unrefined) == pytest.approx(float(delta), rel=1e-8, abs=1e-8)
-    refined, weights = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=3)
+    refined, weights = refined_birth_delta(tree, 0, split, resp, z_loc, z_var, log_eta, prior, gamma, steps=3,
+                                           **weighted)
     assert math.isfinite(float(refined)) and weights.shape == (resp.shape[0], 2)
     # merge of leaf 3 into leaf 2 (the reverse kind of move), on the original tree
-    delta = merge_delta(tree, 0, 1, resp, z_loc, z_var, prior, gamma)
+    delta = merge_delta(tree, 0, 1, resp, z_loc, z_var, prior, gamma, **weighted)
     merged = tree.copy()
     merged.remove_leaf(3)
-    after = brute_force_tree_elbo(merged, (resp[:, 0] + resp[:, 1])[:, None], z_loc, z_var, log_eta, prior, gamma)
+    after = brute_force_tree_elbo(merged, (resp[:, 0] + resp[:, 1])[:, None], z_loc, z_var, log_eta, prior, gamma,
+                                  **weighted)
     assert float(delta) == pytest.approx(float(after - before), rel=1e-8, abs=1e-8)
 
 
