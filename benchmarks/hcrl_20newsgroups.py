@@ -30,7 +30,9 @@ VaDE rows share one VaDE fit per seed, timed in the first of them.
 
 Writes ``<out>.json`` and ``<out>.md`` with the paper's numbers beside ours, the device and the budget.
 Every finished (seed, model) row also goes to ``<out>.rows.jsonl`` with its budget: the same command
-run again after a stop (a CPU run takes hours) reads those rows back and fits only what is missing.
+run again after a stop (a CPU run takes hours) reads those rows back and fits only what is missing,
+and every fit checkpoints under ``--workdir`` at each epoch's end, so the fit that was running resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def main() -> None:
                         help="fit nothing: write the table of the rows already in <out>.rows.jsonl (a run still going)")
     parser.add_argument("--label", default=None,
                         help="names the result files (default: the device, plus '_reduced' below the full budget)")
+    parser.add_argument("--workdir", default=None,
+                        help="fit checkpoints (default: <out> without its suffix, plus '_work')")
     parser.add_argument("--out", default=None, help="result path (default benchmarks/results/hcrl_20newsgroups_<label>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -99,6 +103,7 @@ def main() -> None:
                    and args.pretrain_epochs >= 50 and hidden == (500, 500, 2000))
     label = args.label or f"{device.type}{'' if full_budget else '_reduced'}"
     out = Path(args.out or f"benchmarks/results/hcrl_20newsgroups_{label}.json")
+    workdir = Path(args.workdir or f"{out.with_suffix('')}_work")
 
     started = time.perf_counter()
     data = pyro_hc.load_dataset("20newsgroups", split=args.split, n_samples=args.n)
@@ -114,6 +119,14 @@ def main() -> None:
 
     shared = dict(latent_dim=args.latent_dim, hidden_dims=hidden, pretrain_epochs=args.pretrain_epochs)
     fit = dict(epochs=args.epochs, batch_size=args.batch_size, device=device, progress=not args.no_progress)
+
+    def fitted(name: str, seed: int, **settings):
+        """``name`` fitted at ``seed``, checkpointed under ``workdir`` every epoch: a fit stopped part-way
+        (the session ends, Ctrl-C) resumes there when the same command runs again."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        checkpoint = workdir / f"{name}-seed{seed}.ckpt"
+        model = pyro_hc.get_model(name, **shared, **settings)
+        return model.fit(data, seed=seed, checkpoint=checkpoint, resume=checkpoint.exists(), **fit)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     # every finished (seed, model) row is appended to <out>.rows.jsonl with the budget it ran at, so a
     # run stopped part-way (a CPU run takes hours) starts again where it was: rows of the same budget
@@ -134,11 +147,11 @@ def main() -> None:
                 continue
             began = time.perf_counter()
             if name in ("hcrl2", "hcrl1", "vae_ncrp"):
-                model = pyro_hc.get_model(name, depth=DEPTH, **shared).fit(data, seed=seed, **fit)
+                model = fitted(name, seed, depth=DEPTH)
                 row = scores(model.tree, model.predict(data).cpu().numpy())
             elif name.startswith("vade"):
                 if vade_embedding is None:  # one VaDE per seed serves both of its rows
-                    vade = pyro_hc.get_model("vade", n_clusters=n_groups, **shared).fit(data, seed=seed, **fit)
+                    vade = fitted("vade", seed, n_clusters=n_groups)
                     vade_embedding = vade.transform(data)
                 points = vade_embedding
             else:
