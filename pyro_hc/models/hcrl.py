@@ -576,7 +576,9 @@ class _HCRL(ClusterEstimator):
         seed 0, CPU): at α = 1000 HCRL2-L3 starts from 16 leaves and ends with 14 under 3 level-1
         nodes — leaf NMI 0.681, ACC at a 10-node cut 0.641, DP 0.569 — against 95 leaves, 0.597,
         0.255 and 0.320 without it (VaDE at the same budget: NMI 0.660, ACC 0.623; VaDE + Ward
-        DP 0.558); IWAE NLL 96.22 against 95.98. Why it is not the default: on the 1,797 digits
+        DP 0.558); IWAE NLL 96.22 against 95.98. At seed 1 the scan's scores for one and two
+        level-1 groups differ by 1.2 nats and all 11 leaves end under one node (DP 0.482): the
+        data that tell groups apart are coarsened too. Why it is not the default: on the 1,797 digits
         (tutorial 06's network and budget, seeds 0-2) it keeps fewer level-1 nodes (3-4 at α = 1000,
         6-8 at 5000) and DP falls to 0.595 / 0.596 / 0.558 and 0.622 / 0.571 / 0.553 from 0.662 /
         0.628 / 0.618 (``benchmarks/results/hcrl_digits_coarsening_cpu.md``).
