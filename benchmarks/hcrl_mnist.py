@@ -35,6 +35,7 @@ issue 15's acceptance). Rows are per (seed, model); the Markdown table gives the
     python benchmarks/hcrl_mnist.py --seeds 3                                  # the full table
     python benchmarks/hcrl_mnist.py --models vade,hcrl2 --depths 3 --seeds 1 --epochs 15 \\
         --pretrain-epochs 5 --label cpu_reduced                              # a CPU budget
+    python benchmarks/hcrl_mnist.py --models hcrl2 --depths 3 --first-seed 1 --seeds 1 ...  # seed 1 alone
 
 Every finished (seed, model) row goes to ``<out>.rows.jsonl`` with its budget, and every fit
 checkpoints under ``--workdir``: the same command run again after a stop reads the rows back and
@@ -104,7 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vae,vade,vae_ncrp,hcrl1,hcrl2")
     parser.add_argument("--depths", default="3,4", help="tree depths (levels, root included) of the nCRP models")
-    parser.add_argument("--seeds", type=int, default=3, help="model seeds 0 .. seeds-1")
+    parser.add_argument("--seeds", type=int, default=3, help="how many model seeds: first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first model seed (a later seed alone, or more seeds for a table already written)")
     parser.add_argument("--n-train", type=int, default=None, help="training images (default: all 60,000)")
     parser.add_argument("--n-test", type=int, default=None, help="test images (default: all 10,000)")
     parser.add_argument("--binarise", action="store_true", help="threshold the images at 0.5 (default: grey levels)")
@@ -168,7 +171,7 @@ def main() -> None:
                          likelihood="bernoulli", n_classes=train.n_classes)
 
     per_seed: dict[str, list[dict]] = {row_label: [] for row_label, _, _ in runs}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for row_label, name, settings in runs:
             saved = done.get(seed, row_label)
             if saved is not None:
@@ -213,7 +216,8 @@ def main() -> None:
         "command": shlex.join(["python", *sys.argv]), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "pyro": pyro.__version__, "budget": {**budget_key, "seeds": args.seeds},
+        "torch": torch.__version__, "pyro": pyro.__version__,
+        "budget": {**budget_key, "seeds": args.seeds, "first_seed": args.first_seed},
         "data": {"train": len(train), "test": len(test), "clustering_scored_on": len(everything),
                  "grey_levels": not args.binarise},
         "seconds": time.perf_counter() - started, "results": results,
