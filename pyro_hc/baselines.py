@@ -36,7 +36,11 @@ def initial_clusters_check(points: Any, n_clusters: int, model: str) -> Iterator
     have fewer distinct rows than that, one warning of ours that says so, in place of
     scikit-learn's ``ConvergenceWarning`` repeated at every restart ("Number of distinct clusters
     (1) found smaller than n_clusters"), which names neither the model nor the cause."""
-    distinct = len(np.unique(_as_points(points), axis=0))
+    points = _as_points(points)
+    # the first rows usually settle it; counting all of them (6 s on 70,000 raw MNIST images) only if they do not
+    distinct = len(np.unique(points[:1024], axis=0))
+    if distinct < n_clusters:
+        distinct = len(np.unique(points, axis=0))
     if distinct >= n_clusters:
         yield
         return

@@ -311,7 +311,8 @@ def refine_responsibilities(tree: ClusterTree, path_nodes: Tensor, rows: Sequenc
     z_sq = z_loc.square() + z_var
     log_eta = log_eta.expand(n, levels)
     for _ in range(steps):
-        count, sum_z, sum_z2 = _statistics(data_weight * resp.reshape(n, k * levels) @ onehot, z_loc, z_sq)
+        count, sum_z, sum_z2 = (data_weight * s for s in _statistics(resp.reshape(n, k * levels) @ onehot, z_loc,
+                                                                     z_sq))
         post = prior.posterior(count[:, None], sum_z, sum_z2)  # nodes x d
         ell = post.expected_log_likelihood(z_loc[:, None, :], z_var[:, None, :]).sum(-1)  # N x nodes
         cell_ell = (ell @ onehot.T).reshape(n, k, levels)[:, rows, :]  # N x |rows| x L
@@ -355,17 +356,19 @@ def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor
     """
     n, k, levels = resp.shape
     onehot, nodes = _emission_matrix(tree, path_nodes, resp.dtype, resp.device)
-    node_weights = data_weight * resp.reshape(n, k * levels) @ onehot  # N x nodes: what each node emits
-    count, sum_z, sum_z2 = _statistics(node_weights, z_loc, z_loc.square() + z_var)
+    node_weights = resp.reshape(n, k * levels) @ onehot  # N x nodes: what each node emits
+    # the statistics are linear in the weights: ζ scales them, not the N-row matrices behind them
+    count, sum_z, sum_z2 = (data_weight * s for s in _statistics(node_weights, z_loc, z_loc.square() + z_var))
     if isinstance(prior, TreeNodePrior):
         position = {node: i for i, node in enumerate(nodes)}
         parents = torch.as_tensor([-1 if tree.parent(u) is None else position[tree.parent(u)] for u in nodes])
         total = tree_node_posterior(parents, count, sum_z, sum_z2, prior)[0]
     else:
         total = _node_evidence(prior, count, sum_z, sum_z2).sum()
-    through = _mass_through(tree, data_weight * resp)
+    through = _mass_through(tree, resp)
     for parent in tree.internal_nodes():
-        total = total + _stick_term(torch.stack([through[c] for c in sibling_order(tree, parent)]), gamma)
+        masses = data_weight * torch.stack([through[c] for c in sibling_order(tree, parent)])
+        total = total + _stick_term(masses, gamma)
     entropy = -_xlogx(resp).sum()
     levels_term = (resp * log_eta.expand(n, levels)[:, None, :]).sum()
     return total + data_weight * (entropy + levels_term)

@@ -452,21 +452,21 @@ class VaDE(ClusterEstimator):
     def _candidate_mixtures(self, embedding: np.ndarray, seed: int | None, n: int) -> list[GaussianMixture]:
         """Step 2's GMM(s) on one embedding: the paper's one, or ``init_candidates`` single-start fits."""
         options = dict(covariance_type="diag", reg_covar=1e-4)
-        seeds = _child_seeds(seed, self.init_candidates)
-        order = np.random.default_rng(seeds[0]).permutation(n)
-        heldout, fitted_on = order[: n // 5], order[n // 5:]
-        mixtures = []
         with initial_clusters_check(embedding, self.n_clusters, "VaDE"):
             if self.init_candidates == 1:
                 return [GaussianMixture(self.n_clusters, n_init=10, random_state=seed, **options).fit(embedding)]
+            seeds = _child_seeds(seed, self.init_candidates)
+            if self.init_selection != "heldout_likelihood":
+                return [GaussianMixture(self.n_clusters, n_init=1, random_state=s, **options).fit(embedding)
+                        for s in seeds]
+            order = np.random.default_rng(seeds[0]).permutation(n)
+            heldout, fitted_on = order[: n // 5], order[n // 5:]
+            mixtures = []
             for s in seeds:
-                if self.init_selection != "heldout_likelihood":
-                    mixtures.append(GaussianMixture(self.n_clusters, n_init=1, random_state=s, **options).fit(embedding))
-                    continue
                 gmm = GaussianMixture(self.n_clusters, n_init=1, random_state=s, **options).fit(embedding[fitted_on])
                 gmm.heldout_log_likelihood_ = float(gmm.score(embedding[heldout]))
                 mixtures.append(gmm)
-        return mixtures
+            return mixtures
 
     @torch.no_grad()
     def _set_mixture(self, module: VaDEModule, gmm: GaussianMixture) -> None:
