@@ -12,7 +12,9 @@ true cluster, so coarse groups count), the micro-averaged F-score the paper take
 Rows:
 
 - ``hcrl2``, ``hcrl1``, ``vae_ncrp``: depth 4 (the root and three levels), their own structure
-  search, not told the number of groups;
+  search, not told the number of groups; at their defaults, or with ``--tree-settings`` (a JSON
+  object of constructor settings), which then name their rows (``hcrl2 elbo_coarsening=3000``), so
+  a variant's rows sit beside the defaults' in one rows file and reuse its baseline rows;
 - ``vade+hkm`` and ``vade+ward``: a VaDE with 20 clusters, then hierarchical k-means (the paper's
   HKM, Nister & Stewenius 2006: k-means with ``--hkm-branching`` children per node, recursively,
   ``--hkm-levels`` levels deep) or k-means into 20 leaves + Ward linkage of the centroids, on its
@@ -59,6 +61,7 @@ from pyro_hc.report import ResultRows
 PAPER = {"hcrl2": (0.601, 0.097), "hcrl1": (0.566, 0.048), "vae_ncrp": (0.558, 0.027),
          "vade+hkm": (0.485, 0.056), "hkm": (0.410, 0.043)}
 MODELS = ("hcrl2", "hcrl1", "vae_ncrp", "vade+hkm", "vade+ward", "hkm", "kmeans+ward")
+NCRP_MODELS = ("hcrl2", "hcrl1", "vae_ncrp")
 DEPTH = 4  # the root and three levels, the paper's "depth of four"
 
 
@@ -80,6 +83,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--hidden-dims", default="500,500,2000")
+    parser.add_argument("--tree-settings", type=json.loads, default={},
+                        help="JSON settings of the nCRP models beyond depth and network, e.g. "
+                             "'{\"elbo_coarsening\": 3000}'; their rows and checkpoints are named by them")
     parser.add_argument("--hkm-branching", type=int, default=3, help="HKM's children per node")
     parser.add_argument("--hkm-levels", type=int, default=DEPTH - 1, help="HKM's levels below the root")
     parser.add_argument("--device", default="auto")
@@ -97,6 +103,12 @@ def main() -> None:
     names = [name.strip() for name in args.models.split(",")]
     if set(names) - set(MODELS):
         parser.error(f"unknown models {sorted(set(names) - set(MODELS))}; choose from {list(MODELS)}")
+    if not isinstance(args.tree_settings, dict):
+        parser.error(f"--tree-settings must be a JSON object, got {args.tree_settings!r}")
+    for name in sorted(set(names) & set(NCRP_MODELS)):  # a setting a model does not take fails now, not after hours
+        unknown = set(args.tree_settings) - set(pyro_hc.get_model(name).get_params())
+        if unknown:
+            parser.error(f"--tree-settings: {name} has no setting {sorted(unknown)}; leave it out of --models")
     hidden = tuple(int(h) for h in args.hidden_dims.split(","))
     device = pyro_hc.infer.resolve_device(args.device)
     full_budget = (args.seeds >= 5 and args.n is None and args.split == "all" and args.epochs >= 100
@@ -120,11 +132,17 @@ def main() -> None:
     shared = dict(latent_dim=args.latent_dim, hidden_dims=hidden, pretrain_epochs=args.pretrain_epochs)
     fit = dict(epochs=args.epochs, batch_size=args.batch_size, device=device, progress=not args.no_progress)
 
+    # an nCRP row run with --tree-settings is its own row (and checkpoint): "hcrl2 elbo_coarsening=3000"
+    tree_suffix = "".join(f" {key}={value}" for key, value in sorted(args.tree_settings.items()))
+
+    def row_name(name: str) -> str:
+        return name + tree_suffix if name in NCRP_MODELS else name
+
     def fitted(name: str, seed: int, **settings):
         """``name`` fitted at ``seed``, checkpointed under ``workdir`` every epoch: a fit stopped part-way
         (the session ends, Ctrl-C) resumes there when the same command runs again."""
         workdir.mkdir(parents=True, exist_ok=True)
-        checkpoint = workdir / f"{name}-seed{seed}.ckpt"
+        checkpoint = workdir / f"{row_name(name).replace(' ', '_')}-seed{seed}.ckpt"
         model = pyro_hc.get_model(name, **shared, **settings)
         return model.fit(data, seed=seed, checkpoint=checkpoint, resume=checkpoint.exists(), **fit)
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -138,16 +156,16 @@ def main() -> None:
     for seed in range(args.seeds):
         vade_embedding = None
         for name in names:
-            saved = done.get(seed, name)
+            saved = done.get(seed, row_name(name))
             if saved is not None:  # (a VaDE row left undone fits its own VaDE below)
                 runs[name].append(saved)
-                print(json.dumps({"seed": seed, "model": name, "resumed": True, **saved}), flush=True)
+                print(json.dumps({"seed": seed, "model": row_name(name), "resumed": True, **saved}), flush=True)
                 continue
             if args.report_only:
                 continue
             began = time.perf_counter()
-            if name in ("hcrl2", "hcrl1", "vae_ncrp"):
-                model = fitted(name, seed, depth=DEPTH)
+            if name in NCRP_MODELS:
+                model = fitted(name, seed, depth=DEPTH, **args.tree_settings)
                 row = scores(model.tree, model.predict(data).cpu().numpy())
             elif name.startswith("vade"):
                 if vade_embedding is None:  # one VaDE per seed serves both of its rows
@@ -162,8 +180,8 @@ def main() -> None:
                 row = scores(*kmeans_ward_tree(points, n_groups, seed=seed))
             row["seconds"] = time.perf_counter() - began
             runs[name].append(row)
-            print(json.dumps({"seed": seed, "model": name, **row}), flush=True)
-            done.append(seed, name, row)
+            print(json.dumps({"seed": seed, "model": row_name(name), **row}), flush=True)
+            done.append(seed, row_name(name), row)
 
     rows = []
     for name, per_seed in runs.items():
@@ -171,7 +189,7 @@ def main() -> None:
             continue
         f = [r["hierarchical_f_score"] for r in per_seed]
         paper = PAPER.get(name)
-        rows.append({"model": name, "hierarchical_f_score": float(np.mean(f)), "interval_95": interval(f),
+        rows.append({"model": row_name(name), "hierarchical_f_score": float(np.mean(f)), "interval_95": interval(f),
                      "per_seed": f, "paper": None if paper is None else {"mean": paper[0], "interval_95": paper[1]},
                      **{key: float(np.mean([r[key] for r in per_seed]))
                         for key in ("flat_f_score", "dendrogram_purity", "nmi", "seconds")},
@@ -185,7 +203,7 @@ def main() -> None:
         "data": {"name": data.name, "split": args.split, "n": len(data), "n_features": data.n_features,
                  "likelihood": data.likelihood, "load_seconds": load_seconds},
         "budget": {k: getattr(args, k) for k in ("seeds", "epochs", "pretrain_epochs", "batch_size", "latent_dim",
-                                                  "hidden_dims", "hkm_branching", "hkm_levels")},
+                                                  "hidden_dims", "tree_settings", "hkm_branching", "hkm_levels")},
         "seconds": time.perf_counter() - started, "results": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,9 @@ SCRIPTS = {
                               "--epochs", "2", "--pretrain-epochs", "1", "--hidden-dims", "16", "--n-per-leaf", "10",
                               "--n-per-internal", "5"],
     "hcrl_20newsgroups.py": ["--n", "300", "--seeds", "1", "--epochs", "1", "--pretrain-epochs", "1",
-                             "--hidden-dims", "16", "--hkm-branching", "2", "--no-progress"],
+                             "--hidden-dims", "16", "--hkm-branching", "2", "--no-progress",
+                             "--models", "hcrl2,hcrl1,vade+hkm,vade+ward,hkm,kmeans+ward",
+                             "--tree-settings", '{"elbo_coarsening": 100.0}'],
     "reproduce.py": ["deepect_aug", "usps", "--scale", "0.0004", "--n", "300", "--set", "hidden_dims=[32]",
                      "--set", "max_leaves=4", "--set", "grow_interval=3", "--no-progress"],
     "hcrl_digits.py": ["--n", "200", "--seeds", "1", "--epochs", "2", "--pretrain-epochs", "1", "--hidden-dims", "16",
@@ -100,6 +102,7 @@ def test_benchmark_smoke_run(script, smoke_runs):
         by_model = {row["model"]: row for row in record["results"]}
         assert by_model["hkm"]["hierarchical_f_score"] == PLANTED_20NG_ROW["hierarchical_f_score"]
         assert by_model["kmeans+ward"]["hierarchical_f_score"] != PLANTED_20NG_ROW["hierarchical_f_score"]
+        assert {"hcrl2 elbo_coarsening=100.0", "hcrl1 elbo_coarsening=100.0"} <= set(by_model)  # --tree-settings
 
 
 def test_the_smoke_driver_reports_a_failing_script(tmp_path):

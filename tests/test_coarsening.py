@@ -56,9 +56,11 @@ def test_coarsening_by_one_over_m_scores_m_copies_of_the_data_as_the_data_once()
     assert float(twice) == pytest.approx(float(once), rel=1e-7, abs=1e-6)
 
 
-def test_data_weight_is_alpha_over_alpha_plus_n_and_validated():
+def test_data_weight_is_alpha_over_n_capped_at_one_and_validated():
     assert ELBOStructureMoves().data_weight_for(10_000) == 1.0
-    assert ELBOStructureMoves(coarsening=1000).data_weight_for(3000) == pytest.approx(0.25)
+    assert ELBOStructureMoves(coarsening=1000).data_weight_for(4000) == pytest.approx(0.25)
+    assert ELBOStructureMoves(coarsening=1000).data_weight_for(1000) == 1.0
+    assert ELBOStructureMoves(coarsening=1000).data_weight_for(600) == 1.0  # small data: the ELBO itself
     for bad in (0, -5.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="coarsening"):
             ELBOStructureMoves(coarsening=bad)
@@ -67,7 +69,8 @@ def test_data_weight_is_alpha_over_alpha_plus_n_and_validated():
 def test_coarsening_stops_the_number_of_leaves_growing_with_the_data():
     """Three clusters, each two unit Gaussians 3.5 sd apart: on 300 points the ELBO keeps 3 leaves,
     on 15,000 it splits every cluster in two (6 leaves score higher); coarsened at α = 300 the
-    15,000 points are again scored as about 300 would be, and 3 leaves win."""
+    15,000 points are again scored as 300 would be, and 3 leaves win; the 300 points themselves are
+    not coarsened at α = 300 (ζ = min(1, α / N) = 1)."""
     def gap(per_cluster, coarsening):
         rng = np.random.RandomState(0)
         centres = np.array([[0, 0], [12, 0], [6, 12]], dtype=float)
@@ -83,8 +86,9 @@ def test_coarsening_stops_the_number_of_leaves_growing_with_the_data():
         return score[6] - score[3]
 
     assert gap(5000, None) > 500  # measured +1048 nats
-    assert gap(5000, 300.0) < -5  # measured −18.9
+    assert gap(5000, 300.0) < -5  # measured −18.6
     assert gap(100, None) < 0  # measured −3.7: the small sample does not split either
+    assert gap(100, 300.0) == gap(100, None)
 
 
 def test_hcrl_passes_its_coarsening_to_the_moves():

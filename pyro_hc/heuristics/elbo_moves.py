@@ -21,7 +21,7 @@ moves below). Optionally (``mean_coupling``, :class:`TreeNodePrior`) each child'
 its parent's instead of the embedding's mean; the nodes' part is then a mean-field bound found by
 coordinate ascent over the whole tree (:func:`tree_node_posterior`), and it is what lets a grouping
 of leaves that emit alone raise the ELBO. Optionally (``coarsening`` α) the moves score the
-*coarsened* ELBO, every datum's part weighed by ζ = α / (α + N) (Miller & Dunson 2019), so that the
+*coarsened* ELBO, every datum's part weighed by ζ = min(1, α / N) (Miller & Dunson 2019), so that the
 number of components stops growing with N on clusters that are not exactly Gaussian.
 :func:`tree_elbo` computes the whole; :func:`birth_delta` and :func:`merge_delta`
 the change a move makes, from the statistics of the nodes it touches only.
@@ -332,8 +332,8 @@ def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor
     With ``data_weight`` ζ < 1 it is the *coarsened* ELBO (Miller & Dunson, "Robust Bayesian
     inference via coarsening", JASA 2019): every datum's part — its statistics in the nodes', its
     mass in the sticks', its entropy and level terms — weighs ζ, the power likelihood
-    ``p(x | θ)^ζ`` against the unchanged priors. A mixture scored on N points with ζ = α / (α + N)
-    chooses its components as if it had seen about α of them, so the number it keeps stops growing
+    ``p(x | θ)^ζ`` against the unchanged priors. A mixture scored on N points with ζ = α / N
+    chooses its components as if it had seen α of them, so the number it keeps stops growing
     with N where the clusters are not exactly Gaussian (the Bayesian mixture's known failure under
     misspecification: every real cluster is split until the pieces are). ζ = 1: the ELBO.
 
@@ -688,8 +688,13 @@ class ELBOStructureMoves(Callback):
         the structure the embedding supports, as k-means + Ward on ``E q(z|x)`` does.
     coarsening:
         None (default): the moves are scored on the ELBO. A number α: on the coarsened ELBO
-        (:func:`tree_elbo`; Miller & Dunson 2019) with every datum weighing ζ = α / (α + N) for the
-        epoch's N data, so the search keeps the components that about α points would support. The
+        (:func:`tree_elbo`; Miller & Dunson 2019) with every datum weighing ζ = min(1, α / N) for
+        the epoch's N data, so the search keeps the components that α points would support. Miller
+        & Dunson's ζ = α / (α + N) gives the same effective sample size N·ζ ≈ α where N ≫ α (the
+        two differ by a factor 1 + α / N: 1.4 % on all of MNIST at α = 1000); the cap differs
+        where N is not large: data of at most α points are scored on the ELBO itself, so one α
+        coarsens a large data set and leaves a small one alone (theirs weighs the 1,797 digits
+        0.36 at α = 1000 and 0.63 at α = 3000). The
         Normal–Gamma nodes' Occam factor grows like log N while a split of a cluster that is not
         quite Gaussian gains in proportion to N, so at ζ = 1 the number of leaves grows with the
         data (on all of MNIST, to the node capacity). Only the structure decisions are coarsened;
@@ -749,8 +754,8 @@ class ELBOStructureMoves(Callback):
         self._buffers, self._version = None, None
 
     def data_weight_for(self, num_data: int) -> float:
-        """ζ = α / (α + N) of the coarsened ELBO the moves score on ``num_data`` points (1 without ``coarsening``)."""
-        return 1.0 if self.coarsening is None else self.coarsening / (self.coarsening + num_data)
+        """ζ = min(1, α / N) of the coarsened ELBO the moves score on ``num_data`` points (1 without ``coarsening``)."""
+        return 1.0 if self.coarsening is None else min(1.0, self.coarsening / num_data)
 
     @torch.no_grad()
     def on_step_end(self, state: FitState) -> None:

@@ -567,9 +567,9 @@ class _HCRL(ClusterEstimator):
     elbo_coarsening:
         ``structure="elbo"`` only: None (default) scores the moves and the initial scan on the
         ELBO; a number α scores them on the coarsened ELBO with every datum weighing
-        ζ = α / (α + N) (Miller & Dunson, JASA 2019; ``coarsening`` of
-        :class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`), so the tree keeps the leaves
-        about α points would support. Why it exists: the Normal–Gamma nodes' Occam factor grows
+        ζ = min(1, α / N) (Miller & Dunson, JASA 2019, whose ζ = α / (α + N) agrees where N ≫ α;
+        ``coarsening`` of :class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`), so the tree
+        keeps the leaves α points would support, and data of at most α points are not coarsened. Why it exists: the Normal–Gamma nodes' Occam factor grows
         like log N while splitting a cluster that is not quite Gaussian gains in proportion to N,
         so on all of MNIST the ELBO search grows leaves to the node capacity. Measured
         (``benchmarks/hcrl_mnist.py``, 60,000 training digits, all 70,000 clustered, 5 + 15 epochs,
