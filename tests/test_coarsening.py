@@ -94,7 +94,8 @@ def test_coarsening_stops_the_number_of_leaves_growing_with_the_data():
 def test_hcrl_passes_its_coarsening_to_the_moves():
     model = pyro_hc.get_model("hcrl2", elbo_coarsening=500.0)
     assert model.heuristics(0).coarsening == 500.0
-    assert pyro_hc.get_model("hcrl2").heuristics(0).coarsening is None
+    assert pyro_hc.get_model("hcrl2").heuristics(0).coarsening == 3000.0  # the default: N <= 3000 not coarsened
+    assert pyro_hc.get_model("hcrl2", elbo_coarsening=None).heuristics(0).coarsening is None
     digits = pyro_hc.load_dataset("digits", n_samples=40)
     for bad in (0.0, -1.0, float("inf"), "1000", True):
         with pytest.raises(ValueError, match="elbo_coarsening"):

@@ -565,23 +565,24 @@ class _HCRL(ClusterEstimator):
         fluctuations of ``z̄`` look like tight clusters, so births split along coordinates that
         carry no information.
     elbo_coarsening:
-        ``structure="elbo"`` only: None (default) scores the moves and the initial scan on the
-        ELBO; a number α scores them on the coarsened ELBO with every datum weighing
-        ζ = min(1, α / N) (Miller & Dunson, JASA 2019, whose ζ = α / (α + N) agrees where N ≫ α;
-        ``coarsening`` of :class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`), so the tree
-        keeps the leaves α points would support, and data of at most α points are not coarsened. Why it exists: the Normal–Gamma nodes' Occam factor grows
-        like log N while splitting a cluster that is not quite Gaussian gains in proportion to N,
-        so on all of MNIST the ELBO search grows leaves to the node capacity. Measured
-        (``benchmarks/hcrl_mnist.py``, 60,000 training digits, all 70,000 clustered, 5 + 15 epochs,
-        seed 0, CPU): at α = 1000 HCRL2-L3 starts from 16 leaves and ends with 14 under 3 level-1
-        nodes — leaf NMI 0.681, ACC at a 10-node cut 0.641, DP 0.569 — against 95 leaves, 0.597,
-        0.255 and 0.320 without it (VaDE at the same budget: NMI 0.660, ACC 0.623; VaDE + Ward
-        DP 0.558); IWAE NLL 96.22 against 95.98. At seed 1 the scan's scores for one and two
-        level-1 groups differ by 1.2 nats and all 11 leaves end under one node (DP 0.482): the
-        data that tell groups apart are coarsened too. Why it is not the default: on the 1,797 digits
-        (tutorial 06's network and budget, seeds 0-2) it keeps fewer level-1 nodes (3-4 at α = 1000,
-        6-8 at 5000) and DP falls to 0.595 / 0.596 / 0.558 and 0.622 / 0.571 / 0.553 from 0.662 /
-        0.628 / 0.618 (``benchmarks/results/hcrl_digits_coarsening_cpu.md``).
+        ``structure="elbo"`` only: α (default 3000) scores the moves and the initial scan on the
+        coarsened ELBO with every datum weighing ζ = min(1, α / N) (Miller & Dunson, JASA 2019,
+        whose ζ = α / (α + N) agrees where N ≫ α; ``coarsening`` of
+        :class:`~pyro_hc.heuristics.elbo_moves.ELBOStructureMoves`), so the tree keeps the leaves
+        α points would support; data of at most α points (the digits, the synthetic trees) are
+        scored on the ELBO itself. None: the ELBO at any N. Why: the Normal–Gamma nodes' Occam
+        factor grows like log N while splitting a cluster that is not quite Gaussian gains in
+        proportion to N, so on all of MNIST the uncoarsened search grows leaves to the node
+        capacity. Measured (``benchmarks/hcrl_mnist.py``, 60,000 training digits, all 70,000
+        clustered, 5 + 15 epochs, CPU; HCRL2-L3, seeds 0 / 1): at α = 3000 26–29 leaves under 4
+        level-1 nodes, leaf NMI 0.673 / 0.700, ACC at a 10-node cut 0.428 / 0.409, DP 0.545 /
+        0.543 (k-means + Ward on its own embedding 0.546 / 0.581); at α = 1000 11–14 leaves under
+        3 / 1 level-1 nodes, DP 0.569 / 0.482 (measured with ζ = α / (α + N)); None, seed 0: 95
+        leaves, NMI 0.597, ACC 0.255, DP 0.320 (VaDE at the same budget: NMI 0.660 / 0.687, ACC
+        0.623 / 0.674, VaDE + Ward DP 0.558 / 0.565). α = 3000 is the default because it leaves
+        the 1,797 digits alone: coarsened at all (ζ = α / (α + N) at α = 1000–5000) they kept
+        fewer level-1 nodes and DP fell from 0.662 / 0.628 / 0.618 to 0.553–0.622
+        (``benchmarks/results/hcrl_digits_coarsening_cpu.md``).
     """
 
     loss = "trace_enum"
@@ -620,7 +621,7 @@ class _HCRL(ClusterEstimator):
         elbo_encoder_variance: bool = False,
         init_tree: str | None = None,
         init_leaves: int | str = "elbo",
-        elbo_coarsening: float | None = None,
+        elbo_coarsening: float | None = 3000.0,
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
