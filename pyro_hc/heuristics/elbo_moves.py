@@ -691,7 +691,7 @@ class ELBOStructureMoves(Callback):
         (:func:`tree_elbo`; Miller & Dunson 2019) with every datum weighing ζ = min(1, α / N) for
         the epoch's N data, so the search keeps the components that α points would support. Miller
         & Dunson's ζ = α / (α + N) gives the same effective sample size N·ζ ≈ α where N ≫ α (the
-        two differ by a factor 1 + α / N: 1.4 % on all of MNIST at α = 1000); the cap differs
+        two differ by a factor 1 + α / N: 1.7 % on MNIST's 60,000 training digits at α = 1000); the cap differs
         where N is not large: data of at most α points are scored on the ELBO itself, so one α
         coarsens a large data set and leaves a small one alone (theirs weighs the 1,797 digits
         0.36 at α = 1000 and 0.63 at α = 3000). The
