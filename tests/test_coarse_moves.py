@@ -151,6 +151,66 @@ def test_refined_merge_delta_is_merge_delta_without_refinement_and_finite_with_i
     assert refined == refined and abs(refined - float(exact)) > 1e-6  # the E-steps do move the data
 
 
+def _naive_refine(tree, rows, resp, z_loc, z_var, log_eta, prior, steps, data_weight):
+    """The partial E-steps by their definition: every node's posterior from the whole of ``resp``, one
+    node at a time, then the touched paths' cells re-chosen."""
+    paths = tree.paths()
+    n, _, levels = resp.shape
+    for _ in range(steps):
+        post = {}
+        for node in tree.nodes():
+            w = sum(resp[:, k, level] for k, path in enumerate(paths) for level in range(levels) if path[level] == node)
+            w = data_weight * w
+            post[node] = prior.posterior(w.sum(), w @ z_loc, w @ (z_loc ** 2 + z_var))
+        mass = resp[:, rows].sum((1, 2))
+        path_mass = resp[:, rows].sum((0, 2))
+        logits = torch.stack([torch.stack([
+            post[paths[k][level]].expected_log_likelihood(z_loc, z_var).sum(-1) + (path_mass[i] / path_mass.sum()).log()
+            + log_eta[:, level] for level in range(levels)], -1) for i, k in enumerate(rows)], 1)
+        resp = resp.clone()
+        resp[:, rows] = torch.softmax(logits.reshape(n, -1), -1).reshape(logits.shape) * mass[:, None, None]
+    return resp
+
+
+@pytest.mark.parametrize("rows", [[0], [1, 2], [0, 1, 2, 3]])
+def test_refined_responsibilities_equal_the_e_steps_by_their_definition(rows):
+    from pyro_hc.heuristics.elbo_moves import refine_responsibilities
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(4)
+    path_nodes = torch.as_tensor(tree.paths())
+    refined = refine_responsibilities(tree, path_nodes, rows, resp, z_loc, z_var, log_eta, prior, 3, data_weight=0.4)
+    expected = _naive_refine(tree, rows, resp, z_loc, z_var, log_eta, prior, 3, 0.4)
+    torch.testing.assert_close(refined, expected, rtol=1e-10, atol=1e-12)
+    assert (refined - resp).abs().max() > 1e-3  # the E-steps moved the data: the check is not vacuous
+    untouched = [k for k in range(4) if k not in rows]
+    assert torch.equal(refined[:, untouched], resp[:, untouched])
+
+
+@pytest.mark.parametrize("data_weight", [1.0, 0.3])
+def test_refined_birth_delta_is_the_difference_of_brute_force_elbos_of_the_refined_q(data_weight):
+    from pyro_hc.heuristics.elbo_moves import refine_responsibilities, refined_birth_delta
+
+    tree, resp, z_loc, z_var, log_eta, prior, gamma = two_group_problem(5)
+    split = torch.rand(resp.shape[0], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    delta, _ = refined_birth_delta(tree, 1, split, resp, z_loc, z_var, log_eta, prior, gamma, 2, data_weight)
+    # the same move by hand: leaf 3 (path 1) split, both sides refined, scored by the ELBO's definition
+    grown = tree.copy(events=False)
+    new_leaf = add_child_in_order(grown, 1)
+    columns = {path: resp[:, i] for i, path in enumerate(tree.paths())}
+    columns[(0, 1, new_leaf)] = resp[:, 1] * (1 - split[:, None])
+    columns[(0, 1, 3)] = resp[:, 1] * split[:, None]
+    after = torch.stack([columns[path] for path in grown.paths()], 1)
+    pair = [grown.paths().index((0, 1, 3)), grown.paths().index((0, 1, new_leaf))]
+    before = refine_responsibilities(tree, torch.as_tensor(tree.paths()), [1], resp, z_loc, z_var, log_eta, prior, 2,
+                                     data_weight)
+    after = refine_responsibilities(grown, torch.as_tensor(grown.paths()), pair, after, z_loc, z_var, log_eta, prior,
+                                    2, data_weight)
+    expected = (brute_force_tree_elbo(grown, after, z_loc, z_var, log_eta, prior, gamma, data_weight=data_weight)
+                - brute_force_tree_elbo(tree, before, z_loc, z_var, log_eta, prior, gamma, data_weight=data_weight))
+    assert float(delta) == pytest.approx(float(expected), rel=1e-8, abs=1e-8)
+    assert abs(float(delta)) > 1e-3
+
+
 # child means centred on the parent's (TreeNodePrior) -------------------------------------------
 
 

@@ -295,6 +295,44 @@ def _emission_matrix(tree: ClusterTree, path_nodes: Tensor, dtype, device) -> tu
     return onehot, nodes
 
 
+def _cell_statistics(resp: Tensor, z_loc: Tensor, z_sq: Tensor, data_weight: float = 1.0) -> tuple[
+        Tensor, Tensor, Tensor]:
+    """ζ-weighted ``Σ r``, ``Σ r E z``, ``Σ r E z²`` of every (path, level) cell of ``resp [N, K, L]``:
+    ``[K·L]``, ``[K·L, d]``, ``[K·L, d]``. A node's statistics are the sums over the cells it emits
+    at, so every structure on the same paths is scored from these without touching the N data again."""
+    n, k, levels = resp.shape
+    flat = resp.reshape(n, k * levels)
+    return data_weight * flat.sum(0), data_weight * (flat.T @ z_loc), data_weight * (flat.T @ z_sq)
+
+
+def _data_terms(resp: Tensor, log_eta: Tensor) -> Tensor:
+    """The entropy and level terms of ``q(ζ_n, l_n)`` over the paths in ``resp [N, K', L]`` (unweighted)."""
+    n, _, levels = resp.shape
+    return -_xlogx(resp).sum() + (resp * log_eta.expand(n, levels)[:, None, :]).sum()
+
+
+def _structure_elbo(tree: ClusterTree, path_nodes: Tensor, cells: tuple[Tensor, Tensor, Tensor],
+                    prior: NormalGamma | TreeNodePrior, gamma: float) -> Tensor:
+    """The nodes' and sticks' part of :func:`tree_elbo` from the (ζ-weighted) cell statistics
+    (:func:`_cell_statistics`, rows in ``path_nodes`` order): ``O(K·L·nodes·d)``, no pass over the data."""
+    cell_count, cell_sum_z, cell_sum_z2 = cells
+    onehot, nodes = _emission_matrix(tree, path_nodes, cell_count.dtype, cell_count.device)
+    count, sum_z, sum_z2 = onehot.T @ cell_count, onehot.T @ cell_sum_z, onehot.T @ cell_sum_z2
+    position = {node: i for i, node in enumerate(nodes)}
+    if isinstance(prior, TreeNodePrior):
+        parents = torch.as_tensor([-1 if tree.parent(u) is None else position[tree.parent(u)] for u in nodes])
+        total = tree_node_posterior(parents, count, sum_z, sum_z2, prior)[0]
+    else:
+        total = _node_evidence(prior, count, sum_z, sum_z2).sum()
+    # M_c, the mass of the full paths through c: a node lies at most once on a path, so it is the
+    # path masses summed over the cells it emits at
+    levels = path_nodes.shape[-1]
+    through = cell_count.reshape(-1, levels).sum(-1).repeat_interleave(levels) @ onehot
+    for parent in tree.internal_nodes():
+        total = total + _stick_term(through[[position[c] for c in sibling_order(tree, parent)]], gamma)
+    return total
+
+
 def refine_responsibilities(tree: ClusterTree, path_nodes: Tensor, rows: Sequence[int], resp: Tensor, z_loc: Tensor,
                             z_var: Tensor, log_eta: Tensor, prior: NormalGamma, steps: int,
                             data_weight: float = 1.0) -> Tensor:
@@ -303,25 +341,38 @@ def refine_responsibilities(tree: ClusterTree, path_nodes: Tensor, rows: Sequenc
     stay as they are). Any ``q`` gives a valid ELBO; this one lets the data a move touches
     re-choose their level and path under the proposed structure ("refined briefly").
     ``data_weight``: ζ of a coarsened ELBO (:func:`tree_elbo`), which weighs the statistics the
-    posteriors are read from; each datum's own ``q`` is the same softmax at any ζ."""
+    posteriors are read from; each datum's own ``q`` is the same softmax at any ζ.
+
+    Each step reads the posteriors of the nodes on ``rows`` only (the untouched cells' statistics
+    are summed once), so a step costs ``O(N·|rows|·L·d)`` whatever the size of the tree."""
+    if steps == 0:
+        return resp
     n, k, levels = resp.shape
     onehot, _ = _emission_matrix(tree, path_nodes, resp.dtype, resp.device)
     rows = torch.as_tensor(list(rows), dtype=torch.long, device=resp.device)
-    mass = resp[:, rows, :].sum((1, 2))  # N
     z_sq = z_loc.square() + z_var
+    cells = (rows[:, None] * levels + torch.arange(levels, device=resp.device)).reshape(-1)  # the touched cells
+    untouched = torch.ones(k * levels, dtype=torch.bool, device=resp.device)
+    untouched[cells] = False
+    used = onehot[cells].sum(0) > 0  # the nodes the touched cells emit from
+    touched = onehot[cells][:, used]  # |rows|·L x |used|
+    fixed = [onehot[untouched][:, used].T @ s[untouched]
+             for s in _cell_statistics(resp, z_loc, z_sq, data_weight)]  # what the other cells give them
+    part = resp[:, rows, :]  # N x |rows| x L
+    mass = part.sum((1, 2))  # N
     log_eta = log_eta.expand(n, levels)
     for _ in range(steps):
-        count, sum_z, sum_z2 = (data_weight * s for s in _statistics(resp.reshape(n, k * levels) @ onehot, z_loc,
-                                                                     z_sq))
-        post = prior.posterior(count[:, None], sum_z, sum_z2)  # nodes x d
-        ell = post.expected_log_likelihood(z_loc[:, None, :], z_var[:, None, :]).sum(-1)  # N x nodes
-        cell_ell = (ell @ onehot.T).reshape(n, k, levels)[:, rows, :]  # N x |rows| x L
-        path_mass = resp[:, rows, :].sum((0, 2))
+        count, sum_z, sum_z2 = (f + touched.T @ s for f, s in zip(fixed, _cell_statistics(part, z_loc, z_sq,
+                                                                                          data_weight)))
+        post = prior.posterior(count[:, None], sum_z, sum_z2)  # |used| x d
+        ell = post.expected_log_likelihood(z_loc[:, None, :], z_var[:, None, :]).sum(-1)  # N x |used|
+        cell_ell = (ell @ touched.T).reshape(n, len(rows), levels)
+        path_mass = part.sum((0, 2))
         log_prior = (path_mass.clamp_min(1e-8) / path_mass.sum().clamp_min(1e-8)).log()
         logits = cell_ell + log_prior[None, :, None] + log_eta[:, None, :]
-        shares = torch.softmax(logits.reshape(n, -1), -1).reshape(logits.shape)
-        resp = resp.clone()
-        resp[:, rows, :] = shares * mass[:, None, None]
+        part = torch.softmax(logits.reshape(n, -1), -1).reshape(logits.shape) * mass[:, None, None]
+    resp = resp.clone()
+    resp[:, rows, :] = part
     return resp
 
 
@@ -354,24 +405,8 @@ def tree_elbo(tree: ClusterTree, path_nodes: Tensor, resp: Tensor, z_loc: Tensor
     data_weight:
         ζ in (0, 1], the weight of every datum (above).
     """
-    n, k, levels = resp.shape
-    onehot, nodes = _emission_matrix(tree, path_nodes, resp.dtype, resp.device)
-    node_weights = resp.reshape(n, k * levels) @ onehot  # N x nodes: what each node emits
-    # the statistics are linear in the weights: ζ scales them, not the N-row matrices behind them
-    count, sum_z, sum_z2 = (data_weight * s for s in _statistics(node_weights, z_loc, z_loc.square() + z_var))
-    if isinstance(prior, TreeNodePrior):
-        position = {node: i for i, node in enumerate(nodes)}
-        parents = torch.as_tensor([-1 if tree.parent(u) is None else position[tree.parent(u)] for u in nodes])
-        total = tree_node_posterior(parents, count, sum_z, sum_z2, prior)[0]
-    else:
-        total = _node_evidence(prior, count, sum_z, sum_z2).sum()
-    through = _mass_through(tree, resp)
-    for parent in tree.internal_nodes():
-        masses = data_weight * torch.stack([through[c] for c in sibling_order(tree, parent)])
-        total = total + _stick_term(masses, gamma)
-    entropy = -_xlogx(resp).sum()
-    levels_term = (resp * log_eta.expand(n, levels)[:, None, :]).sum()
-    return total + data_weight * (entropy + levels_term)
+    cells = _cell_statistics(resp, z_loc, z_loc.square() + z_var, data_weight)
+    return _structure_elbo(tree, path_nodes, cells, prior, gamma) + data_weight * _data_terms(resp, log_eta)
 
 
 def _group_masses(tree: ClusterTree, parent: int, path_mass: Tensor, paths: Sequence[tuple[int, ...]]) -> tuple[
@@ -471,9 +506,14 @@ def _refined_delta(tree: ClusterTree, before: Tensor, rows_before: Sequence[int]
                                      data_weight)
     after = refine_responsibilities(grown, after_nodes, rows_after, after, z_loc, z_var, log_eta, prior, steps,
                                     data_weight)
-    delta = (tree_elbo(grown, after_nodes, after, z_loc, z_var, log_eta, prior, gamma, data_weight)
-             - tree_elbo(tree, before_nodes, before, z_loc, z_var, log_eta, prior, gamma, data_weight))
-    return delta, after
+    z_sq = z_loc.square() + z_var
+    structure = (_structure_elbo(grown, after_nodes, _cell_statistics(after, z_loc, z_sq, data_weight), prior, gamma)
+                 - _structure_elbo(tree, before_nodes, _cell_statistics(before, z_loc, z_sq, data_weight), prior,
+                                   gamma))
+    # the paths neither side touches hold the same q on both: their entropy and level terms cancel
+    rows_before, rows_after = list(rows_before), list(rows_after)
+    data = _data_terms(after[:, rows_after], log_eta) - _data_terms(before[:, rows_before], log_eta)
+    return structure + data_weight * data, after
 
 
 def refined_merge_delta(tree: ClusterTree, keep_row: int, drop_row: int, resp: Tensor, z_loc: Tensor, z_var: Tensor,
@@ -570,12 +610,22 @@ def relabel_delta(tree: ClusterTree, new_tree: ClusterTree, resp: Tensor, z_loc:
     (leaf, level), so what an internal node emitted for a moved subtree's data is emitted by the
     subtree's new ancestor). Exact: only the node and stick terms change, the entropy and level
     terms do not. ``base``: ``tree``'s ELBO (at the same coarsening ``data_weight``), when already known."""
-    if base is None:
-        base = tree_elbo(tree, torch.as_tensor(tree.paths(), device=resp.device), resp, z_loc, z_var, log_eta, prior,
-                         gamma, data_weight)
-    after = relabel_responsibilities(tree, new_tree, resp)
-    new_nodes = torch.as_tensor(new_tree.paths(), device=resp.device)
-    return tree_elbo(new_tree, new_nodes, after, z_loc, z_var, log_eta, prior, gamma, data_weight) - base
+    cells = _cell_statistics(resp, z_loc, z_loc.square() + z_var, data_weight)
+    after = _relabelled_structure_elbo(tree, new_tree, cells, prior, gamma)
+    if base is None:  # the entropy and level terms are the same on both sides
+        return after - _structure_elbo(tree, torch.as_tensor(tree.paths(), device=resp.device), cells, prior, gamma)
+    return after + data_weight * _data_terms(resp, log_eta) - base
+
+
+def _relabelled_structure_elbo(tree: ClusterTree, new_tree: ClusterTree, cells: tuple[Tensor, Tensor, Tensor],
+                               prior: NormalGamma | TreeNodePrior, gamma: float) -> Tensor:
+    """:func:`_structure_elbo` of ``new_tree`` (the same leaves) from ``tree``'s cell statistics."""
+    rows = {path[-1]: row for row, path in enumerate(tree.paths())}
+    levels = cells[0].shape[0] // len(rows)
+    new_paths = new_tree.paths()
+    order = torch.as_tensor([rows[path[-1]] for path in new_paths], device=cells[0].device)
+    cells = tuple(c.reshape(len(rows), levels, *c.shape[1:])[order].reshape(c.shape) for c in cells)
+    return _structure_elbo(new_tree, torch.as_tensor(new_paths, device=order.device), cells, prior, gamma)
 
 
 def emission_weights(tree: ClusterTree, resp: Tensor) -> dict[int, Tensor]:
@@ -944,13 +994,14 @@ class ELBOStructureMoves(Callback):
         exact in closed form (:func:`relabel_delta`)."""
         levels = resp.shape[-1]
         device = resp.device
-        base = tree_elbo(tree, torch.as_tensor(paths, device=device), resp, z_loc, z_var, log_eta, prior, gamma,
-                         self.data_weight)
+        # every candidate keeps each datum's q over (leaf, level): only the node and stick terms
+        # change, and they are read from the cells' statistics, summed over the data once
+        cells = _cell_statistics(resp, z_loc, z_loc.square() + z_var, self.data_weight)
+        base = _structure_elbo(tree, torch.as_tensor(paths, device=device), cells, prior, gamma)
         candidates: list[tuple[float, str, dict]] = []
 
         def consider(kind: str, new_tree: ClusterTree, **info) -> None:
-            delta = float(relabel_delta(tree, new_tree, resp, z_loc, z_var, log_eta, prior, gamma, base,
-                                        self.data_weight))
+            delta = float(_relabelled_structure_elbo(tree, new_tree, cells, prior, gamma) - base)
             candidates.append((delta, kind, dict(info, new_tree=new_tree)))
 
         coarse = [u for u in tree.internal_nodes() if 1 <= tree.level(u) <= levels - 2]
