@@ -107,41 +107,78 @@ class TreeNodePrior:
 
         λ_u ~ Gamma(a₀, b₀)                              every node u
         μ_root ~ Normal(m₀, 1 / (κ₀ λ_root))
-        μ_u ~ Normal(μ_parent(u), 1 / (coupling · λ_u))   every other node
+        μ_u ~ Normal(μ_parent(u), 1 / (κ · λ_u))            every other node
         z ~ Normal(μ_u, 1 / λ_u)                          the data node u emits
+
+    with ``κ = coupling`` for every parent p, or, with ``coupling_shape`` set, a coupling learnt
+    per level of the parents, shared by all of that level's children and the coordinates::
+
+        κ_l ~ Gamma(coupling_shape, coupling_shape / coupling)   (prior mean: coupling)
+
+    so that the data decide how tightly children sit around their parents, instead of one κ for
+    every data set (a fixed κ = 10 groups MNIST's leaves into ten level-1 nodes but costs the
+    digits' purity). One κ per level, not per parent: a per-parent κ adds a Gamma's KL to every
+    proposed parent, and on two tight pairs of leaves in 2-d that cost outweighed the grouping's
+    gain (tests/test_coarse_moves.py), where a level's κ is paid once, whatever the grouping.
 
     Under :class:`~pyro_hc.distributions.NormalGamma` priors alone (independent, centred on the
     embedding's mean) the ELBO of leaf-emitted data does not depend on how the leaves are grouped:
     an internal node that emits nothing costs its prior and stick terms and earns nothing, so no
-    coarse split pays. Here a child whose mean lies near its parent's earns ``coupling · λ_child``
+    coarse split pays. Here a child whose mean lies near its parent's earns ``κ · λ_child``
     per squared distance, and leaves of one group gain from a common parent of their own. HCRL's
     paper has no such dependence (its internal nodes emit instead, Sec. 3); VAE-nCRP's prior has it.
 
-    The posterior is mean-field ``Π_u q(μ_u) q(λ_u)`` (Normal, Gamma), found by coordinate ascent
-    (:func:`tree_node_posterior`): given ``E λ`` the means solve one linear system per coordinate
-    (the tree's Gaussian field), given ``q(μ)`` each ``q(λ_u)`` is conjugate. ``posterior`` is the
-    base prior's, for the E-steps and the Gaussians placed after a move (node by node).
+    The posterior is mean-field ``Π_u q(μ_u) q(λ_u) Π_l q(κ_l)`` (Normal, Gamma, Gamma), found by
+    coordinate ascent (:func:`tree_node_posterior`): given ``E λ`` and ``E κ`` the means solve one
+    linear system per coordinate (the tree's Gaussian field), given ``q(μ)`` each ``q(λ_u)`` is
+    conjugate, and given both each ``q(κ_l)`` is. ``posterior`` is the base prior's, for the
+    E-steps and the Gaussians placed after a move (node by node).
     """
 
     base: NormalGamma
     coupling: float = 0.1
     iterations: int = 100
     tolerance: float = 1e-7
+    coupling_shape: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.coupling > 0:
+            raise ValueError(f"coupling must be positive, got {self.coupling}")
+        if self.coupling_shape is not None and not self.coupling_shape > 0:
+            raise ValueError(f"coupling_shape must be positive (or None: a fixed coupling), got {self.coupling_shape}")
 
     def posterior(self, count: Tensor, sum_z: Tensor, sum_z2: Tensor) -> NormalGamma:
         return self.base.posterior(count, sum_z, sum_z2)
 
 
 def _tree_node_elbo(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: Tensor, prior: TreeNodePrior,
-                    loc: Tensor, var: Tensor, concentration: Tensor, rate: Tensor) -> Tensor:
+                    loc: Tensor, var: Tensor, concentration: Tensor, rate: Tensor,
+                    coupling_concentration: Tensor | None = None, coupling_rate: Tensor | None = None) -> Tensor:
     """The nodes' part of the ELBO under :class:`TreeNodePrior` at ``q(μ) = Normal(loc, var)``,
-    ``q(λ) = Gamma(concentration, rate)`` (all ``[M, d]``; ``parents [M]``, −1 at the root)."""
+    ``q(λ) = Gamma(concentration, rate)`` (all ``[M, d]``; ``parents [M]``, −1 at the root) and,
+    with a learnt coupling, ``q(κ_l) = Gamma(coupling_concentration, coupling_rate)`` (``[M]``,
+    indexed by the parents' level; the levels without children are not read)."""
     base = prior.base
     m0, a0, b0 = base.loc, base.concentration, base.rate
     root = parents < 0
     up = parents.clamp_min(0)
     kappa0 = base.precision_scale.expand_as(loc)
-    kappa = torch.where(root[:, None], kappa0, torch.full_like(kappa0, prior.coupling))  # κ₀ at the root
+    if prior.coupling_shape is None:
+        e_kappa = torch.full_like(kappa0, prior.coupling)
+        e_log_kappa = e_kappa.log()
+        kappa_kl = loc.new_zeros(())
+    else:
+        group = torch.as_tensor(_node_levels(parents.cpu().numpy()), device=loc.device)[up]  # the parent's level
+        e_kappa = (coupling_concentration / coupling_rate)[group, None].expand_as(loc)
+        e_log_kappa = (torch.digamma(coupling_concentration) - coupling_rate.log())[group, None].expand_as(loc)
+        used = torch.zeros_like(root)
+        used[group[~root]] = True
+        shape = torch.as_tensor(prior.coupling_shape, dtype=loc.dtype, device=loc.device)
+        kappa_kl = torch.distributions.kl_divergence(
+            torch.distributions.Gamma(coupling_concentration[used], coupling_rate[used]),
+            torch.distributions.Gamma(shape, shape / prior.coupling)).sum()
+    kappa = torch.where(root[:, None], kappa0, e_kappa)  # κ₀ at the root
+    log_kappa = torch.where(root[:, None], kappa0.log(), e_log_kappa)
     centre = torch.where(root[:, None], m0.expand_as(loc), loc[up])
     centre_var = torch.where(root[:, None], torch.zeros_like(var), var[up])
     e_lambda = concentration / rate
@@ -150,21 +187,22 @@ def _tree_node_elbo(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: Tenso
     data_sq = sum_z2 - 2 * sum_z * loc + count[:, None] * (loc.square() + var)  # E Σ r (z − μ)²
     prior_sq = (loc - centre).square() + var + centre_var  # E (μ_u − μ_parent)²
     data = 0.5 * count[:, None] * (e_log_lambda - log_2pi) - 0.5 * e_lambda * data_sq
-    mean_prior = 0.5 * (kappa.log() + e_log_lambda - log_2pi) - 0.5 * kappa * e_lambda * prior_sq
+    mean_prior = 0.5 * (log_kappa + e_log_lambda - log_2pi) - 0.5 * kappa * e_lambda * prior_sq
     precision_prior = a0 * b0.log() - torch.lgamma(a0) + (a0 - 1) * e_log_lambda - b0 * e_lambda
     mean_entropy = 0.5 * (var.log() + log_2pi + 1)
     precision_entropy = concentration - rate.log() + torch.lgamma(concentration) + (1 - concentration) * torch.digamma(
         concentration)
-    return (data + mean_prior + precision_prior + mean_entropy + precision_entropy).sum()
+    return (data + mean_prior + precision_prior + mean_entropy + precision_entropy).sum() - kappa_kl
 
 
 def tree_node_posterior(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: Tensor,
-                        prior: TreeNodePrior) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Coordinate ascent to the mean-field ``q(μ) q(λ)`` of :class:`TreeNodePrior`, in float64.
+                        prior: TreeNodePrior, return_coupling: bool = False) -> tuple[Tensor, ...]:
+    """Coordinate ascent to the mean-field ``q(μ) q(λ) [q(κ)]`` of :class:`TreeNodePrior`, in float64.
 
     ``parents [M]``: each node's parent's position (−1 at the root); statistics ``count [M]``,
-    ``sum_z``, ``sum_z2 [M, d]``. Returns the nodes' ELBO term and ``(loc, var, concentration, rate)``.
-    Vectorised over nodes and coordinates: each sweep solves the means' ``[d, M, M]`` systems.
+    ``sum_z``, ``sum_z2 [M, d]``. Returns the nodes' ELBO term and ``(loc, var, concentration, rate)``,
+    and with ``return_coupling`` also ``q(κ)``'s ``(concentration, rate)`` per level of the parents
+    (``[M]``, the prior's at a level without children; ``None, None`` with a fixed coupling). Vectorised over nodes and coordinates: each sweep solves the means' ``[d, M, M]`` systems.
     """
     dtype, device = sum_z.dtype, sum_z.device
     parents = parents.to(device=device, dtype=torch.long)
@@ -179,44 +217,79 @@ def tree_node_posterior(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: T
     n, s_z, s_z2 = (t.detach().cpu().numpy() for t in (count, sum_z, sum_z2))
     m0, kappa0, a0, b0 = (np.broadcast_to(t.detach().cpu().numpy(), s_z.shape) for t in (
         prior.base.loc, prior.base.precision_scale, prior.base.concentration, prior.base.rate))
-    kappa = np.where(root, kappa0, prior.coupling)
+    nodes, dims = s_z.shape
+    learned = prior.coupling_shape is not None
+    group = _node_levels(parents.cpu().numpy())[up]  # each child's κ: its parent's level
+    e_kappa = np.full(nodes, prior.coupling)  # E κ_l of every level
+    if learned:  # q(κ_l) = Gamma(a_κ + d·|children at l + 1| / 2, b_κ + Σ_children Σ_j E λ E (μ_u − μ_p)² / 2)
+        kappa_prior_rate = prior.coupling_shape / prior.coupling
+        kappa_concentration = prior.coupling_shape + 0.5 * dims * np.bincount(group, minlength=nodes)
+        kappa_rate = np.full(nodes, kappa_prior_rate)
     concentration = a0 + 0.5 * (n[:, None] + 1)  # fixed by the counts
     root_target = np.where(root, kappa0 * m0, 0.0)
     e_lambda = a0 / b0
-    rows = np.arange(s_z.shape[0])
+    rows = np.arange(nodes)
     loc = var = rate = None
     for _ in range(prior.iterations):
-        # q(μ): the Gaussian field on the tree given E λ (mean-field means are its exact means)
-        tie = prior.coupling * e_lambda[child]  # [children, d]: child–parent precision
+        kappa = kappa0.copy()  # each node's prior precision factor: κ₀ at the root, its parent level's κ
+        kappa[child] = e_kappa[group][:, None]
+        # q(μ): the Gaussian field on the tree given E λ and E κ (mean-field means are its exact means)
+        tie = e_kappa[group][:, None] * e_lambda[child]  # [children, d]: child–parent precision
         diagonal = e_lambda * n[:, None] + kappa * e_lambda
         np.add.at(diagonal, up, tie)
-        system = np.zeros((s_z.shape[1], s_z.shape[0], s_z.shape[0]))  # d x M x M
+        system = np.zeros((dims, nodes, nodes))  # d x M x M
         system[:, rows, rows] = diagonal.T
         system[:, child, up] = -tie.T
         system[:, up, child] = -tie.T
         target = e_lambda * s_z + root_target * e_lambda
         loc = np.linalg.solve(system, target.T[..., None])[..., 0].T
         var = 1.0 / diagonal
-        # q(λ_u): conjugate given q(μ)
+        # q(λ_u): conjugate given q(μ) and q(κ)
         centre = np.where(root, m0, loc[up_all])
         centre_var = np.where(root, 0.0, var[up_all])
         data_sq = np.clip(s_z2 - 2 * s_z * loc + n[:, None] * (loc ** 2 + var), 0.0, None)
-        new_rate = b0 + 0.5 * data_sq + 0.5 * kappa * ((loc - centre) ** 2 + var + centre_var)
+        prior_sq = (loc - centre) ** 2 + var + centre_var
+        new_rate = b0 + 0.5 * data_sq + 0.5 * kappa * prior_sq
         converged = rate is not None and bool((np.abs(new_rate - rate) <= prior.tolerance * rate).all())
         rate = new_rate
         e_lambda = concentration / rate
+        if learned:  # q(κ_l): conjugate given q(μ) and q(λ)
+            spread = (e_lambda[child] * prior_sq[child]).sum(-1)  # per child: E λ E (μ_u − μ_p)², summed over d
+            new_kappa_rate = kappa_prior_rate + 0.5 * np.bincount(group, weights=spread, minlength=nodes)
+            converged = converged and bool((np.abs(new_kappa_rate - kappa_rate) <= prior.tolerance * kappa_rate).all())
+            kappa_rate = new_kappa_rate
+            e_kappa = kappa_concentration / kappa_rate
         if converged:
             break
     loc, var, concentration, rate = (torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
                                      for a in (loc, var, concentration, rate))
-    elbo = _tree_node_elbo(parents, count, sum_z, sum_z2, prior, loc, var, concentration, rate)
+    coupling = (None, None)
+    if learned:
+        coupling = tuple(torch.as_tensor(a, dtype=torch.float64, device=device)
+                         for a in (kappa_concentration, kappa_rate))
+    elbo = _tree_node_elbo(parents, count, sum_z, sum_z2, prior, loc, var, concentration, rate, *coupling)
+    if return_coupling:
+        return elbo.to(dtype), loc, var, concentration, rate, *coupling
     return elbo.to(dtype), loc, var, concentration, rate
+
+
+def _node_levels(parents: np.ndarray) -> np.ndarray:
+    """Every node's level from ``parents [M]`` (positions, −1 at the root), in any order."""
+    parents = np.asarray(parents)
+    levels = np.zeros(len(parents), dtype=np.int64)
+    for _ in range(len(parents)):
+        new = np.where(parents < 0, 0, levels[np.maximum(parents, 0)] + 1)
+        if np.array_equal(new, levels):
+            break
+        levels = new
+    return levels
 
 
 def _as_double(prior: TreeNodePrior) -> TreeNodePrior:
     base = prior.base
     as_double = (t.double() for t in (base.loc, base.precision_scale, base.concentration, base.rate))
-    return TreeNodePrior(NormalGamma(*as_double), prior.coupling, prior.iterations, prior.tolerance)
+    return TreeNodePrior(NormalGamma(*as_double), prior.coupling, prior.iterations, prior.tolerance,
+                         prior.coupling_shape)
 
 
 def _stick_term(masses: Tensor, gamma: float) -> Tensor:
@@ -709,6 +782,11 @@ class ELBOStructureMoves(Callback):
         ``κ_c λ_child`` (:class:`TreeNodePrior`), so that grouping leaves under a parent of their
         own can raise the ELBO even where the internal nodes emit nothing; the coarse moves are then
         tried first in every epoch, the leaf moves after them.
+    mean_coupling_shape:
+        None (default): ``κ_c`` is the coupling of every parent. A number ``a``: each level's
+        coupling is learnt, ``κ_l ~ Gamma(a, a / κ_c)`` (prior mean ``κ_c``) with its conjugate
+        ``q(κ_l)`` found with the nodes' (:class:`TreeNodePrior`), so that every proposed grouping
+        is scored at the coupling its own children support. Needs ``mean_coupling``.
     closed_form_sticks:
         At the end of every epoch (moves or not), set the model's sticks to their conjugate update
         :func:`conjugate_sticks` from the epoch's memoized responsibilities, through
@@ -758,7 +836,7 @@ class ELBOStructureMoves(Callback):
                  encoder_variance: bool = False, refine_steps: int = 3, birth_margin: float = 0.0,
                  ancestor_births: bool = True, coarse_moves: bool = True, mean_coupling: float | None = None,
                  closed_form_sticks: bool = False, closed_form_nodes: bool = False,
-                 coarsening: float | None = None) -> None:
+                 coarsening: float | None = None, mean_coupling_shape: float | None = None) -> None:
         if stick_concentration <= 0:
             raise ValueError(f"stick_concentration must be positive, got {stick_concentration}")
         if lock_epochs < 0 or merge_pairs < 0 or split_steps < 1 or min_mass < 0:
@@ -790,6 +868,10 @@ class ELBOStructureMoves(Callback):
         if mean_coupling is not None and not mean_coupling > 0:
             raise ValueError(f"mean_coupling must be positive (or None: independent node means), got {mean_coupling}")
         self.mean_coupling = None if mean_coupling is None else float(mean_coupling)
+        if mean_coupling_shape is not None and (mean_coupling is None or not mean_coupling_shape > 0):
+            raise ValueError("mean_coupling_shape needs a mean_coupling (the prior mean of the learnt couplings) and "
+                             f"must be positive, got {mean_coupling_shape} with mean_coupling={mean_coupling}")
+        self.mean_coupling_shape = None if mean_coupling_shape is None else float(mean_coupling_shape)
         self.closed_form_sticks = bool(closed_form_sticks)
         self.closed_form_nodes = bool(closed_form_nodes)
         if coarsening is not None and not 0 < coarsening < math.inf:
@@ -802,6 +884,14 @@ class ELBOStructureMoves(Callback):
 
     def on_epoch_start(self, state: FitState) -> None:
         self._buffers, self._version = None, None
+
+    def node_prior(self, z_loc: Tensor, z_var: Tensor) -> NormalGamma | TreeNodePrior:
+        """The nodes' prior the moves score with, from the embedding: :func:`node_prior`, with child
+        means centred on the parent's under ``mean_coupling`` (:class:`TreeNodePrior`)."""
+        prior = node_prior(z_loc, z_var, **self.prior_settings)
+        if self.mean_coupling is None:
+            return prior
+        return TreeNodePrior(prior, self.mean_coupling, coupling_shape=self.mean_coupling_shape)
 
     def data_weight_for(self, num_data: int) -> float:
         """ζ = min(1, α / N) of the coarsened ELBO the moves score on ``num_data`` points (1 without ``coarsening``)."""
@@ -847,9 +937,7 @@ class ELBOStructureMoves(Callback):
         seen = self._buffers["seen"]
         z_loc, z_var, resp = self._buffers["z_loc"][seen], self._buffers["z_var"][seen], self._buffers["resp"][seen]
         self.data_weight = self.data_weight_for(z_loc.shape[0])
-        prior = node_prior(z_loc, z_var, **self.prior_settings)
-        if self.mean_coupling is not None:
-            prior = TreeNodePrior(prior, self.mean_coupling)
+        prior = self.node_prior(z_loc, z_var)
         if self.closed_form_sticks:  # the sticks' global step, on the tree the epoch's statistics belong to
             module.set_stick_posteriors(conjugate_sticks(tree, resp, self.stick_concentration))
         if self.closed_form_nodes:  # the nodes' global step; the moves below place the nodes they change
