@@ -19,19 +19,17 @@ events, per-epoch losses, wall time per phase, budget, device, versions) to ``--
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import pyro
 import torch
 
 import pyro_hc
 import pyro_hc.models.cohiclust  # noqa: F401  (registers "cohiclust")
 from pyro_hc.hierarchy import class_distance_matrix
 from pyro_hc.infer import Callback
+from pyro_hc.report import machine_record, write_record
 
 PAPER = {"acc": 0.99, "nmi": 0.97, "dendrogram_purity": 0.97}
 
@@ -130,11 +128,7 @@ def main() -> None:
         "benchmark": "cohiclust_mnist",
         "dataset": args.dataset,
         "n": len(data),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
+        **machine_record(device),
         "budget": {"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "batch_size": args.batch_size,
                    "backbone": args.backbone, "depth": args.depth, "n_leaves": args.n_leaves,
                    "prune_start": args.prune_start, "prune_every": args.prune_every, "lr": args.lr,
@@ -151,8 +145,7 @@ def main() -> None:
         "loss_per_epoch": [{"phase": r["phase"], "epoch": r["epoch"], "loss": r["loss"]} for r in history],
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    write_record(out, record)
     print(f"CoHiClust ({args.backbone}) on {args.dataset} (n={len(data)}), {args.pretrain_epochs} pretraining + "
           f"{args.epochs} tree epochs on {device}: pretrain {seconds['pretrain']:.0f} s, tree {seconds['tree']:.0f} s")
     for name, value in scores.items():

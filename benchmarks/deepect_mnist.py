@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
-import pyro
 import torch
 
 import pyro_hc
@@ -42,6 +40,7 @@ from pyro_hc import metrics
 from pyro_hc.infer import Callback
 from pyro_hc.baselines import bisecting_kmeans_tree
 from pyro_hc.models.deepect import DeepECT, flat_assignments
+from pyro_hc.report import machine_record, write_record
 
 PAPER = {
     "mnist": {"deepect": {"dp": 0.82, "lp": 0.93, "nmi": 0.83, "acc": 0.85},
@@ -182,9 +181,7 @@ def main() -> None:
 
 def write(args, device: str, results: list[dict], wall_seconds: float, final: bool = False) -> None:
     record = {
-        "benchmark": "deepect_mnist", "datasets": args.datasets, "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.machine(),
-        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
+        "benchmark": "deepect_mnist", "datasets": args.datasets, **machine_record(device),
         "budget": {k: getattr(args, k) for k in ("n", "pretrain_steps", "steps", "grow_interval", "max_leaves",
                                                   "batch_size", "lr", "pretrain_lr", "corruption", "reconstruction", "hidden_dims",
                                                   "latent_dim", "grow_sample", "max_seconds", "seed", "cuda_graphs")},
@@ -192,18 +189,15 @@ def write(args, device: str, results: list[dict], wall_seconds: float, final: bo
         "paper": PAPER,
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
     lines = ["| data | model | DP | LP | NMI (k) | ACC (k) | leaves | steps | seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['model']} | {r['dp']:.3f} | {r['lp']:.3f} | {r['nmi']:.3f} | {r['acc']:.3f} | "
               f"{r['n_leaves']} | {r['steps']} | {r['fit_seconds']:.0f} |" for r in results]
     pretraining = ", ".join(sorted({"%s: %d steps, %.0f s" % (r["dataset"], r["pretrain_steps"], r["pretrain_seconds"])
                                     for r in results}))
-    out.with_suffix(".md").write_text(
-        f"device {record['device_name']} ({device}), budget {record['budget']}, wall {record['wall_seconds']:.0f} s; "
-        f"pretraining {pretraining}\n\n" + "\n".join(lines) + "\n")
+    write_record(Path(args.out), record,
+                 f"device {record['device_name']} ({device}), budget {record['budget']}, "
+                 f"wall {record['wall_seconds']:.0f} s; pretraining {pretraining}\n\n" + "\n".join(lines) + "\n")
     if final:
         print("\n".join(lines))
 

@@ -41,21 +41,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pyro
 import torch
 from scipy import stats
 
 import pyro_hc
 from pyro_hc.baselines import hierarchical_kmeans_tree, kmeans_ward_tree
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
-from pyro_hc.report import ResultRows
+from pyro_hc.report import ResultRows, machine_record, write_record
 
 #: HCRL's Table 2, 20Newsgroups column: mean and 95 % half-width over 10 replications
 PAPER = {"hcrl2": (0.601, 0.097), "hcrl1": (0.566, 0.048), "vae_ncrp": (0.558, 0.027),
@@ -196,18 +192,13 @@ def main() -> None:
                      "n_leaves": [r["n_leaves"] for r in per_seed]})
     record = {
         "benchmark": "hcrl_20newsgroups", "budget_label": "full" if full_budget else "reduced",
-        "command": shlex.join(["python", *sys.argv]),
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "pyro": pyro.__version__,
+        **machine_record(device),
         "data": {"name": data.name, "split": args.split, "n": len(data), "n_features": data.n_features,
                  "likelihood": data.likelihood, "load_seconds": load_seconds},
         "budget": {k: getattr(args, k) for k in ("seeds", "epochs", "pretrain_epochs", "batch_size", "latent_dim",
                                                   "hidden_dims", "tree_settings", "hkm_branching", "hkm_levels")},
         "seconds": time.perf_counter() - started, "results": rows,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
 
     def pm(mean: float, half: float) -> str:
         return f"{mean:.3f}" + ("" if np.isnan(half) else f" ± {half:.3f}")
@@ -232,7 +223,7 @@ def main() -> None:
         lines.append(f"| {row['model']} | {pm(row['hierarchical_f_score'], row['interval_95'])} | "
                      f"{', '.join(f'{v:.3f}' for v in row['per_seed'])} | {paper} | {row['flat_f_score']:.3f} | "
                      f"{row['dendrogram_purity']:.3f} | {row['nmi']:.3f} | {row['n_leaves']} | {row['seconds']:.0f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_record(out, record, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -46,9 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -60,7 +57,7 @@ import pyro_hc
 from pyro_hc import metrics
 from pyro_hc.baselines import kmeans_ward_tree
 from pyro_hc.data import Dataset
-from pyro_hc.report import ResultRows
+from pyro_hc.report import ResultRows, machine_record, write_record
 
 #: Table 1, MNIST: (NLL, RE), means over ten replications
 PAPER = {"vae": (230.71, 10.46), "vade": (217.20, 10.35), "vae_ncrp-L3": (718.78, 32.67),
@@ -213,16 +210,12 @@ def main() -> None:
                         "paper": None if paper is None else {"test_nll": paper[0], "test_re": paper[1]}})
     record = {
         "benchmark": "hcrl_mnist", "budget_label": "full" if full_budget else "reduced",
-        "command": shlex.join(["python", *sys.argv]), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "pyro": pyro.__version__,
+        **machine_record(device),
         "budget": {**budget_key, "seeds": args.seeds, "first_seed": args.first_seed},
         "data": {"train": len(train), "test": len(test), "clustering_scored_on": len(everything),
                  "grey_levels": not args.binarise},
         "seconds": time.perf_counter() - started, "results": results,
     }
-    out.write_text(json.dumps(record, indent=2))
 
     def cell(result: dict, key: str) -> str:
         if key not in result["mean"]:
@@ -248,7 +241,7 @@ def main() -> None:
         paper_cell = "" if paper is None else f"{paper['test_nll']} / {paper['test_re']}"
         lines.append(f"| {result['model']} | {result['seeds']} | {paper_cell} | "
                      + " | ".join(cell(result, c) for c in columns) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_record(out, record, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

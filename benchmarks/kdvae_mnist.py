@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import pyro
 import torch
 
 import pyro_hc
+from pyro_hc.report import machine_record, write_record
 
 
 def number(value: float | None, digits: int = 4) -> str:
@@ -99,9 +98,7 @@ def main() -> None:
 
     device = str(pyro_hc.infer.resolve_device(args.device))
     record = {
-        "benchmark": "kdvae_mnist", "dataset": args.dataset, "n": len(data), "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.machine(),
-        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
+        "benchmark": "kdvae_mnist", "dataset": args.dataset, "n": len(data), **machine_record(device),
         "budget": {k: getattr(args, k) for k in ("epochs", "warmup_epochs", "vade_epochs", "vade_pretrain_epochs",
                                                   "vade_lr", "vade_file", "batch_size", "hidden_dims",
                                                   "vade_hidden_dims", "cuda_graphs")},
@@ -109,16 +106,13 @@ def main() -> None:
         "paper_acc": {"kdvae": 0.9787, "kdae": 0.9651, "vade": 0.9443},
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
     lines = ["| model | start acc | start nmi | acc | nmi | ari | fit_seconds |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {number(r['start_acc'])} | {number(r['start_nmi'])} | {r['acc']:.4f} | "
               f"{r['nmi']:.4f} | {r['ari']:.4f} | {number(r['fit_seconds'], 0)} |" for r in results]
-    out.with_suffix(".md").write_text(f"device {device}, n={len(data)}, budget {record['budget']}; one VaDE "
-                                      "starts every k-DVAE variant (start: k-means in its embedding; VaDE's "
-                                      "start: the GMM on its pretrained embedding)\n\n"
-                                      + "\n".join(lines) + "\n")
+    write_record(Path(args.out), record, f"device {device}, n={len(data)}, budget {record['budget']}; one VaDE "
+                                         "starts every k-DVAE variant (start: k-means in its embedding; VaDE's "
+                                         "start: the GMM on its pretrained embedding)\n\n"
+                                         + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -42,14 +42,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pyro
 import torch
 
 import pyro_hc
@@ -61,6 +59,7 @@ from pyro_hc.infer import Callback, SVIEngine, load_checkpoint, save_checkpoint
 from pyro_hc.models.cohiclust import BatchNormStatsSync, SimCLRPretraining
 from pyro_hc.models.deepect import LayerwisePretraining, flat_assignments
 from pyro_hc.models.pretrain import AutoencoderPretraining
+from pyro_hc.report import machine_record, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -422,9 +421,7 @@ def run(args) -> dict[str, Any]:
             print(json.dumps(baseline), flush=True)
     return {
         "benchmark": "reproduce", "recipe": args.recipe, "dataset": args.dataset, "model": recipe.model,
-        "n": len(data), "split": recipe.split, "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or
-        platform.machine(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
+        "n": len(data), "split": recipe.split, **machine_record(device),
         "seeds": [args.seed], "scale": args.scale, "budget_epochs": epochs, "budget_paper": dict(recipe.budget),
         "budget_unit": recipe.unit, "params": {k_: list(v) if isinstance(v, tuple) else v for k_, v in params.items()},
         "paper": recipe.paper, "paper_baselines": recipe.paper_baselines, "source": recipe.source,
@@ -433,8 +430,6 @@ def run(args) -> dict[str, Any]:
 
 
 def write(record: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=float))
     paper = {record["recipe"]: record["paper"], **record["paper_baselines"],
              "ae_kmeans_ward": record["paper_baselines"].get("ae_kmeans", {})}
 
@@ -456,7 +451,7 @@ def write(record: dict[str, Any], out: Path) -> None:
               + f" | {r['n_leaves']} | {r['seconds']:.0f} |" for r in record["results"]]
     if record.get("start_from"):
         lines.append(f"\nStarted from the fitted model `{record['start_from']}` (`init_from`).")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_record(out, record, "\n".join(lines) + "\n")
 
 
 def main() -> None:

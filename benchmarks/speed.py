@@ -25,21 +25,18 @@ MERGE callback, as a user's run would do it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import resource
 import sys
 import time
-from pathlib import Path
 
-import pyro
 import torch
 
 import pyro_hc
 from pyro_hc.estimator import DataSpec
 from pyro_hc.infer import SVIEngine, local_params, resolve_device, set_seed
 from pyro_hc.models import get_model, list_models
+from pyro_hc.report import machine_record, write_record
 
 N_FEATURES = 784
 IMAGE_SHAPE = (1, 28, 28)
@@ -272,10 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     hidden = tuple(args.hidden_dims) if args.hidden_dims else None
     record = {
-        "benchmark": "speed", "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
-        "torch": torch.__version__, "pyro": pyro.__version__, "pyro_hc": pyro_hc.__version__,
+        "benchmark": "speed", **machine_record(device), "pyro_hc": pyro_hc.__version__,
         "python": sys.version.split()[0], "threads": torch.get_num_threads(), "tf32": bool(args.tf32),
         "budget": {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
                    "hidden_dims": hidden or "paper (500, 500, 2000)", "cohiclust_backbone": args.cohiclust_backbone},
@@ -284,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write() -> None:
         if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(record, indent=2))
+            write_record(args.out, record)
 
     for name in args.models:
         row = measure(name, MODEL_CONFIGS[name], device, args.batch_size, args.steps, args.warmup, hidden,

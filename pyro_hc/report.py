@@ -15,7 +15,10 @@ the raw features with as many leaves as the tree has, the reference every tree i
 
 Like :mod:`pyro_hc.metrics`, this module imports no model and no engine: it reads a tree, the node
 each point is assigned to and the labels. :class:`ResultRows` keeps the finished rows of a long
-benchmark (a paper's table on a CPU takes hours) so that a stopped run resumes where it was.
+benchmark (a paper's table on a CPU takes hours) so that a stopped run resumes where it was;
+:func:`machine_record` names the machine and command behind a benchmark's numbers, and
+:func:`write_record` writes its JSON record and Markdown table, atomically, for every script in
+``benchmarks/``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .baselines import kmeans_ward_tree
 from .tree import ClusterTree
 
 __all__ = ["format_tree", "subtree_class_counts", "baseline_comparison", "format_comparison", "CHARSETS",
-           "ResultRows", "write_benchmark_result"]
+           "ResultRows", "machine_record", "write_record", "write_benchmark_result"]
 
 #: connectors and bar blocks; "ascii" for terminals that cannot print box-drawing characters
 CHARSETS: dict[str, dict[str, Any]] = {
@@ -255,28 +258,60 @@ class ResultRows:
             rows_file.write(json.dumps({"seed": seed, "model": model, "budget": self.budget, **row}) + "\n")
 
 
-def write_benchmark_result(out: str | Path, benchmark: str, device: str, seconds: float, budget: dict[str, Any],
-                           results: list[dict[str, Any]], table: str) -> dict[str, Any]:
-    """Write a benchmark's JSON record to ``out`` and its Markdown table beside it (``.md``), atomically.
+def machine_record(device: Any) -> dict[str, Any]:
+    """Which machine measured a benchmark, and how it was called: the fields every result file carries.
 
-    The record names the command line, the device and the machine (the GPU's name on CUDA, else the
-    architecture; the processor and torch's threads), the torch and Pyro versions, the wall
-    ``seconds``, the ``budget`` and the ``results`` rows: what a reader needs to know on which device
-    and budget a number was measured. Returns it.
+    Parameters
+    ----------
+    device : str or torch.device
+        The device the benchmark ran on (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    Returns
+    -------
+    dict
+        ``command`` (``python`` and ``sys.argv``, shell-quoted), ``device`` (as a string),
+        ``device_name`` (the GPU's name on an available CUDA device, else the processor or, where
+        the platform names none, the architecture), ``processor``, ``cpu_threads`` (torch's), and
+        the ``torch`` and ``pyro`` versions.
     """
     import pyro
     import torch
 
+    device = str(device)
     on_gpu = device.startswith("cuda") and torch.cuda.is_available()
-    record = {
-        "benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "device": device,
-        "device_name": torch.cuda.get_device_name(device) if on_gpu else platform.machine(),
+    return {
+        "command": shlex.join(["python", *sys.argv]), "device": device,
+        "device_name": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or platform.machine(),
         "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "pyro": pyro.__version__, "seconds": seconds, "budget": budget,
-        "results": results,
+        "torch": torch.__version__, "pyro": pyro.__version__,
     }
+
+
+def write_record(out: str | Path, record: dict[str, Any], markdown: str | None = None) -> None:
+    """Write a benchmark's JSON ``record`` to ``out`` and its ``markdown`` beside it (``.md``), atomically.
+
+    Each file goes through :func:`~pyro_hc._files.atomic_write`: a run stopped while it writes (or a
+    value JSON cannot encode) leaves the previous file whole, never half a file. The JSON is indented,
+    keeps non-ASCII characters, and writes NumPy scalars as floats. ``markdown`` is written as given
+    (end it with a newline); without it only the JSON is written. Parent folders are created.
+    """
     out = Path(out)
-    atomic_write(out, lambda handle: handle.write(json.dumps(record, indent=2, ensure_ascii=False)), text=True)
-    atomic_write(out.with_suffix(".md"), lambda handle: handle.write(
-        f"device {device} ({record['cpu_threads']} thread(s)), {seconds:.0f} s, budget {budget}\n\n{table}\n"), text=True)
+    atomic_write(out, lambda handle: json.dump(record, handle, indent=2, ensure_ascii=False, default=float),
+                 text=True)
+    if markdown is not None:
+        atomic_write(out.with_suffix(".md"), lambda handle: handle.write(markdown), text=True)
+
+
+def write_benchmark_result(out: str | Path, benchmark: str, device: str, seconds: float, budget: dict[str, Any],
+                           results: list[dict[str, Any]], table: str) -> dict[str, Any]:
+    """Write a benchmark's JSON record to ``out`` and its Markdown table beside it (``.md``), atomically.
+
+    The record names the command line, the device and the machine (:func:`machine_record`), the wall
+    ``seconds``, the ``budget`` and the ``results`` rows: what a reader needs to know on which device
+    and budget a number was measured. Written by :func:`write_record`; returns it.
+    """
+    record = {"benchmark": benchmark, **machine_record(device), "seconds": seconds, "budget": budget,
+              "results": results}
+    write_record(out, record, f"device {device} ({record['cpu_threads']} thread(s)), {seconds:.0f} s, "
+                              f"budget {budget}\n\n{table}\n")
     return record

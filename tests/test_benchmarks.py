@@ -137,6 +137,50 @@ def test_a_benchmark_result_names_its_device_budget_and_versions_next_to_its_tab
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.md"]  # no temporary left
 
 
+def test_a_benchmark_record_replaces_its_files_whole_or_not_at_all(tmp_path):
+    """A record is written beside the old one and renamed over it: a reader of the old file keeps the
+    old file, and a record JSON cannot encode halfway through leaves both old files as they were."""
+    import numpy as np
+
+    from pyro_hc.report import write_record
+
+    out = tmp_path / "deep" / "bench.json"
+    write_record(out, {"run": 1, "note": "± 0.1"}, "first table\n")
+    assert out.read_text(encoding="utf-8") == '{\n  "run": 1,\n  "note": "± 0.1"\n}'  # indented, not escaped
+    with out.open(encoding="utf-8") as reader_of_the_old_file:
+        write_record(out, {"run": 2, "dp": np.float32(0.5), "leaves": np.int64(3)}, "second table\n")
+        assert json.load(reader_of_the_old_file) == {"run": 1, "note": "± 0.1"}  # renamed over, not rewritten
+    assert json.loads(out.read_text()) == {"run": 2, "dp": 0.5, "leaves": 3.0}  # NumPy scalars as floats
+    assert out.with_suffix(".md").read_text() == "second table\n"
+
+    rows = [{"seed": seed, "dp": 0.5} for seed in range(5000)]  # encoded, and some of it written, before the failure
+    with pytest.raises(TypeError):
+        write_record(out, {"rows": rows, "model": object()}, "third table\n")
+    assert json.loads(out.read_text()) == {"run": 2, "dp": 0.5, "leaves": 3.0}
+    assert out.with_suffix(".md").read_text() == "second table\n"
+    write_record(out, {"run": 4})  # without a table only the JSON is replaced
+    assert json.loads(out.read_text()) == {"run": 4} and out.with_suffix(".md").read_text() == "second table\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.md"]  # no temporary left
+
+
+def test_the_machine_record_of_a_cpu_run_names_the_processor_threads_and_versions():
+    import platform
+    import shlex
+
+    import pyro
+    import torch
+
+    from pyro_hc.report import machine_record
+
+    record = machine_record(torch.device("cpu"))
+    assert set(record) == {"command", "device", "device_name", "processor", "cpu_threads", "torch", "pyro"}
+    assert record["device"] == "cpu" and machine_record("cpu") == record
+    assert record["device_name"] == (platform.processor() or platform.machine()) and record["device_name"]
+    assert record["processor"] == platform.processor() and record["cpu_threads"] == torch.get_num_threads()
+    assert record["torch"] == torch.__version__ and record["pyro"] == pyro.__version__
+    assert shlex.split(record["command"]) == ["python", *sys.argv]
+
+
 def test_result_rows_read_back_the_rows_of_the_same_budget_only(tmp_path):
     from pyro_hc.report import ResultRows
 
