@@ -103,6 +103,9 @@ def test_benchmark_smoke_run(script, smoke_runs):
         assert by_model["hkm"]["hierarchical_f_score"] == PLANTED_20NG_ROW["hierarchical_f_score"]
         assert by_model["kmeans+ward"]["hierarchical_f_score"] != PLANTED_20NG_ROW["hierarchical_f_score"]
         assert {"hcrl2 elbo_coarsening=100.0", "hcrl1 elbo_coarsening=100.0"} <= set(by_model)  # --tree-settings
+        own = by_model["hcrl2 elbo_coarsening=100.0"]["own_embedding_hierarchical_f_score"]  # the two-stage trees
+        assert set(own) == {"own leaves + Ward", "k-means + Ward", "HKM"} and all(0 < f <= 1 for f in own.values())
+        assert "own_embedding_hierarchical_f_score" not in by_model["hkm"]
 
 
 def test_the_smoke_driver_reports_a_failing_script(tmp_path):
