@@ -257,7 +257,8 @@ def test_tree_node_posterior_is_a_stationary_point_and_its_elbo_a_monte_carlo_ex
 
 
 def test_learnt_coupling_is_a_stationary_point_and_its_elbo_a_monte_carlo_expectation():
-    """``coupling_shape``: ``κ_l ~ Gamma(a, a / coupling)`` per level of the parents, ``q(κ_l)`` found with the rest."""
+    """``coupling_shape``: ``κ_l ~ Gamma(a, a / coupling)`` per level of the parents, ``q(κ_l)`` found
+    with the rest."""
     from dataclasses import replace
 
     parents, count, sum_z, sum_z2, prior = _tree_statistics()

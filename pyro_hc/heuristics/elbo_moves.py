@@ -202,7 +202,8 @@ def tree_node_posterior(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: T
     ``parents [M]``: each node's parent's position (−1 at the root); statistics ``count [M]``,
     ``sum_z``, ``sum_z2 [M, d]``. Returns the nodes' ELBO term and ``(loc, var, concentration, rate)``,
     and with ``return_coupling`` also ``q(κ)``'s ``(concentration, rate)`` per level of the parents
-    (``[M]``, the prior's at a level without children; ``None, None`` with a fixed coupling). Vectorised over nodes and coordinates: each sweep solves the means' ``[d, M, M]`` systems.
+    (``[M]``, the prior's at a level without children; ``None, None`` with a fixed coupling).
+    Vectorised over nodes and coordinates: each sweep solves the means' ``[d, M, M]`` systems.
     """
     dtype, device = sum_z.dtype, sum_z.device
     parents = parents.to(device=device, dtype=torch.long)
@@ -221,7 +222,8 @@ def tree_node_posterior(parents: Tensor, count: Tensor, sum_z: Tensor, sum_z2: T
     learned = prior.coupling_shape is not None
     group = _node_levels(parents.cpu().numpy())[up]  # each child's κ: its parent's level
     e_kappa = np.full(nodes, prior.coupling)  # E κ_l of every level
-    if learned:  # q(κ_l) = Gamma(a_κ + d·|children at l + 1| / 2, b_κ + Σ_children Σ_j E λ E (μ_u − μ_p)² / 2)
+    # q(κ_l) = Gamma(a_κ + d·|children below level l| / 2, b_κ + Σ_children Σ_j E λ E (μ_u − μ_p)² / 2)
+    if learned:
         kappa_prior_rate = prior.coupling_shape / prior.coupling
         kappa_concentration = prior.coupling_shape + 0.5 * dims * np.bincount(group, minlength=nodes)
         kappa_rate = np.full(nodes, kappa_prior_rate)
