@@ -490,13 +490,13 @@ class _HCRL(ClusterEstimator):
         levels above the leaves now group them (on one run at noise 0.75, HCRL2's own leaves
         re-linked by Ward's method lost 0.08 purity to its tree with independent priors and
         0.02 with κ = 1). On all of MNIST (coarsened, ``elbo_coarsening``) κ = 10 groups the
-        26–30 leaves under 10–11 level-1 nodes instead of 4, DP 0.598 / 0.688 at seeds 0 / 1
-        against 0.545 / 0.543 at κ = 1; on the 1,797 digits it gives 0.601 / 0.613 / 0.617
+        26–32 leaves under 10–11 level-1 nodes instead of 4, DP 0.598 / 0.688 / 0.540 at seeds
+        0 / 1 / 2 against 0.545 / 0.543 at κ = 1 (seeds 0 / 1); on the 1,797 digits it gives 0.601 / 0.613 / 0.617
         against κ = 1's 0.662 / 0.628 / 0.618 (README, "Large data").
     elbo_mean_coupling_shape:
         ``structure="elbo"`` only: None (default) uses ``elbo_mean_coupling`` as every parent's
-        κ. A number ``a`` learns each parent's own coupling, ``κ_p ~ Gamma(a, a / κ_c)`` with
-        prior mean ``κ_c = elbo_mean_coupling``, from how close its children lie (``coupling_shape``
+        κ. A number ``a`` learns one coupling per level of the parents, ``κ_l ~ Gamma(a, a / κ_c)``
+        with prior mean ``κ_c = elbo_mean_coupling``, from how close their children lie (``coupling_shape``
         of :class:`~pyro_hc.heuristics.elbo_moves.TreeNodePrior`): one κ does not suit every data
         set (above: κ = 10 helps MNIST and costs the digits). Measured, it groups less than a
         fixed κ, because it fits the ungrouped tree's spread too: on the digits (tutorial 06's
