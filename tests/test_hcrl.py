@@ -800,6 +800,8 @@ def test_elbo_structure_splits_separated_blobs_and_refuses_to_merge_them_back():
     merges = [e for e in model.tree.events if e["kind"] == "merge"]
     assert births and births[0]["delta_elbo"] > 10 and len(model.tree.leaves()) == 3
     assert merges and not any(e["accepted"] for e in merges) and all(e["delta_elbo"] < 0 for e in merges)
+    # the moves score in float64; the Gaussians and sticks they place go back in the model's own dtype
+    assert {p.dtype for p in model.module_.parameters()} == {torch.float32}
 
 
 @pytest.mark.slow
