@@ -429,8 +429,9 @@ def refine_responsibilities(tree: ClusterTree, path_nodes: Tensor, rows: Sequenc
     cells = (rows[:, None] * levels + torch.arange(levels, device=resp.device)).reshape(-1)  # the touched cells
     untouched = torch.ones(k * levels, dtype=torch.bool, device=resp.device)
     untouched[cells] = False
-    used = onehot[cells].sum(0) > 0  # the nodes the touched cells emit from
-    touched = onehot[cells][:, used]  # |rows|·L x |used|
+    touched = onehot[cells]
+    used = touched.sum(0) > 0  # the nodes the touched cells emit from
+    touched = touched[:, used]  # |rows|·L x |used|
     fixed = [onehot[untouched][:, used].T @ s[untouched]
              for s in _cell_statistics(resp, z_loc, z_sq, data_weight)]  # what the other cells give them
     part = resp[:, rows, :]  # N x |rows| x L
