@@ -409,6 +409,10 @@ class ClusterEstimator:
 
     # resumable checkpoints --------------------------------------------------------------------
 
+    #: constructor settings that change only what :meth:`predict` reports, never the fit: a fit
+    #: may resume from a checkpoint written under another value of them
+    _PREDICTION_SETTINGS: ClassVar[tuple[str, ...]] = ()
+
     def _read_resume(self, plan: _CheckpointPlan) -> None:
         """Load and check the checkpoint a resumed fit continues from."""
         payload = load_checkpoint(plan.path, map_location=self.device_)
@@ -416,7 +420,8 @@ class ClusterEstimator:
         if not isinstance(resume, dict) or payload.get("model") != self.name:
             raise ModelFileError(plan.path, "mismatch", f"not a resumable checkpoint of a {self.name} fit "
                                  f"(it holds {payload.get('model')!r}{'' if resume else ', no resume state'})")
-        differ = sorted(k for k in set(payload["config"]) | set(self.get_params())
+        compared = (set(payload["config"]) | set(self.get_params())) - set(self._PREDICTION_SETTINGS)
+        differ = sorted(k for k in compared
                         if _jsonable(payload["config"].get(k)) != _jsonable(self.get_params().get(k)))
         differ += sorted(k for k in set(resume["run"]) | set(plan.run) if resume["run"].get(k) != plan.run.get(k))
         if payload.get("data_spec") != asdict(self.data_spec_):

@@ -467,7 +467,7 @@ def hierarchical_f_score(tree: Any, assignments: Any, labels: Any, label_tree: A
 # ---------------------------------------------------------------------------------------------
 
 
-def cut_assignments(tree: Any, assignments: Any, n_clusters: int) -> np.ndarray:
+def cut_assignments(tree: Any, assignments: Any, n_clusters: int, partial: bool = False) -> np.ndarray:
     """Map each point to its ancestor in a top-down cut of ``tree`` into at most ``n_clusters`` nodes.
 
     The cut starts at the root and repeatedly replaces the heaviest node of the current cut (the
@@ -478,6 +478,13 @@ def cut_assignments(tree: Any, assignments: Any, n_clusters: int) -> np.ndarray:
     leaves, 10))``; DeepECT's cut by its split order (``pyro_hc.models.deepect.flat_nodes``)
     is the same idea for a binary tree grown one split at a time. A tree with at most
     ``n_clusters`` occupied leaves keeps its assignments.
+
+    With several children per node the cut may stop short of ``n_clusters`` (on a tree with 11
+    nodes below the root, at the root: one cluster). ``partial=True`` then expands the heaviest
+    node in part: its heaviest children that still fit become clusters of their own and the node
+    keeps the rest (the order a binary tree that split off its heaviest child first would cut
+    in). The heaviest node is always the one expanded, so the cut has exactly ``n_clusters`` nodes
+    whenever the tree has that many occupied leaves.
 
     Returns ``int64 [n_points]``: the node id (of ``tree``) of each point's cluster.
     """
@@ -507,11 +514,17 @@ def cut_assignments(tree: Any, assignments: Any, n_clusters: int) -> np.ndarray:
             occupied = [child for child in graph.successors(node) if mass[child] > 0]
             # points sitting on the node itself (an internal node that emits) keep it in the cut
             keeps_itself = mass[node] > sum(mass[child] for child in occupied)
-            if occupied and len(cut) - 1 + len(occupied) + keeps_itself <= n_clusters:
-                expandable.append((mass[node], -position[node], node, occupied, keeps_itself))
+            fits = len(cut) - 1 + len(occupied) + keeps_itself <= n_clusters
+            if occupied and (fits or (partial and len(cut) < n_clusters)):
+                expandable.append((mass[node], -position[node], node, occupied, keeps_itself, fits))
         if not expandable:
             break
-        *_, node, occupied, keeps_itself = max(expandable)
+        *_, node, occupied, keeps_itself, fits = max(expandable)
+        if not fits:  # (partial) the heaviest children that fit leave; the node keeps the others
+            occupied = sorted(occupied, key=lambda child: (-mass[child], position[child]))
+            cut = cut + occupied[: n_clusters - len(cut)]
+            settled.add(node)
+            continue
         cut = [n for n in cut if n != node] + occupied
         if keeps_itself:
             cut.append(node)

@@ -281,6 +281,48 @@ def test_bad_configuration_is_rejected(synthetic):
         pyro_hc.get_model("hcrl2", elbo_mean_coupling=0.0).fit(synthetic, epochs=0, progress=False)
 
 
+def test_leaf_level_assignment_follows_the_leaves_where_the_path_posterior_follows_the_prior():
+    """A datum the broad root explains: its path posterior q(ζ) is the sticks' prior (the heavy path),
+    while q(ζ | l = leaf level) picks the leaf nearest to it."""
+    module = tiny_hcrl(False)
+    z = torch.tensor([[2.5, 3.0]])
+    with local_params(), torch.no_grad():
+        for node, loc, scale in [(0, (3.0, 10.0), 10.0), (1, (0.0, 0.0), 0.3), (2, (0.0, 0.0), 0.3),
+                                 (3, (3.0, 0.0), 0.3), (4, (3.0, 0.0), 0.3)]:
+            module.node_locs_unconstrained[node] = torch.tensor(loc)
+            module.node_scales_unconstrained[node] = torch.full((2,), scale).log()
+        module.stick_a_unconstrained[:] = 0.0
+        module.stick_b_unconstrained[:] = 0.0
+        module.stick_a_unconstrained[1] = math.log(9.0)  # v_1 ~ Beta(9, 1): path (0, 1, 2) takes 90 %
+        module.embed = lambda x: z
+        x = torch.rand(1, 5)
+        by_path = module.leaf_log_proba(x).exp()[0]
+        by_leaf = module.leaf_log_proba(x, given_leaf_level=True).exp()[0]
+        assert module.level_responsibilities(x)[0, 0] > 0.99  # the root explains the datum
+    assert by_path[0] > 0.85  # path (0, 1, 2): the prior's heavy path, far from the datum
+    assert by_leaf[1] > 0.99  # leaf 4 at (3, 0), the nearer one
+
+
+def test_leaf_assignment_is_checked_and_changes_no_fit(synthetic, tmp_path):
+    with pytest.raises(ValueError, match="leaf_assignment"):
+        pyro_hc.get_model("hcrl2", leaf_assignment="node").fit(synthetic, epochs=0, progress=False)
+    settings = dict(depth=3, **TINY)
+    fit = dict(epochs=2, batch_size=64, seed=0, progress=False, checkpoint=tmp_path / "fit.ckpt")
+    model = pyro_hc.get_model("hcrl2", **settings).fit(synthetic, **fit)
+    # a prediction-only setting: the finished fit resumes under the other value, the same model
+    other = pyro_hc.get_model("hcrl2", leaf_assignment="leaf_level", **settings).fit(synthetic, resume=True, **fit)
+    assert other.tree.to_json() == model.tree.to_json()
+    with local_params(), torch.no_grad():
+        x = torch.as_tensor(synthetic.flat())
+        expected = model.module_.leaf_log_proba(x, given_leaf_level=True).argmax(-1)
+    assert torch.equal(other.predict(synthetic), torch.as_tensor(model.tree.leaves())[expected])
+    with pytest.raises(ValueError, match="other depth"):  # a setting of the fit still has to match
+        pyro_hc.get_model("hcrl2", **dict(settings, depth=4)).fit(synthetic, resume=True, **fit)
+    model.set_params(leaf_assignment="nodes")
+    with pytest.raises(ValueError, match="leaf_assignment"):
+        model.predict(synthetic)
+
+
 @pytest.mark.parametrize("per_datum_levels", [True, False])
 def test_closed_form_responsibilities_equal_pyro_enumeration_marginals(per_datum_levels):
     """q(ζ_n) (over the full paths), q(l_n) at the guide means agree with TraceEnum_ELBO.compute_marginals."""

@@ -425,6 +425,29 @@ def test_cut_assignments_expands_the_heaviest_node_within_the_budget():
     np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 60), points)
 
 
+def test_partial_cut_splits_off_the_heaviest_children_to_reach_the_budget():
+    """The hand example above with ``partial=True``: always the heaviest node, in part if need be."""
+    graph = nx.DiGraph([(0, 1), (0, 2), (1, 3), (1, 4), (1, 5), (2, 6), (2, 7)])
+    points = np.array([3] * 5 + [4] * 3 + [5] * 2 + [6] * 4 + [7] * 3 + [2] * 2)
+    # three: node 1 (10 points) needs four slots; its heaviest child 3 leaves, 1 keeps 4 and 5
+    np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 3, partial=True),
+                                  np.array([3] * 5 + [1] * 5 + [2] * 9))
+    # four fits the whole of node 1: as without partial
+    np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 4, partial=True),
+                                  metrics.cut_assignments(graph, points, 4))
+    # five: then node 2 (9 points) in part, child 6 (4) leaves; 2 keeps 7 and its own points
+    np.testing.assert_array_equal(metrics.cut_assignments(graph, points, 5, partial=True),
+                                  np.array([3] * 5 + [4] * 3 + [5] * 2 + [6] * 4 + [2] * 5))
+    # eleven children below the root, ten clusters: the strict cut is one cluster, the partial one ten
+    wide = nx.DiGraph([(0, child) for child in range(1, 12)])
+    points = np.repeat(np.arange(1, 12), np.arange(20, 9, -1))  # child 1 the heaviest, child 11 the lightest
+    assert set(metrics.cut_assignments(wide, points, 10)) == {0}
+    cut = metrics.cut_assignments(wide, points, 10, partial=True)
+    assert len(set(cut)) == 10
+    np.testing.assert_array_equal(cut[points <= 9], points[points <= 9])
+    assert set(cut[points >= 10]) == {0}  # the two lightest stay with the root
+
+
 def test_cut_assignments_walks_down_single_child_chains_and_skips_empty_children():
     graph = nx.DiGraph([(0, 1), (1, 2), (1, 3), (0, 4), (2, 5), (2, 6)])  # 4 and 3 hold no points
     points = np.array([5, 5, 6, 6, 6])

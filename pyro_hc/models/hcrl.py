@@ -40,6 +40,8 @@ STRUCTURES = ("paper", "elbo")
 STICK_UPDATES = ("svi", "closed_form")
 #: how the node Gaussians are learnt under ``structure="elbo"`` (``elbo_nodes``)
 NODE_UPDATES = ("svi", "closed_form", "svi_then_closed_form")
+#: what :meth:`HCRL.predict` returns for a datum (see ``leaf_assignment``)
+LEAF_ASSIGNMENTS = ("path", "leaf_level")
 #: the tree the SVI epochs start from (``init_tree``): Algorithm 1's single path, or a k-means + Ward
 #: tree of the pretrained embedding
 INIT_TREES = ("path", "embedding")
@@ -297,9 +299,12 @@ class HCRLModule(NCRPTreeModule):
         """``q(l_n)`` over the levels, ``B x L``."""
         return torch.softmax(torch.logsumexp(self.joint_log_responsibilities(x), -2), -1)
 
-    def leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """``log q(ζ_n = full path k)``, ``B x n_full`` (``tree.leaves()`` order)."""
-        return torch.log_softmax(torch.logsumexp(self.joint_log_responsibilities(x), -1), -1)
+    def leaf_log_proba(self, x: torch.Tensor, given_leaf_level: bool = False) -> torch.Tensor:
+        """``log q(ζ_n = full path k)``, ``B x n_full`` (``tree.leaves()`` order), the levels summed
+        out; with ``given_leaf_level``, ``log q(ζ_n = k | l_n = leaf level)`` instead: the path of
+        the leaf that would emit the datum (what a flat clustering of the leaves asks)."""
+        joint = self.joint_log_responsibilities(x)
+        return torch.log_softmax(joint[..., -1] if given_leaf_level else torch.logsumexp(joint, -1), -1)
 
     def sample_latent_prior(self, num_samples: int) -> torch.Tensor:
         """``S`` draws of the prior on ``z`` that :meth:`log_importance_weights` scores, ``S x d``:
@@ -593,10 +598,19 @@ class _HCRL(ClusterEstimator):
         the 1,797 digits alone: coarsened at all (ζ = α / (α + N) at α = 1000–5000) they kept
         fewer level-1 nodes and DP fell from 0.662 / 0.628 / 0.618 to 0.553–0.622
         (``benchmarks/results/hcrl_digits_coarsening_cpu.md``).
+    leaf_assignment:
+        What :meth:`predict` (and ``labels_``) returns for a datum; it changes no fit, and may be
+        changed with ``set_params`` after one. ``"path"`` (default): the most probable full path
+        of ``q(ζ_n)``, the levels summed out, the paper's path posterior. ``"leaf_level"``: the most
+        probable path of ``q(ζ_n | l_n = leaf level)``, the leaf that would emit the datum. They
+        differ on data an ancestor explains better than any leaf (every node emits): the ancestor is
+        shared by all its paths, so ``q(ζ_n)`` then follows the sticks' prior (the heaviest path),
+        not the datum.
     """
 
     loss = "trace_enum"
     per_datum_levels: bool
+    _PREDICTION_SETTINGS = ("leaf_assignment",)
 
     def __init__(
         self,
@@ -633,6 +647,7 @@ class _HCRL(ClusterEstimator):
         init_tree: str | None = None,
         init_leaves: int | str = "elbo",
         elbo_coarsening: float | None = 3000.0,
+        leaf_assignment: str = "path",
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
@@ -667,6 +682,7 @@ class _HCRL(ClusterEstimator):
         self.init_tree = init_tree
         self.init_leaves = init_leaves
         self.elbo_coarsening = elbo_coarsening
+        self.leaf_assignment = leaf_assignment
 
     def _check_config(self, x: torch.Tensor) -> None:
         if self.depth < 2:
@@ -696,6 +712,8 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"elbo_nodes={self.elbo_nodes!r} needs structure='elbo' (its memoized statistics)")
         if isinstance(self.elbo_closed_form_from, bool) or not 0 < self.elbo_closed_form_from < 1:
             raise ValueError(f"elbo_closed_form_from must be a fraction in (0, 1), got {self.elbo_closed_form_from!r}")
+        if self.leaf_assignment not in LEAF_ASSIGNMENTS:
+            raise ValueError(f"leaf_assignment must be one of {LEAF_ASSIGNMENTS}, got {self.leaf_assignment!r}")
         if not self.elbo_birth_margin >= 0:
             raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
         if self.elbo_coarsening is not None and (isinstance(self.elbo_coarsening, bool) or not isinstance(
@@ -917,7 +935,10 @@ class _HCRL(ClusterEstimator):
         return room if self.max_leaves is None else min(room, self.max_leaves)
 
     def _leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module_.leaf_log_proba(x)
+        # checked here, not only in fit: set_params may change it on a fitted model
+        if self.leaf_assignment not in LEAF_ASSIGNMENTS:
+            raise ValueError(f"leaf_assignment must be one of {LEAF_ASSIGNMENTS}, got {self.leaf_assignment!r}")
+        return self.module_.leaf_log_proba(x, given_leaf_level=self.leaf_assignment == "leaf_level")
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.module_.encoder.embed(x)

@@ -157,7 +157,8 @@ class VAENCRPModule(NCRPTreeModule):
         """VAE-nCRP has no level proportions: η is the leaf level's indicator, ``B x depth``."""
         return self._leaf_level(x)
 
-    def leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
+    def leaf_log_proba(self, x: torch.Tensor, given_leaf_level: bool = False) -> torch.Tensor:
+        """``log q(ζ_n = full path k)``; every datum is its leaf's here, so ``given_leaf_level`` changes nothing."""
         n_full = self.path_index().n_full
         return torch.log_softmax(self.path_log_likelihoods(self.embed(x))[:, :n_full], -1)
 
