@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--report-only", action="store_true",
                         help="fit nothing: write the table of the rows already in <out>.rows.jsonl (a run still going)")
+    parser.add_argument("--rescore-from", default=None,
+                        help="fit nothing: score the finished fits of another run again with this build's predict "
+                             "(its <out>.rows.jsonl and checkpoint folder); the NLL and RE columns are copied")
     parser.add_argument("--label", default=None,
                         help="names the result files (default: the device, plus '_reduced' below the full budget)")
     parser.add_argument("--workdir", default=None,
@@ -162,7 +165,7 @@ def main() -> None:
                                                  "tree_settings")}
     done = ResultRows(out.with_suffix(".rows.jsonl"), budget_key)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
+    if not (args.report_only or args.rescore_from):
         workdir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -183,6 +186,21 @@ def main() -> None:
             if args.report_only:
                 continue
             checkpoint = workdir / f"{row_label}-seed{seed}.ckpt"
+            if args.rescore_from is not None:
+                source = Path(args.rescore_from)
+                earlier = ResultRows(source.with_suffix(".rows.jsonl"), budget_key).get(seed, row_label)
+                checkpoint = Path(args.workdir or f"{source.with_suffix('')}_work") / checkpoint.name
+                if earlier is None or not checkpoint.exists():
+                    print(json.dumps({"seed": seed, "model": row_label, "rescored": False}), flush=True)
+                    continue
+                model = pyro_hc.get_model(name, **settings).fit(  # a finished fit resumes without a step
+                    train, epochs=args.epochs, batch_size=args.batch_size, device=device, seed=seed,
+                    progress=False, checkpoint=checkpoint, resume=True)
+                row = dict(earlier, **clustering_scores(model, everything, seed), rescored_from=str(source))
+                per_seed[row_label].append(row)
+                print(json.dumps({"seed": seed, "model": row_label, **row}), flush=True)
+                done.append(seed, row_label, row)
+                continue
             began = time.perf_counter()
             model = pyro_hc.get_model(name, **settings).fit(
                 train, epochs=args.epochs, batch_size=args.batch_size, device=device, seed=seed,

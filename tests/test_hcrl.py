@@ -310,12 +310,17 @@ def test_leaf_assignment_is_checked_and_changes_no_fit(synthetic, tmp_path):
     fit = dict(epochs=2, batch_size=64, seed=0, progress=False, checkpoint=tmp_path / "fit.ckpt")
     model = pyro_hc.get_model("hcrl2", **settings).fit(synthetic, **fit)
     # a prediction-only setting: the finished fit resumes under the other value, the same model
-    other = pyro_hc.get_model("hcrl2", leaf_assignment="leaf_level", **settings).fit(synthetic, resume=True, **fit)
+    assert model.leaf_assignment == "leaf_level"  # the default
+    other = pyro_hc.get_model("hcrl2", leaf_assignment="path", **settings).fit(synthetic, resume=True, **fit)
     assert other.tree.to_json() == model.tree.to_json()
-    with local_params(), torch.no_grad():
-        x = torch.as_tensor(synthetic.flat())
-        expected = model.module_.leaf_log_proba(x, given_leaf_level=True).argmax(-1)
-    assert torch.equal(other.predict(synthetic), torch.as_tensor(model.tree.leaves())[expected])
+    x = torch.as_tensor(synthetic.flat())
+    leaves = torch.as_tensor(model.tree.leaves())
+    for fitted, given_leaf_level in [(model, True), (other, False)]:
+        with local_params(), torch.no_grad():
+            expected = fitted.module_.leaf_log_proba(x, given_leaf_level=given_leaf_level).argmax(-1)
+        assert torch.equal(fitted.predict(synthetic), leaves[expected])
+    # two epochs in, the ancestors still explain much of the data: the two readings differ
+    assert not torch.equal(model.predict(synthetic), other.predict(synthetic))
     with pytest.raises(ValueError, match="other depth"):  # a setting of the fit still has to match
         pyro_hc.get_model("hcrl2", **dict(settings, depth=4)).fit(synthetic, resume=True, **fit)
     model.set_params(leaf_assignment="nodes")
@@ -860,11 +865,19 @@ def test_hcrl2_elbo_structure_recovers_the_fine_clusters_on_synthetic_tree_data(
     nodes (four at seed 2). From Algorithm 1's single path (``init_tree="path"``, the default before)
     the same seeds gave 0.955 / 0.936 / 0.898 / 0.838 / 0.958 / 0.950 / 0.975 / 0.946 / 0.917 / 0.954
     (mean 0.933): on this cell the single path does better; on the digits the embedding start groups
-    the leaves and the single path does not (README, ``benchmarks/hcrl_digits.py``). Issue 15's
-    "DP ≥ 0.9 at noise 0.5" holds for 6 of these 10 seeds; it is not asserted at one seed. Asserted,
-    each with margin over the worst seed: DP > 0.75 (0.075), DP > baseline - 0.15 (0.043),
-    NMI > 0.85 (0.039), 7-14 leaves (the truth is 9). A collapse (DP 1/9, NMI 0), random leaves, a
-    search that never grows (1 leaf) or one that runs away (capacity 128) still fails.
+    the leaves and the single path does not (README, ``benchmarks/hcrl_digits.py``).
+
+    Re-measured 2026-12-07 (session 8; the moves scored in float64, same machine and budget), seeds 0-9,
+    with each datum on its leaf-level path (``leaf_assignment="leaf_level"``, the default since):
+    DP 0.943 / 0.917 / 0.917 / 0.856 / 0.954 / 0.958 / 0.970 / 0.832 / 0.911 / 0.954 (mean 0.921;
+    by the path posterior q(ζ) 0.920 / 0.848 / 0.917 / 0.846 / 0.954 / 0.950 / 0.965 / 0.825 / 0.911 /
+    0.949, mean 0.909), NMI 0.906 .. 0.974, 8 / 9 / 11 leaves, own k-means + Ward 0.917 .. 0.946. Issue
+    15's "DP ≥ 0.9 at noise 0.5" holds for 8 of these 10 seeds; the two below it (0.856, 0.832) have 8
+    leaves, two true clusters in one: a seed-pinned assert at 0.9 would hold or fail with the tree's
+    shape, not with a margin, so it is not made at one seed. Asserted, each with margin over the worst
+    seed: DP > 0.75 (0.082), DP > baseline - 0.15 (0.050), NMI > 0.85 (0.056), 7-14 leaves (the truth is
+    9). A collapse (DP 1/9, NMI 0), random leaves, a search that never grows (1 leaf) or one that runs
+    away (capacity 128) still fails.
     """
     from pyro_hc.baselines import kmeans_ward_tree
     from pyro_hc.metrics import dendrogram_purity, nmi

@@ -600,12 +600,15 @@ class _HCRL(ClusterEstimator):
         (``benchmarks/results/hcrl_digits_coarsening_cpu.md``).
     leaf_assignment:
         What :meth:`predict` (and ``labels_``) returns for a datum; it changes no fit, and may be
-        changed with ``set_params`` after one. ``"path"`` (default): the most probable full path
-        of ``q(ζ_n)``, the levels summed out, the paper's path posterior. ``"leaf_level"``: the most
-        probable path of ``q(ζ_n | l_n = leaf level)``, the leaf that would emit the datum. They
-        differ on data an ancestor explains better than any leaf (every node emits): the ancestor is
-        shared by all its paths, so ``q(ζ_n)`` then follows the sticks' prior (the heaviest path),
-        not the datum.
+        changed with ``set_params`` after one. ``"leaf_level"`` (default): the most probable path of
+        ``q(ζ_n | l_n = leaf level)``, the leaf that would emit the datum. ``"path"``: the most
+        probable full path of ``q(ζ_n)``, the levels summed out (the path posterior; the paper does
+        not say which it reads). They differ on data an ancestor explains better than any leaf: the
+        ancestor is shared by all its paths, so ``q(ζ_n)`` then follows the sticks' prior (the
+        heaviest path), not the datum. Measured on the same fits (CPU): ``synthetic_tree``'s
+        recovery cell at noise 0.5, seeds 0-9, DP 0.921 against 0.909 (lower at no seed); MNIST
+        (reduced budget, 6 fits) leaf NMI +0.003 to +0.017, DP +0.008 to +0.019; 20 Newsgroups
+        hierarchical F +0.005 / +0.008.
     """
 
     loss = "trace_enum"
@@ -647,7 +650,7 @@ class _HCRL(ClusterEstimator):
         init_tree: str | None = None,
         init_leaves: int | str = "elbo",
         elbo_coarsening: float | None = 3000.0,
-        leaf_assignment: str = "path",
+        leaf_assignment: str = "leaf_level",
     ) -> None:
         self.depth = depth
         self.latent_dim = latent_dim
