@@ -196,7 +196,9 @@ def main() -> None:
                 model = pyro_hc.get_model(name, **settings).fit(  # a finished fit resumes without a step
                     train, epochs=args.epochs, batch_size=args.batch_size, device=device, seed=seed,
                     progress=False, checkpoint=checkpoint, resume=True)
-                row = dict(earlier, **clustering_scores(model, everything, seed), rescored_from=str(source))
+                row = dict(earlier, rescored_from=str(source))
+                if name != "vae":
+                    row.update(clustering_scores(model, everything, seed))
                 per_seed[row_label].append(row)
                 print(json.dumps({"seed": seed, "model": row_label, **row}), flush=True)
                 done.append(seed, row_label, row)

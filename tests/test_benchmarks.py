@@ -108,6 +108,26 @@ def test_benchmark_smoke_run(script, smoke_runs):
         assert "own_embedding_hierarchical_f_score" not in by_model["hkm"]
 
 
+def test_hcrl_mnist_rescores_the_finished_fits_of_a_run_without_refitting(smoke_runs, tmp_path):
+    """``--rescore-from``: the smoke run's HCRL2 fit is read back from its checkpoint and scored again by
+    this build's ``predict``; its NLL and RE are copied, not re-estimated."""
+    if _missing_data("hcrl_mnist.py"):
+        pytest.skip("mnist not on disk (set PYRO_HC_DATA)")
+    _, source = smoke_runs["hcrl_mnist.py"]
+    out = tmp_path / "rescored.json"
+    args = list(SCRIPTS["hcrl_mnist.py"])
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hcrl_mnist.py"), *args, "--models", "hcrl2",
+                          "--threads", "1", "--rescore-from", str(source), "--out", str(out)],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    before = {row["model"]: row["per_seed"][0] for row in json.loads(source.read_text())["results"]}["hcrl2-L3"]
+    after = {row["model"]: row["per_seed"][0] for row in json.loads(out.read_text())["results"]}["hcrl2-L3"]
+    assert after["rescored_from"] == str(source)
+    assert after["test_nll"] == before["test_nll"] and after["fit_seconds"] == before["fit_seconds"]
+    assert after["n_leaves"] == before["n_leaves"] and 0 <= after["acc_at_10_partial"] <= 1
+    assert not list(tmp_path.glob("*_work"))  # nothing refitted, no checkpoint folder of its own
+
+
 def test_the_smoke_driver_reports_a_failing_script(tmp_path):
     """A script that raises is reported with its traceback, and the scripts after it still run."""
     bad, good = tmp_path / "bad.py", tmp_path / "good.py"
