@@ -599,8 +599,8 @@ class _HCRL(ClusterEstimator):
         fewer level-1 nodes and DP fell from 0.662 / 0.628 / 0.618 to 0.553–0.622
         (``benchmarks/results/hcrl_digits_coarsening_cpu.md``).
     leaf_assignment:
-        What :meth:`predict` (and ``labels_``) returns for a datum; it changes no fit, and may be
-        changed with ``set_params`` after one. ``"leaf_level"`` (default): the most probable path of
+        What :meth:`predict` returns for a datum (``labels_`` is read at the end of ``fit``); it
+        changes no fit, and may be changed with ``set_params`` after one. ``"leaf_level"`` (default): the most probable path of
         ``q(ζ_n | l_n = leaf level)``, the leaf that would emit the datum. ``"path"``: the most
         probable full path of ``q(ζ_n)``, the levels summed out (the path posterior; the paper does
         not say which it reads). They differ on data an ancestor explains better than any leaf: the
