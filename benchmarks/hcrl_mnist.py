@@ -176,6 +176,10 @@ def main() -> None:
                          likelihood="bernoulli", n_classes=train.n_classes)
 
     per_seed: dict[str, list[dict]] = {row_label: [] for row_label, _, _ in runs}
+    if args.rescore_from is not None:  # the earlier run's rows and checkpoints
+        source = Path(args.rescore_from)
+        earlier_rows = ResultRows(source.with_suffix(".rows.jsonl"), budget_key)
+        earlier_workdir = Path(args.workdir or f"{source.with_suffix('')}_work")
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for row_label, name, settings in runs:
             saved = done.get(seed, row_label)
@@ -187,9 +191,8 @@ def main() -> None:
                 continue
             checkpoint = workdir / f"{row_label}-seed{seed}.ckpt"
             if args.rescore_from is not None:
-                source = Path(args.rescore_from)
-                earlier = ResultRows(source.with_suffix(".rows.jsonl"), budget_key).get(seed, row_label)
-                checkpoint = Path(args.workdir or f"{source.with_suffix('')}_work") / checkpoint.name
+                earlier = earlier_rows.get(seed, row_label)
+                checkpoint = earlier_workdir / checkpoint.name
                 if earlier is None or not checkpoint.exists():
                     print(json.dumps({"seed": seed, "model": row_label, "rescored": False}), flush=True)
                     continue

@@ -715,8 +715,7 @@ class _HCRL(ClusterEstimator):
             raise ValueError(f"elbo_nodes={self.elbo_nodes!r} needs structure='elbo' (its memoized statistics)")
         if isinstance(self.elbo_closed_form_from, bool) or not 0 < self.elbo_closed_form_from < 1:
             raise ValueError(f"elbo_closed_form_from must be a fraction in (0, 1), got {self.elbo_closed_form_from!r}")
-        if self.leaf_assignment not in LEAF_ASSIGNMENTS:
-            raise ValueError(f"leaf_assignment must be one of {LEAF_ASSIGNMENTS}, got {self.leaf_assignment!r}")
+        self._given_leaf_level()  # raises for a bad leaf_assignment
         if not self.elbo_birth_margin >= 0:
             raise ValueError(f"elbo_birth_margin must be >= 0, got {self.elbo_birth_margin!r}")
         if self.elbo_coarsening is not None and (isinstance(self.elbo_coarsening, bool) or not isinstance(
@@ -937,11 +936,14 @@ class _HCRL(ClusterEstimator):
             room += 1
         return room if self.max_leaves is None else min(room, self.max_leaves)
 
-    def _leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
-        # checked here, not only in fit: set_params may change it on a fitted model
+    def _given_leaf_level(self) -> bool:
+        """``leaf_assignment``, checked at fit and at every prediction (``set_params`` may change it after a fit)."""
         if self.leaf_assignment not in LEAF_ASSIGNMENTS:
             raise ValueError(f"leaf_assignment must be one of {LEAF_ASSIGNMENTS}, got {self.leaf_assignment!r}")
-        return self.module_.leaf_log_proba(x, given_leaf_level=self.leaf_assignment == "leaf_level")
+        return self.leaf_assignment == "leaf_level"
+
+    def _leaf_log_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module_.leaf_log_proba(x, given_leaf_level=self._given_leaf_level())
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.module_.encoder.embed(x)
