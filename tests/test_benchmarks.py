@@ -40,6 +40,10 @@ SCRIPTS = {
                      "--set", "max_leaves=4", "--set", "grow_interval=3", "--no-progress"],
     "hcrl_digits.py": ["--n", "200", "--seeds", "1", "--epochs", "2", "--pretrain-epochs", "1", "--hidden-dims", "16",
                        "--variants", '{"default": {}, "embedding": {"init_tree": "embedding", "init_leaves": 4}}'],
+    "digits_defaults.py": ["--n", "200", "--seeds", "1", "--no-progress", "--deepect-settings",
+                           '{"pretrain_epochs": 1, "epochs": 2, "hidden_dims": [16], "max_leaves": 4}',
+                           "--cohiclust-settings", '{"pretrain_epochs": 1, "epochs": 2, "prune_start": 0, "depth": 2, '
+                           '"n_leaves": 3}'],
     "hcrl_mnist.py": ["--n-train", "300", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
                       "--hidden-dims", "32", "--nll-samples", "3", "--depths", "3", "--seeds", "1", "--no-progress"],
 }
@@ -51,6 +55,7 @@ def test_every_benchmark_script_has_a_smoke_run():
 
 #: the data sets each script reads (speed.py draws MNIST-shaped random data; synthetic_tree is drawn)
 REQUIRES = {"deepect_mnist.py": {"mnist", "usps"}, "reproduce.py": {"usps"}, "speed.py": set(), "hcrl_digits.py": set(),
+            "digits_defaults.py": set(),
             "hierarchy_recovery.py": set(), "hcrl_20newsgroups.py": {"20newsgroups"}}
 
 

@@ -100,3 +100,23 @@ def test_hcrl_passes_its_coarsening_to_the_moves():
     for bad in (0.0, -1.0, float("inf"), "1000", True):
         with pytest.raises(ValueError, match="elbo_coarsening"):
             pyro_hc.get_model("hcrl2", elbo_coarsening=bad, pretrain_epochs=1, epochs=1).fit(digits, progress=False)
+
+
+def test_auto_mean_coupling_is_one_on_uncoarsened_data_and_tighter_on_coarsened_data():
+    from pyro_hc.heuristics.elbo_moves import COARSENED_MEAN_COUPLING
+
+    moves = pyro_hc.get_model("hcrl2").heuristics(0)  # the defaults: "auto" at α = 3000
+    assert moves.mean_coupling == "auto" and COARSENED_MEAN_COUPLING > 1
+    assert moves.mean_coupling_for(3000) == 1.0 and moves.mean_coupling_for(3001) == COARSENED_MEAN_COUPLING
+    z = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    assert moves.node_prior(z, torch.zeros_like(z)).coupling == 1.0
+    coarse = ELBOStructureMoves(mean_coupling="auto", coarsening=20.0)  # 40 points weigh ζ = 0.5 each
+    assert coarse.node_prior(z, torch.zeros_like(z)).coupling == COARSENED_MEAN_COUPLING
+    # never coarsened: κ = 1 at any size; a number is kept as given; None: independent node priors
+    assert ELBOStructureMoves(mean_coupling="auto").mean_coupling_for(10**6) == 1.0
+    assert ELBOStructureMoves(mean_coupling=2.5, coarsening=20.0).mean_coupling_for(40) == 2.5
+    assert not isinstance(ELBOStructureMoves(coarsening=20.0).node_prior(z, torch.zeros_like(z)), TreeNodePrior)
+    digits = pyro_hc.load_dataset("digits", n_samples=40)
+    for bad in ("tight", True, 0.0, -1.0):
+        with pytest.raises(ValueError, match="mean_coupling"):
+            pyro_hc.get_model("hcrl2", elbo_mean_coupling=bad, pretrain_epochs=1, epochs=1).fit(digits, progress=False)

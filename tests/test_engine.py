@@ -83,6 +83,20 @@ def test_callbacks_see_every_step_and_can_stop():
     assert engine.history["custom"] == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("n, drop_last, sizes", [(25, True, [10, 10]), (25, False, [10, 10, 5]),
+                                                 (7, True, [7])])  # less than a batch: still one batch
+def test_drop_last_skips_the_short_batch_of_every_epoch(n, drop_last, sizes):
+    sizes_seen = []
+
+    class Sizes(Callback):
+        def on_step_end(self, state):
+            sizes_seen.append(len(state.batch_index))
+
+    engine = SVIEngine(make_module(), callbacks=[Sizes()], progress=False, drop_last=drop_last)
+    engine.fit(torch.randn(n, 2), epochs=2, batch_size=10, seed=0)
+    assert sizes_seen == sizes * 2
+
+
 def test_nan_loss_names_epoch_and_step():
     x = torch.randn(40, 2)
     x[33] = 1e30  # squared in the Normal log density: an infinite loss in some batch of epoch 0

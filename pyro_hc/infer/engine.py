@@ -148,6 +148,11 @@ class SVIEngine:
     divergence_factor:
         Raise :class:`DivergenceError` when a step's per-datum loss exceeds this many times the
         magnitude of the phase's first loss (at least 1); ``None`` turns the check off.
+    drop_last:
+        Skip each epoch's last batch when it is smaller than ``batch_size`` (as a ``DataLoader``
+        with ``drop_last=True``; a contrastive loss drawn from a handful of images is noise, and
+        batch norm would fold their statistics into its running ones). Data smaller than one
+        batch still train, as one batch.
     """
 
     def __init__(
@@ -172,6 +177,7 @@ class SVIEngine:
         lr_multipliers: dict[str, float] | None = None,
         cuda_graphs: bool = False,
         divergence_factor: float | None = 1e4,
+        drop_last: bool = False,
     ) -> None:
         for method in ("model", "guide"):
             if not callable(getattr(module, method, None)):
@@ -219,6 +225,7 @@ class SVIEngine:
         if divergence_factor is not None and not divergence_factor > 1:
             raise ValueError(f"divergence_factor must be > 1 or None, got {divergence_factor}")
         self.divergence_factor = divergence_factor
+        self.drop_last = bool(drop_last)
         self.loss_baseline: float | None = None  # |per-datum loss| of the phase's first step
         #: called with the engine after every completed epoch (history written, counters advanced)
         self.epoch_end_hooks: list[Callable[["SVIEngine"], None]] = []
@@ -322,7 +329,8 @@ class SVIEngine:
             # identical streams on every rank would correlate the halves of each batch. Parameters stay
             # identical (DDP averages the gradients; rank 0's structural initialisations are broadcast).
             torch.manual_seed((seed * 1_000_003 + self.epoch * 7919 + rank + 1) % 2**63)
-        batcher = DeviceBatcher(num_data, batch_size, device=x.device, shuffle=True, seed=seed)
+        batcher = DeviceBatcher(num_data, batch_size, device=x.device, shuffle=True, seed=seed,
+                                drop_last=self.drop_last and batch_size <= num_data)
         self.batcher = batcher
         state = FitState(engine=self, epoch=self.epoch, step=self.step_count, num_data=num_data)
         bar = tqdm(
