@@ -331,6 +331,7 @@ class ClusterEstimator:
         if resume and checkpoint is None:
             raise InvalidSettingError("resume", "resume=True needs checkpoint=PATH, the checkpoint to continue from")
         x = as_tensor(data)
+        batch_size = self._resolved_batch_size(batch_size, int(x.shape[0]))
         self._monitor_labels = _monitor_labels(monitor_labels, x.shape[0])
         likelihood = self._likelihood_for(data)
         validate_data(x, likelihood)
@@ -493,6 +494,13 @@ class ClusterEstimator:
         """``_build_module()`` in module-local parameter mode (Pyro fixes the mode at construction)."""
         with local_params():
             return self._build_module()
+
+    def _resolved_batch_size(self, batch_size: int | None, n: int) -> int:
+        """The batch size a fit on ``n`` points uses: ``batch_size`` itself; a model whose setting may be
+        None (a size chosen from the data) overrides this."""
+        if batch_size is None:
+            raise InvalidSettingError("batch_size", f"{type(self).__name__} needs a batch_size, got None")
+        return batch_size
 
     def _run(
         self,
