@@ -106,7 +106,8 @@ def table(model: str, rows: dict[int, dict]) -> str:
         if means[column] is None:
             continue
         bars = [CLUSTPY_DEEPECT[column] if bar == "ClustPy" else row[bar] for row in rows.values()]
-        cleared = sum(row.get(column) is not None and sign * (row[column] - b) > 0 for row, b in zip(rows.values(), bars))
+        cleared = sum(row.get(column) is not None and sign * (row[column] - b) > 0
+                      for row, b in zip(rows.values(), bars))
         verdicts.append(f"{column} {cell(column, means[column])} against {bar} {cell(column, _mean(bars))} in the "
                         f"mean; {'above' if sign > 0 else 'below'} it at {cleared} of {len(rows)} seeds")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n"

@@ -66,8 +66,8 @@ from ..infer import distributed
 from ..infer.callbacks import Callback, FitState
 from ..tree import ClusterTree
 
-__all__ = ["COARSENED_MEAN_COUPLING", "ELBOStructureMoves", "TreeNodePrior", "ancestor_birth_delta", "birth_delta", "conjugate_nodes",
-           "conjugate_sticks",
+__all__ = ["COARSENED_MEAN_COUPLING", "ELBOStructureMoves", "TreeNodePrior", "ancestor_birth_delta", "birth_delta",
+           "conjugate_nodes", "conjugate_sticks",
            "emission_weights", "merge_delta",
            "merge_internal_tree", "node_prior", "propose_split", "refine_responsibilities",
            "refined_birth_delta", "refined_merge_delta", "relabel_delta", "relabel_responsibilities",

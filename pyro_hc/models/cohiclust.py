@@ -523,10 +523,10 @@ class CoHiClust(ClusterEstimator):
         (small CNN, 200 + 100 epochs, seeds 0–4, CPU one thread;
         ``benchmarks/results/digits_defaults_cpu.md``): batch 128 (this rule) ACC 0.829 / 0.778 /
         0.824 / 0.787 / 0.816, NMI 0.861 / 0.809 / 0.872 / 0.838 / 0.854 (mean 0.807 / 0.847,
-        against k-means on the raw pixels 0.792 / 0.742); batch 256 ACC 0.766 / 0.597 at seeds 0 / 1
+        against k-means on the raw pixels 0.793 / 0.742); batch 256 ACC 0.766 / 0.597 at seeds 0 / 1
         (0.811 / 0.696 / 0.706 / 0.682 at seeds 0–3 keeping the short batch), and with pruning
-        delayed to tree epoch 50 instead (batch 256) mean 0.788 / 0.823; batch 64: 0.809 / 0.829 and 0.730 / 0.832
-        at seeds 0 / 1.
+        delayed to tree epoch 50 instead (batch 256) mean 0.788 / 0.823; batch 64: 0.809 / 0.829
+        and 0.730 / 0.832 at seeds 0 / 1.
     prune_start, prune_every:
         When pruning starts (an epoch of the tree phase, 0-based) and how often it removes a leaf.
     amp, channels_last:
@@ -665,7 +665,7 @@ class CoHiClust(ClusterEstimator):
     def _fit(self, x, *, epochs, batch_size, seed, progress, callbacks: Sequence[Callback]) -> None:
         module = self.module_
         # the official loader drops the last incomplete batch (main.py, drop_last=True): on the 1,797
-        # digits at batch 256 it would be 5 images, one step in eight
+        # digits it would be 5 images, at batch 128 or 256 alike
         optim = dict(lr=self.lr, weight_decay=self.weight_decay, drop_last=True)
         if self.pretrained is not None:
             self._load_pretrained(self.pretrained)
