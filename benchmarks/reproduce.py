@@ -221,11 +221,12 @@ def _pretrain_autoencoder(model, x, epochs: dict[str, int], args, workdir: Path)
 
 
 def _pretrain_simclr(model, x, epochs: dict[str, int], args, workdir: Path) -> None:
-    """CoHiClust's SimCLR phase: R2 alone on the backbone and the contrastive head."""
+    """CoHiClust's SimCLR phase: R2 alone on the backbone and the contrastive head, each epoch's short
+    last batch dropped as in the model's own fit (the official loader's ``drop_last=True``)."""
     run_engine(SimCLRPretraining(model.module_), x, phase="pretrain", epochs=epochs["pretrain"],
                batch_size=model.batch_size, seed=args.seed, progress=args.progress, workdir=workdir,
                every=args.checkpoint_every, callbacks=[BatchNormStatsSync()], lr=model.lr,
-               weight_decay=model.weight_decay)
+               weight_decay=model.weight_decay, drop_last=True)
 
 
 @dataclass(frozen=True)
