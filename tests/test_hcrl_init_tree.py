@@ -189,3 +189,68 @@ def test_bad_initial_tree_settings_fail_before_pretraining(bad, blobs):
     settings = {**TINY, "pretrain_epochs": 50, **bad}
     with pytest.raises(ValueError, match="init_"):
         pyro_hc.get_model("hcrl2", depth=3, **settings).fit(blobs, epochs=1, progress=False)
+
+
+def _true_leaf_groups(data) -> np.ndarray:
+    """``[N, 2]`` (coarse, fine) node ids of a ``synthetic_tree(depth=2)`` true tree for each datum."""
+    leaf_of_label = {label: node for node, label in data.tree.nodes(data="label") if label is not None}
+    parent_of = {child: parent for parent, child in data.tree.edges()}
+    return np.array([[parent_of[leaf_of_label[y]], leaf_of_label[y]] for y in data.y.tolist()])
+
+
+def test_structure_elbo_scores_a_candidate_as_the_initial_scan_does(blobs):
+    """Before the first SVI step the fitted tree is the scan's best, and ``structure_elbo`` of its
+    groups is the score the scan logged for it; the default (the fitted tree, each datum on its
+    predicted leaf) scores the groups ``predict`` gives."""
+    with local_params():
+        settings = {**TINY, "pretrain_epochs": 30, "latent_dim": 4}
+        model = pyro_hc.get_model("hcrl2", depth=3, **settings).fit(blobs, epochs=0, seed=0, progress=False)
+        event = model.tree.events[0]
+        groups = kmeans_ward_levels(model.transform(blobs), event["kmeans_leaves"], 3, seed=0,
+                                    group_counts=event["groups"][:-1])
+        best = max(max(dict(event["elbo_by_leaves"]).values()), max(dict(event["elbo_by_groups"]).values()))
+        assert model.structure_elbo(blobs, groups) == pytest.approx(best, rel=1e-4, abs=1e-2)
+        ancestors = {path[-1]: path[1:] for path in model.tree.paths()}
+        predicted = np.array([ancestors[int(leaf)] for leaf in model.predict(blobs)])
+        assert model.structure_elbo(blobs) == model.structure_elbo(blobs.x, predicted)
+
+
+def test_structure_elbo_prefers_the_true_tree_to_its_leaves_merged_or_split_at_random(blobs):
+    """The Occam factor and the likelihood, seen through the public score: on well separated blobs
+    (noise 0.5, 4 apart) the true tree beats the same tree with two sibling leaves merged into one
+    (the likelihood loses) and with a leaf cut in two at random (the Occam factor: a second node
+    that explains nothing more), and beats a tree with the true leaves in random groups."""
+    with local_params():
+        settings = {**TINY, "pretrain_epochs": 30, "latent_dim": 4}
+        model = pyro_hc.get_model("hcrl2", depth=3, **settings).fit(blobs, epochs=0, seed=0, progress=False)
+    true = _true_leaf_groups(blobs)
+    rng = np.random.RandomState(0)
+    merged = true.copy()
+    coarse = true[0, 0]
+    fine = np.unique(true[true[:, 0] == coarse, 1])
+    merged[merged[:, 1] == fine[1], 1] = fine[0]
+    split = true.copy()
+    members = np.flatnonzero(split[:, 1] == fine[0])
+    split[members[rng.rand(len(members)) < 0.5], 1] = 10_000
+    shuffled = true.copy()
+    leaves = np.unique(true[:, 1])
+    group_of_leaf = dict(zip(leaves, rng.permutation(np.repeat(np.unique(true[:, 0]), len(leaves) // 3))))
+    shuffled[:, 0] = [group_of_leaf[leaf] for leaf in true[:, 1]]
+    assert (shuffled[:, 0] != true[:, 0]).any()
+    scores = {name: model.structure_elbo(blobs, groups) for name, groups in
+              dict(true=true, merged=merged, split=split, shuffled=shuffled).items()}
+    assert scores["true"] == max(scores.values()), scores
+    assert scores["true"] > scores["merged"] + 50 and scores["true"] > scores["split"] + 10, scores
+
+
+@pytest.mark.parametrize("groups", [np.zeros((5, 2), dtype=np.int64), np.zeros((270, 3), dtype=np.int64),
+                                    np.zeros((270, 2)), np.zeros(270, dtype=np.int64)])
+def test_structure_elbo_rejects_groups_of_the_wrong_shape_or_type(groups, blobs):
+    model = pyro_hc.get_model("hcrl2", depth=3, **TINY).fit(blobs, epochs=0, seed=0, progress=False)
+    with pytest.raises(ValueError, match="leaf_groups"):
+        model.structure_elbo(blobs, groups)
+
+
+def test_structure_elbo_needs_a_fitted_model(blobs):
+    with pytest.raises(pyro_hc.NotFittedError, match="fit"):
+        pyro_hc.get_model("hcrl1", depth=3, **TINY).structure_elbo(blobs)

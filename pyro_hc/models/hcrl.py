@@ -790,15 +790,20 @@ class _HCRL(ClusterEstimator):
         """The structure-learning callback configured like this model: GROW / PRUNE / MERGE
         (``structure="paper"``) or the ELBO-tested births and merges (``structure="elbo"``)."""
         if self.structure == "elbo":
-            return ELBOStructureMoves(stick_concentration=self._stick_concentration(), lock_epochs=self.elbo_lock_epochs,
-                                      max_leaves=self.max_leaves, capacity=self.capacity,
-                                      birth_margin=self.elbo_birth_margin, mean_coupling=self.elbo_mean_coupling,
-                                      closed_form_sticks=self.elbo_sticks == "closed_form",
-                                      closed_form_nodes=self._node_update() == "closed_form",
-                                      encoder_variance=self.elbo_encoder_variance,
-                                      coarsening=self.elbo_coarsening,
-                                      mean_coupling_shape=self.elbo_mean_coupling_shape)
+            return self._elbo_moves()
         return self._paper_heuristics(seed)
+
+    def _elbo_moves(self) -> ELBOStructureMoves:
+        """The ELBO-tested moves with this model's settings: the search of ``structure="elbo"``, and
+        the objective :meth:`structure_elbo` and the initial tree's scan score trees with."""
+        return ELBOStructureMoves(stick_concentration=self._stick_concentration(), lock_epochs=self.elbo_lock_epochs,
+                                  max_leaves=self.max_leaves, capacity=self.capacity,
+                                  birth_margin=self.elbo_birth_margin, mean_coupling=self.elbo_mean_coupling,
+                                  closed_form_sticks=self.elbo_sticks == "closed_form",
+                                  closed_form_nodes=self._node_update() == "closed_form",
+                                  encoder_variance=self.elbo_encoder_variance,
+                                  coarsening=self.elbo_coarsening,
+                                  mean_coupling_shape=self.elbo_mean_coupling_shape)
 
     def _paper_heuristics(self, seed: int | None) -> NCRPHeuristics:
         return NCRPHeuristics(grow_every=self.grow_every, lock_epochs=self.lock_epochs,
@@ -872,16 +877,13 @@ class _HCRL(ClusterEstimator):
             self._init_path(x)
             return
         module = self.module_
-        embedding = self._batched(module.encoder.embed, x).to(self.device_)
+        embedding, z_var, log_eta = self._structure_inputs(x)
         seed = 0 if seed is None else int(seed)
         scores: dict[int, float] = {}
         group_scores: dict[str, float] = {}
         points = embedding.cpu().numpy()
         if self.init_leaves == "elbo":
-            z_var = (self._batched(lambda batch: module.encoder(batch)[1], x).to(self.device_).square()
-                     if self.elbo_encoder_variance else torch.zeros_like(embedding))
-            log_eta = self._batched(module.level_log_proportions, x).to(self.device_)
-            moves = self.heuristics(seed)
+            moves = self._elbo_moves()
 
             def score(leaves: tuple[np.ndarray, np.ndarray], counts: list[int]) -> float:
                 candidate = tree_from_level_groups(ward_levels(*leaves, counts))
@@ -934,6 +936,57 @@ class _HCRL(ClusterEstimator):
                        kmeans_leaves=n_leaves, groups=[*counts, n_leaves],
                        elbo_by_leaves=[[k, v] for k, v in scores.items()] or None,
                        elbo_by_groups=[[k, v] for k, v in group_scores.items()] or None)
+
+    @torch.no_grad()
+    def _structure_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the structure moves read of the data, on the model's device: the embedding ``E[z | x]``,
+        its variance under ``q(z | x)`` (zeros unless ``elbo_encoder_variance``) and ``log E[η | x]``."""
+        module = self.module_
+        embedding = self._batched(module.encoder.embed, x).to(self.device_)
+        z_var = (self._batched(lambda batch: module.encoder(batch)[1], x).to(self.device_).square()
+                 if self.elbo_encoder_variance else torch.zeros_like(embedding))
+        return embedding, z_var, self._batched(module.level_log_proportions, x).to(self.device_)
+
+    def structure_elbo(self, data, leaf_groups=None) -> float:
+        """The objective HCRL's structure moves maximise, for a tree over ``data`` in this model's embedding.
+
+        The tree's mixture in the embedding scored as ``structure="elbo"`` scores a move: the nodes'
+        Normal–Gamma evidence (child means on the parent's under ``elbo_mean_coupling``), the sticks'
+        Beta evidence and the level proportions' data terms, coarsened as the fit coarsens them, with
+        every datum emitted by its leaf — the hard assignment the initial tree's scan uses, so that
+        the fitted tree and any candidate are scored alike. It answers "does the model's own
+        objective prefer this tree?", which tells a failure of the search (a candidate scores higher
+        than the fitted tree) from a mismatch of objective and task (the true tree scores lower):
+        ``benchmarks/hierarchy_recovery.py --objective-check``. The value is the structure part of
+        the ELBO only (the decoder's term and the encoder's entropy are the same for every tree).
+
+        Parameters
+        ----------
+        data : Dataset, tensor or array
+            The data, as for :meth:`predict`.
+        leaf_groups : array-like of int, shape (N, depth - 1), optional
+            Each datum's group at levels ``1 .. depth - 1``, the last column its leaf; a group is
+            read within its parent's (one node per pair), e.g. :func:`~pyro_hc.baselines.kmeans_ward_levels`
+            on :meth:`transform`'s output. Default: the fitted tree, each datum on the leaf
+            :meth:`predict` gives it.
+
+        Returns
+        -------
+        float
+            The structure ELBO in nats (higher is preferred).
+        """
+        x = self._prepare_input(data)
+        if leaf_groups is None:
+            ancestors = {path[-1]: path[1:] for path in self.tree.paths()}
+            leaf_groups = np.array([ancestors[int(leaf)] for leaf in self.predict(x)], dtype=np.int64)
+        groups = np.asarray(leaf_groups)
+        if groups.ndim != 2 or groups.shape != (x.shape[0], self.depth - 1):
+            raise ValueError(f"leaf_groups must have shape (N, depth - 1) = ({x.shape[0]}, {self.depth - 1}), "
+                             f"got {groups.shape}")
+        if not np.issubdtype(groups.dtype, np.integer):
+            raise ValueError(f"leaf_groups must hold integer group labels, got dtype {groups.dtype}")
+        embedding, z_var, log_eta = self._structure_inputs(x)
+        return _initial_tree_elbo(tree_from_level_groups(groups), embedding, z_var, log_eta, self._elbo_moves())
 
     def _init_leaves_room(self) -> int:
         """The most k-means leaves whose initial tree fits ``capacity`` (and ``max_leaves``)."""
