@@ -23,7 +23,10 @@ Rows:
 
 Beside every nCRP row, the two-stage trees on that model's own embedding (``transform``): its own
 leaves linked by Ward's method, k-means into 20 leaves + Ward, and HKM, so that a reader sees whether
-a gap is the representation (all three low) or the tree (its own leaves + Ward above its tree).
+a gap is the representation (all three low) or the tree (its own leaves + Ward above its tree). With
+``--objective-check`` the HCRL rows also give the structure ELBO (``HCRL.structure_elbo``) of their
+own tree, of k-means + Ward cut to depth 4 and of the true hierarchy: whether the search missed a tree
+its objective prefers, or the objective prefers another tree than the true one.
 
 The paper does not give its networks, epochs or HKM branching (they are in a supplement we do not
 have); the defaults here are VaDE's text network (``2000-500-500-2000-10``) and HCRL's own epoch
@@ -53,7 +56,8 @@ import torch
 from scipy import stats
 
 import pyro_hc
-from pyro_hc.baselines import hierarchical_kmeans_tree, kmeans_ward_tree, leaves_ward_tree
+from pyro_hc.baselines import (hierarchical_kmeans_tree, kmeans_leaves, kmeans_ward_tree, label_tree_groups,
+                                leaves_ward_tree, level_group_counts, ward_levels)
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
 from pyro_hc.report import ResultRows, machine_record, write_record
 
@@ -63,6 +67,18 @@ PAPER = {"hcrl2": (0.601, 0.097), "hcrl1": (0.566, 0.048), "vae_ncrp": (0.558, 0
 MODELS = ("hcrl2", "hcrl1", "vae_ncrp", "vade+hkm", "vade+ward", "hkm", "kmeans+ward")
 NCRP_MODELS = ("hcrl2", "hcrl1", "vae_ncrp")
 DEPTH = 4  # the root and three levels, the paper's "depth of four"
+
+
+def objective_scores(model, data: pyro_hc.Dataset, n_leaves: int, seed: int) -> dict[str, float]:
+    """HCRL's structure ELBO (``structure_elbo``, every datum on its leaf) on its own embedding: of its
+    tree, of k-means into ``n_leaves`` leaves under Ward's linkage (the level-1 count that scores
+    highest, the level below at an even fan-out) and of the true topic hierarchy."""
+    centroids, leaf = kmeans_leaves(model.transform(data), n_leaves, seed)
+    finer = level_group_counts(n_leaves, DEPTH)[1:-1]
+    kmeans = max(model.structure_elbo(data, ward_levels(centroids, leaf, [count] + [max(count, c) for c in finer]))
+                 for count in range(1, n_leaves + 1))
+    true = model.structure_elbo(data, label_tree_groups(data.tree, data.y.numpy(), DEPTH))
+    return {"own": model.structure_elbo(data), "k-means + Ward": kmeans, "true": true}
 
 
 def interval(values: list[float]) -> float:
@@ -97,6 +113,9 @@ def main() -> None:
                         help="names the result files (default: the device, plus '_reduced' below the full budget)")
     parser.add_argument("--workdir", default=None,
                         help="fit checkpoints (default: <out> without its suffix, plus '_work')")
+    parser.add_argument("--objective-check", action="store_true",
+                        help="score each HCRL fit's tree, k-means + Ward's and the true hierarchy with its "
+                             "structure ELBO")
     parser.add_argument("--out", default=None, help="result path (default benchmarks/results/hcrl_20newsgroups_<label>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -177,6 +196,8 @@ def main() -> None:
                     "k-means + Ward": scores(*kmeans_ward_tree(embedding, n_groups, seed=seed)),
                     "HKM": scores(*hierarchical_kmeans_tree(embedding, args.hkm_branching, args.hkm_levels,
                                                             seed=seed))}
+                if args.objective_check and hasattr(model, "structure_elbo"):
+                    row["structure_elbo"] = objective_scores(model, data, n_groups, seed)
             elif name.startswith("vade"):
                 if vade_embedding is None:  # one VaDE per seed serves both of its rows
                     vade = fitted("vade", seed, n_clusters=n_groups)
@@ -208,6 +229,9 @@ def main() -> None:
         if own:  # hierarchical F of each two-stage tree on the model's embedding, mean over the seeds
             rows[-1]["own_embedding_hierarchical_f_score"] = {
                 baseline: float(np.mean([o[baseline]["hierarchical_f_score"] for o in own])) for baseline in own[0]}
+        checks = [r["structure_elbo"] for r in per_seed if "structure_elbo" in r]
+        if checks:  # (--objective-check) the structure ELBO of three trees, mean over the seeds
+            rows[-1]["structure_elbo"] = {tree: float(np.mean([c[tree] for c in checks])) for tree in checks[0]}
     record = {
         "benchmark": "hcrl_20newsgroups", "budget_label": "full" if full_budget else "reduced",
         **machine_record(device),
@@ -234,17 +258,19 @@ def main() -> None:
         f"Command: `{record['command']}`",
         "",
         "| model | hierarchical F (ours) | per seed | paper | flat F | DP | NMI | leaves | s / fit "
-        "| own embedding: own leaves + Ward / k-means + Ward / HKM |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| own embedding: own leaves + Ward / k-means + Ward / HKM | structure ELBO: own / k-means + Ward / true |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         paper = "" if row["paper"] is None else pm(row["paper"]["mean"], row["paper"]["interval_95"])
         own = row.get("own_embedding_hierarchical_f_score")
         own = "" if own is None else " / ".join(f"{value:.3f}" for value in own.values())
+        elbo = row.get("structure_elbo")
+        elbo = "" if elbo is None else " / ".join(f"{value:,.0f}" for value in elbo.values())
         lines.append(f"| {row['model']} | {pm(row['hierarchical_f_score'], row['interval_95'])} | "
                      f"{', '.join(f'{v:.3f}' for v in row['per_seed'])} | {paper} | {row['flat_f_score']:.3f} | "
                      f"{row['dendrogram_purity']:.3f} | {row['nmi']:.3f} | {row['n_leaves']} | {row['seconds']:.0f} "
-                     f"| {own} |")
+                     f"| {own} | {elbo} |")
     write_record(out, record, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -52,12 +52,11 @@ import argparse
 import json
 import time
 
-import networkx as nx
 import numpy as np
 import torch
 
 import pyro_hc
-from pyro_hc.baselines import kmeans_leaves, kmeans_ward_tree, level_group_counts, ward_levels
+from pyro_hc.baselines import kmeans_leaves, kmeans_ward_tree, label_tree_groups, level_group_counts, ward_levels
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
 from pyro_hc.models.hcrl import tree_from_level_groups
 from pyro_hc.report import write_benchmark_result
@@ -136,21 +135,6 @@ def make_data(tree_name: str, emission: str, noise: float, args: argparse.Namesp
                                   n_per_internal=n_per_internal, seed=0, **shape)
 
 
-def true_leaf_groups(data: pyro_hc.Dataset, depth: int) -> np.ndarray | None:
-    """Each datum's true node at levels ``1 .. depth - 1`` (a leaf above full depth repeated down to
-    it), ``int64 [N, depth - 1]``; None with all-node emission (points that no leaf draws)."""
-    tree = data.tree
-    root = next(node for node in tree if tree.in_degree(node) == 0)
-    leaf_of_label = {label: node for node, label in tree.nodes(data="label") if label is not None}
-    if any(tree.out_degree(node) for node in leaf_of_label.values()):
-        return None
-    rows = {}
-    for label, leaf in leaf_of_label.items():
-        path = nx.shortest_path(tree, root, leaf)[1:]
-        rows[label] = (path + path[-1:] * depth)[:depth - 1]
-    return np.array([rows[label] for label in data.y.tolist()], dtype=np.int64)
-
-
 def objective_check(model, data: pyro_hc.Dataset, n_leaves: int, seed: int) -> dict:
     """The structure ELBO (``HCRL.structure_elbo``) and DP of the model's tree, of k-means + Ward (the
     Ward linkage cut into the number of level-1 groups that scores highest, finer levels at an even
@@ -166,8 +150,11 @@ def objective_check(model, data: pyro_hc.Dataset, n_leaves: int, seed: int) -> d
     kmeans_tree, kmeans_nodes = tree_from_level_groups(kmeans_groups)
     row = {"objective_own": model.structure_elbo(data), "objective_kmeans_ward": kmeans_elbo,
            "kmeans_ward_depth_dp": dendrogram_purity(kmeans_tree, kmeans_nodes[-1].numpy(), labels)}
-    true = true_leaf_groups(data, depth)
-    row["objective_true"] = None if true is None else model.structure_elbo(data, true)
+    # the true tree, where only leaves emit (an internal node's data sit above every leaf group)
+    leaf_only = all(data.tree.out_degree(node) == 0 for node, label in data.tree.nodes(data="label")
+                    if label is not None)
+    row["objective_true"] = (model.structure_elbo(data, label_tree_groups(data.tree, labels, depth)) if leaf_only
+                             else None)
     return row
 
 

@@ -8,7 +8,8 @@ worth from what its grouping of them is worth), :func:`bisecting_kmeans_tree` (D
 :func:`hierarchical_kmeans_tree` (HCRL's Table 2 "HKM"). They import no model and no engine and
 return a :class:`~pyro_hc.tree.ClusterTree` plus each point's leaf; :func:`kmeans_ward_levels`
 (built from :func:`kmeans_leaves` and :func:`ward_levels`) returns the same two-stage hierarchy
-read at a fixed number of levels, as group labels (HCRL's initial tree).
+read at a fixed number of levels, as group labels (HCRL's initial tree), and
+:func:`label_tree_groups` a true hierarchy in the same form.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from .tree import ClusterTree
 
 __all__ = ["initial_clusters_check", "kmeans_ward_tree", "leaves_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts",
-           "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
+           "label_tree_groups", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
 
 #: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
 SPLIT_ATTR = "split"
@@ -186,6 +187,59 @@ def kmeans_ward_levels(x: Any, n_leaves: int, depth: int, seed: int = 0,
     centroids, leaf = kmeans_leaves(points, int(n_leaves), seed)
     counts = level_group_counts(int(n_leaves), depth)[:-1] if group_counts is None else list(group_counts)
     return ward_levels(centroids, leaf, counts)
+
+
+def label_tree_groups(label_tree: Any, labels: Any, depth: int) -> np.ndarray:
+    """A true hierarchy as nested group labels: each datum's node of ``label_tree`` at levels
+    ``1 .. depth - 1`` below the root, in the form :func:`kmeans_ward_levels` returns (and
+    ``HCRL.structure_elbo`` scores), so a model can score the true tree beside its own.
+
+    A leaf above full depth is repeated down to it (its node id again at every lower level: a chain
+    that holds the same data). Node ids of ``label_tree`` serve as the group labels.
+
+    Parameters
+    ----------
+    label_tree : networkx.DiGraph or object with a ``.graph`` DiGraph
+        Rooted tree, edges parent -> child, with each class on the leaf that carries it in a
+        ``"label"`` attribute (``Dataset.tree`` of ``synthetic_tree`` and ``20newsgroups``).
+    labels : array-like of int, shape (N,)
+        Each datum's class.
+    depth : int
+        Levels of the tree to fill, the root included (a model's ``depth``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64 [N, depth - 1]``.
+
+    Raises
+    ------
+    ValueError
+        A label on an internal node (its data are emitted above the leaves, which leaf groups
+        cannot say), a class of ``labels`` on no leaf, or a leaf deeper than ``depth - 1`` levels.
+    """
+    graph = label_tree if isinstance(label_tree, nx.DiGraph) else label_tree.graph  # (a DiGraph's .graph is a dict)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} and dtype {labels.dtype}")
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 2:
+        raise ValueError(f"depth must be an integer >= 2 levels (root and leaves), got {depth!r}")
+    root = next(node for node in graph if graph.in_degree(node) == 0)
+    node_of_label = {label: node for node, label in graph.nodes(data="label") if label is not None}
+    inner = sorted(label for label, node in node_of_label.items() if graph.out_degree(node) > 0)
+    if inner:
+        raise ValueError(f"classes {inner} sit on internal nodes of label_tree: their data are not a leaf's")
+    missing = sorted(set(np.unique(labels).tolist()) - set(node_of_label))
+    if missing:
+        raise ValueError(f"classes {missing} of labels are on no leaf of label_tree")
+    rows = {}
+    for label, leaf in node_of_label.items():
+        path = nx.shortest_path(graph, root, leaf)[1:]
+        if len(path) > depth - 1:
+            raise ValueError(f"class {label} sits {len(path)} levels below the root, deeper than "
+                             f"depth - 1 = {depth - 1}")
+        rows[label] = path + path[-1:] * (depth - 1 - len(path))
+    return np.array([rows[label] for label in labels.tolist()], dtype=np.int64).reshape(len(labels), depth - 1)
 
 
 def kmeans_leaves(x: Any, n_leaves: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pyro_hc
@@ -35,7 +36,7 @@ SCRIPTS = {
     "hcrl_20newsgroups.py": ["--n", "300", "--seeds", "1", "--epochs", "1", "--pretrain-epochs", "1",
                              "--hidden-dims", "16", "--hkm-branching", "2", "--no-progress",
                              "--models", "hcrl2,hcrl1,vade+hkm,vade+ward,hkm,kmeans+ward",
-                             "--tree-settings", '{"elbo_coarsening": 100.0}'],
+                             "--tree-settings", '{"elbo_coarsening": 100.0}', "--objective-check"],
     "reproduce.py": ["deepect_aug", "usps", "--scale", "0.0004", "--n", "300", "--set", "hidden_dims=[32]",
                      "--set", "max_leaves=4", "--set", "grow_interval=3", "--no-progress"],
     "hcrl_digits.py": ["--n", "200", "--seeds", "1", "--epochs", "2", "--pretrain-epochs", "1", "--hidden-dims", "16",
@@ -111,6 +112,8 @@ def test_benchmark_smoke_run(script, smoke_runs):
         own = by_model["hcrl2 elbo_coarsening=100.0"]["own_embedding_hierarchical_f_score"]  # the two-stage trees
         assert set(own) == {"own leaves + Ward", "k-means + Ward", "HKM"} and all(0 < f <= 1 for f in own.values())
         assert "own_embedding_hierarchical_f_score" not in by_model["hkm"]
+        elbo = by_model["hcrl2 elbo_coarsening=100.0"]["structure_elbo"]  # --objective-check
+        assert set(elbo) == {"own", "k-means + Ward", "true"} and all(np.isfinite(list(elbo.values())))
 
 
 def test_hcrl_mnist_rescores_the_finished_fits_of_a_run_without_refitting(smoke_runs, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pyro_hc
-from pyro_hc.baselines import kmeans_ward_levels, level_group_counts
+from pyro_hc.baselines import kmeans_ward_levels, label_tree_groups, level_group_counts
 from pyro_hc.distributions import sibling_order
 from pyro_hc.heuristics.elbo_moves import conjugate_sticks
 from pyro_hc.heuristics.elbo_moves import ELBOStructureMoves
@@ -191,11 +191,33 @@ def test_bad_initial_tree_settings_fail_before_pretraining(bad, blobs):
         pyro_hc.get_model("hcrl2", depth=3, **settings).fit(blobs, epochs=1, progress=False)
 
 
-def _true_leaf_groups(data) -> np.ndarray:
-    """``[N, 2]`` (coarse, fine) node ids of a ``synthetic_tree(depth=2)`` true tree for each datum."""
-    leaf_of_label = {label: node for node, label in data.tree.nodes(data="label") if label is not None}
-    parent_of = {child: parent for parent, child in data.tree.edges()}
-    return np.array([[parent_of[leaf_of_label[y]], leaf_of_label[y]] for y in data.y.tolist()])
+def test_label_tree_groups_are_each_datums_true_nodes_with_short_paths_extended():
+    """The unbalanced tree [2, 0]: a coarse node with two leaves, and a leaf directly under the root,
+    which repeats down to full depth; deeper model trees repeat it further."""
+    data = pyro_hc.synthetic_tree(tree=[2, 0], n_per_leaf=3, seed=0)
+    graph, labels = data.tree, data.y.numpy()
+    groups = label_tree_groups(graph, labels, depth=3)
+    assert groups.shape == (len(labels), 2) and groups.dtype == np.int64
+    parent_of = {child: parent for parent, child in graph.edges()}
+    root = next(node for node in graph if graph.in_degree(node) == 0)
+    for (level1, leaf), label in zip(groups.tolist(), labels.tolist()):
+        node = next(n for n, lab in graph.nodes(data="label") if lab == label)
+        assert leaf == node
+        assert level1 == (node if parent_of[node] == root else parent_of[node])
+    assert np.array_equal(label_tree_groups(graph, labels, depth=4)[:, :2], groups)
+    assert np.array_equal(label_tree_groups(graph, labels, depth=4)[:, 2], groups[:, 1])
+
+
+@pytest.mark.parametrize("bad", ["internal", "missing", "shallow", "float"])
+def test_label_tree_groups_rejects_what_leaf_groups_cannot_say(bad):
+    emits = pyro_hc.synthetic_tree(depth=2, branching=2, n_per_leaf=3, n_per_internal=2, seed=0)
+    leaves = pyro_hc.synthetic_tree(depth=2, branching=2, n_per_leaf=3, seed=0)
+    call = {"internal": lambda: label_tree_groups(emits.tree, emits.y.numpy(), 3),
+            "missing": lambda: label_tree_groups(leaves.tree, np.array([0, 99]), 3),
+            "shallow": lambda: label_tree_groups(leaves.tree, leaves.y.numpy(), 2),
+            "float": lambda: label_tree_groups(leaves.tree, leaves.y.numpy().astype(float), 3)}[bad]
+    with pytest.raises(ValueError):
+        call()
 
 
 def test_structure_elbo_scores_a_candidate_as_the_initial_scan_does(blobs):
@@ -223,7 +245,7 @@ def test_structure_elbo_prefers_the_true_tree_to_its_leaves_merged_or_split_at_r
     with local_params():
         settings = {**TINY, "pretrain_epochs": 30, "latent_dim": 4}
         model = pyro_hc.get_model("hcrl2", depth=3, **settings).fit(blobs, epochs=0, seed=0, progress=False)
-    true = _true_leaf_groups(blobs)
+    true = label_tree_groups(blobs.tree, blobs.y.numpy(), depth=3)
     rng = np.random.RandomState(0)
     merged = true.copy()
     coarse = true[0, 0]
