@@ -56,8 +56,8 @@ import torch
 from scipy import stats
 
 import pyro_hc
-from pyro_hc.baselines import (hierarchical_kmeans_tree, kmeans_leaves, kmeans_ward_tree, label_tree_groups,
-                                leaves_ward_tree, level_group_counts, ward_levels)
+from pyro_hc.baselines import (best_ward_cut, hierarchical_kmeans_tree, kmeans_leaves, kmeans_ward_tree,
+                                label_tree_groups, leaves_ward_tree)
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
 from pyro_hc.report import ResultRows, machine_record, write_record
 
@@ -73,10 +73,8 @@ def objective_scores(model, data: pyro_hc.Dataset, n_leaves: int, seed: int) -> 
     """HCRL's structure ELBO (``structure_elbo``, every datum on its leaf) on its own embedding: of its
     tree, of k-means into ``n_leaves`` leaves under Ward's linkage (the level-1 count that scores
     highest, the level below at an even fan-out) and of the true topic hierarchy."""
-    centroids, leaf = kmeans_leaves(model.transform(data), n_leaves, seed)
-    finer = level_group_counts(n_leaves, DEPTH)[1:-1]
-    kmeans = max(model.structure_elbo(data, ward_levels(centroids, leaf, [count] + [max(count, c) for c in finer]))
-                 for count in range(1, n_leaves + 1))
+    _, kmeans = best_ward_cut(*kmeans_leaves(model.transform(data), n_leaves, seed), DEPTH,
+                              lambda groups: model.structure_elbo(data, groups))
     true = model.structure_elbo(data, label_tree_groups(data.tree, data.y.numpy(), DEPTH))
     return {"own": model.structure_elbo(data), "k-means + Ward": kmeans, "true": true}
 

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 import pyro_hc
-from pyro_hc.baselines import kmeans_leaves, kmeans_ward_tree, label_tree_groups, level_group_counts, ward_levels
+from pyro_hc.baselines import best_ward_cut, kmeans_leaves, kmeans_ward_tree, label_tree_groups
 from pyro_hc.metrics import dendrogram_purity, hierarchical_f_score, nmi
 from pyro_hc.models.hcrl import tree_from_level_groups
 from pyro_hc.report import write_benchmark_result
@@ -142,11 +142,8 @@ def objective_check(model, data: pyro_hc.Dataset, n_leaves: int, seed: int) -> d
     labels = data.y.numpy()
     depth = model.get_params()["depth"]
     embedding = model.transform(data)
-    centroids, leaf = kmeans_leaves(embedding, n_leaves, seed)
-    finer = level_group_counts(n_leaves, depth)[1:-1]  # levels below the first at an even fan-out
-    cuts = [ward_levels(centroids, leaf, [count] + [max(count, c) for c in finer]) for count in range(1, n_leaves + 1)]
-    scored = [(model.structure_elbo(data, groups), groups) for groups in cuts]
-    kmeans_elbo, kmeans_groups = max(scored, key=lambda pair: pair[0])
+    kmeans_groups, kmeans_elbo = best_ward_cut(*kmeans_leaves(embedding, n_leaves, seed), depth,
+                                               lambda groups: model.structure_elbo(data, groups))
     kmeans_tree, kmeans_nodes = tree_from_level_groups(kmeans_groups)
     row = {"objective_own": model.structure_elbo(data), "objective_kmeans_ward": kmeans_elbo,
            "kmeans_ward_depth_dp": dendrogram_purity(kmeans_tree, kmeans_nodes[-1].numpy(), labels)}

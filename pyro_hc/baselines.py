@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import networkx as nx
@@ -25,7 +25,7 @@ import numpy as np
 from .tree import ClusterTree
 
 __all__ = ["initial_clusters_check", "kmeans_ward_tree", "leaves_ward_tree", "kmeans_ward_levels", "kmeans_leaves", "ward_levels", "level_group_counts",
-           "label_tree_groups", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
+           "best_ward_cut", "label_tree_groups", "bisecting_kmeans_tree", "hierarchical_kmeans_tree", "SPLIT_ATTR"]
 
 #: the node attribute holding the 1-based order in which a node was split (DeepECT, bisecting k-means)
 SPLIT_ATTR = "split"
@@ -187,6 +187,24 @@ def kmeans_ward_levels(x: Any, n_leaves: int, depth: int, seed: int = 0,
     centroids, leaf = kmeans_leaves(points, int(n_leaves), seed)
     counts = level_group_counts(int(n_leaves), depth)[:-1] if group_counts is None else list(group_counts)
     return ward_levels(centroids, leaf, counts)
+
+
+def best_ward_cut(centroids: np.ndarray, leaf: np.ndarray, depth: int,
+                  score: Callable[[np.ndarray], float]) -> tuple[np.ndarray, float]:
+    """The Ward linkage of ``centroids`` cut into the number of level-1 groups (``1 .. K``) whose
+    nested groups (:func:`ward_levels`; levels below the first at an even fan-out, never fewer
+    groups than the level above) score highest under ``score`` — e.g. a model's
+    ``structure_elbo(data, groups)`` — so a two-stage tree is read at the depth a model has, judged
+    by the model's own objective. Returns the groups, ``int64 [N, depth - 1]``, and their score."""
+    n_leaves = len(centroids)
+    finer = level_group_counts(n_leaves, depth)[1:-1]
+    best = None
+    for count in range(1, n_leaves + 1):
+        groups = ward_levels(centroids, leaf, [count] + [max(count, c) for c in finer])
+        value = float(score(groups))
+        if best is None or value > best[1]:
+            best = (groups, value)
+    return best
 
 
 def label_tree_groups(label_tree: Any, labels: Any, depth: int) -> np.ndarray:

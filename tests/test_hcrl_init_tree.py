@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pyro_hc
-from pyro_hc.baselines import kmeans_ward_levels, label_tree_groups, level_group_counts
+from pyro_hc.baselines import best_ward_cut, kmeans_leaves, kmeans_ward_levels, label_tree_groups, level_group_counts
 from pyro_hc.distributions import sibling_order
 from pyro_hc.heuristics.elbo_moves import conjugate_sticks
 from pyro_hc.heuristics.elbo_moves import ELBOStructureMoves
@@ -189,6 +189,33 @@ def test_bad_initial_tree_settings_fail_before_pretraining(bad, blobs):
     settings = {**TINY, "pretrain_epochs": 50, **bad}
     with pytest.raises(ValueError, match="init_"):
         pyro_hc.get_model("hcrl2", depth=3, **settings).fit(blobs, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_best_ward_cut_returns_the_level_one_count_the_score_prefers(depth):
+    """Six blobs in three far pairs: a score that wants 3 level-1 groups gets the pairs, one that
+    wants 6 gets every blob alone; every cut is nested and scanned once per count."""
+    rng = np.random.RandomState(0)
+    centres = np.array([[0, 0], [0, 3], [40, 0], [40, 3], [0, 40], [3, 40]], dtype=float)
+    blob = np.repeat(np.arange(6), 20)
+    centroids, leaf = kmeans_leaves(centres[blob] + 0.2 * rng.randn(len(blob), 2), 6, seed=0)
+    seen = []
+
+    def wants(k):
+        def score(groups):
+            seen.append(len(np.unique(groups[:, 0])))
+            return -abs(len(np.unique(groups[:, 0])) - k)
+        return score
+
+    groups, value = best_ward_cut(centroids, leaf, depth, wants(3))
+    assert value == 0 and groups.shape == (len(blob), depth - 1) and sorted(seen) == list(range(1, 7))
+    for pair in range(3):
+        assert len(np.unique(groups[blob // 2 == pair, 0])) == 1
+    for column in range(1, depth - 1):  # nested: a group lies inside one group of the level above
+        for g in np.unique(groups[:, column]):
+            assert len(np.unique(groups[groups[:, column] == g, column - 1])) == 1
+    groups, _ = best_ward_cut(centroids, leaf, depth, wants(6))
+    assert len(np.unique(groups[:, 0])) == 6
 
 
 def test_label_tree_groups_are_each_datums_true_nodes_with_short_paths_extended():
