@@ -250,14 +250,14 @@ def label_tree_groups(label_tree: Any, labels: Any, depth: int) -> np.ndarray:
     missing = sorted(set(np.unique(labels).tolist()) - set(node_of_label))
     if missing:
         raise ValueError(f"classes {missing} of labels are on no leaf of label_tree")
-    rows = {}
+    rows = np.zeros((max(node_of_label) + 1, depth - 1), dtype=np.int64)  # one row per class, read per datum
     for label, leaf in node_of_label.items():
         path = nx.shortest_path(graph, root, leaf)[1:]
         if len(path) > depth - 1:
             raise ValueError(f"class {label} sits {len(path)} levels below the root, deeper than "
                              f"depth - 1 = {depth - 1}")
         rows[label] = path + path[-1:] * (depth - 1 - len(path))
-    return np.array([rows[label] for label in labels.tolist()], dtype=np.int64).reshape(len(labels), depth - 1)
+    return rows[labels]
 
 
 def kmeans_leaves(x: Any, n_leaves: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

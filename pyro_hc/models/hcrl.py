@@ -976,9 +976,11 @@ class _HCRL(ClusterEstimator):
             The structure ELBO in nats (higher is preferred).
         """
         x = self._prepare_input(data)
-        if leaf_groups is None:
-            ancestors = {path[-1]: path[1:] for path in self.tree.paths()}
-            leaf_groups = np.array([ancestors[int(leaf)] for leaf in self.predict(x)], dtype=np.int64)
+        if leaf_groups is None:  # each leaf's row: its path below the root; each datum takes its leaf's
+            paths = np.array(self.tree.paths(), dtype=np.int64)
+            ancestors = np.zeros((int(paths.max()) + 1, self.depth - 1), dtype=np.int64)
+            ancestors[paths[:, -1]] = paths[:, 1:]
+            leaf_groups = ancestors[self.predict(x).numpy()]
         groups = np.asarray(leaf_groups)
         if groups.ndim != 2 or groups.shape != (x.shape[0], self.depth - 1):
             raise ValueError(f"leaf_groups must have shape (N, depth - 1) = ({x.shape[0]}, {self.depth - 1}), "
